@@ -1,0 +1,6 @@
+"""The emergency function for AWS Lambda behind API Gateway (HTTP API, payload 2.0)."""
+
+from functions.emergency.index import app
+from shared.web.lambda_adapter import lambda_handler_for
+
+handler = lambda_handler_for(app)

@@ -1,0 +1,191 @@
+"""The `openrouter-agent` command: serve, migrate, emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.config import Settings, get_settings
+from shared.db.database import Database
+from shared.db.embedded import EmbeddedPostgres, start_embedded_postgres
+from shared.db.migrations import (
+    MIGRATIONS_DIR,
+    SUPABASE_SCHEMA_FILE,
+    MigrationError,
+    MigrationRunner,
+    load_migrations,
+    render_supabase_schema,
+)
+from shared.observability import configure_logging, logger
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+# scripts/run exports this so "ready in" covers the whole command, bootstrap included.
+LAUNCHED_AT_ENV = "OPENROUTER_AGENT_LAUNCHED_AT"
+
+
+def _launched_at() -> float:
+    try:
+        return float(os.environ[LAUNCHED_AT_ENV])
+    except (KeyError, ValueError):
+        import psutil
+
+        return float(psutil.Process().create_time())
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal it caught after a graceful shutdown; with the default SIGTERM
+    # action the process would die before our cleanup runs.
+    raise SystemExit(128 + signum)
+
+
+def _resolve_database(settings: Settings, dsn: str | None) -> tuple[str, EmbeddedPostgres | None]:
+    """The DSN to use, and the embedded server started for it, if one was."""
+    if dsn:
+        return dsn, None
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value(), None
+    if settings.supabase_url is not None:
+        raise typer.BadParameter(
+            "the Supabase transport is not available yet; pass --dsn or set DATABASE_URL"
+        )
+    data_dir = settings.local_data_dir / "pgdata"
+    server = start_embedded_postgres(data_dir)
+    logger.info("embedded PostgreSQL started (no DATABASE_URL)", extra={"data_dir": str(data_dir)})
+    return server.dsn, server
+
+
+async def _migrate(database: Database) -> list[str]:
+    try:
+        applied = await MigrationRunner(database).migrate(load_migrations(MIGRATIONS_DIR))
+    finally:
+        await database.close()
+    return [m.file_name for m in applied]
+
+
+@app.command()
+def migrate(
+    dsn: Annotated[
+        str | None, typer.Option(help="Postgres DSN; default DATABASE_URL, else embedded.")
+    ] = None,
+    bundle: Annotated[
+        bool, typer.Option(help="Write schema/supabase-schema.sql instead of migrating.")
+    ] = False,
+) -> None:
+    """Apply pending migrations (idempotent), or regenerate the Supabase schema file."""
+    if bundle:
+        SUPABASE_SCHEMA_FILE.write_text(render_supabase_schema(load_migrations(MIGRATIONS_DIR)))
+        typer.echo(f"wrote {SUPABASE_SCHEMA_FILE}")
+        return
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    target, embedded = _resolve_database(settings, dsn)
+    try:
+        applied = asyncio.run(_migrate(Database(target)))
+    except MigrationError as exc:
+        typer.echo(f"migrate: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: PORT (3001).")] = None,
+) -> None:
+    """Start every endpoint group on one local server, on embedded defaults where unset."""
+    import uvicorn
+
+    from shared.runtime import Runtime, pool_limits
+    from shared.web.app_factory import create_app
+
+    launched_at = _launched_at()
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    dsn, embedded = _resolve_database(settings, None)
+    database = Database(dsn, pool_limits(settings))
+    if settings.should_auto_migrate:
+        applied = asyncio.run(_migrate(database))
+        logger.info("migrations applied at start", extra={"applied": applied})
+    runtime = Runtime(settings, database=database)
+    master_key = runtime.master_key()
+    if master_key.source != "environment":
+        logger.warning(
+            "using a local encryption master key (no ENCRYPTION_MASTER_KEY); fine for "
+            "development, never for production",
+            extra={"path": str(settings.local_data_dir / "master.key"), "source": master_key.source},
+        )
+    if settings.uses_openrouter_emulator:
+        logger.info("OpenRouter emulator in process (no OPENROUTER_MANAGEMENT_KEY)")
+    else:
+        logger.info("OpenRouter at " + settings.openrouter_base_url)
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime=runtime),
+            host=host or settings.host,
+            port=port or settings.port,
+            access_log=False,  # our middleware writes one structured line per request
+            log_level=settings.log_level.lower(),
+        )
+    )
+
+    async def run() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            url = f"http://{host or settings.host}:{port or settings.port}"
+            logger.info(
+                f"ready: {url} (docs at {url}/docs)",
+                extra={"ready_in_s": round(time.time() - launched_at, 2)},
+            )
+        await serving
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            logger.info("embedded PostgreSQL stopped")
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 3002,
+    latency_ms: Annotated[float, typer.Option(help="Added to every request.")] = 0.0,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Write the emulator's management key to this file.")
+    ] = None,
+) -> None:
+    """Serve the OpenRouter emulator on loopback for other programs to use."""
+    import uvicorn
+
+    from shared.openrouter.emulator import Emulator
+
+    emulated = Emulator(latency_s=latency_ms / 1000, connection_faults="stall")
+    if key_file is not None:
+        key_file.write_text(emulated.management_key + "\n")
+        key_file.chmod(0o600)
+        typer.echo(f"management key written to {key_file}")
+    else:
+        typer.echo("management key: pass --key-file to receive it (it is not printed)")
+    typer.echo(f"OpenRouter emulator: http://{host}:{port}/api/v1")
+    uvicorn.run(emulated, host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,171 @@
+"""The one settings object. Every variable is documented here and in the README's table."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+# Values copied from templates and docs; refusing them outside development stops a deployment
+# that was configured by copy-paste from running with a guessable secret.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "changethis",
+        "changeme",
+        "secret",
+        "your-service-role-key",
+        "sk-or-v1-your-provisioning-key",
+        "sk-or-v1-your-management-key",
+    }
+)
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Configuration read from the environment (and a local .env file when present)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    app_env: Environment = Field(
+        default=Environment.DEVELOPMENT,
+        description="development, test or production. Embedded defaults are refused in production.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the local server binds to.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=3001, description="Port of the local server (the original agent's port)."
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    local_data_dir: Path = Field(
+        default=REPOSITORY_ROOT / ".local",
+        description="Folder for the embedded database and the generated local master key.",
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Postgres DSN. Unset (and no Supabase settings): an embedded PostgreSQL starts.",
+    )
+    database_pool_min_size: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Connections kept open when idle (0 suits Lambda)."
+    )
+    database_pool_max_size: Annotated[int, Field(ge=1)] = Field(
+        default=5, description="Upper bound on connections per process."
+    )
+    database_connect_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="Seconds to wait for a connection before answering 503."
+    )
+    database_statement_timeout_ms: Annotated[int, Field(ge=0)] = Field(
+        default=10_000, description="Server-side statement timeout per connection (0 = none)."
+    )
+    database_prepare_statements: bool = Field(
+        default=True,
+        description="Set false behind a transaction-mode pooler (e.g. Supabase on port 6543).",
+    )
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Apply pending migrations when the local server starts. Default: on for the "
+        "embedded database, off otherwise.",
+    )
+
+    supabase_url: str | None = Field(
+        default=None, description="Supabase project URL (the PostgREST transport, issue 6)."
+    )
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None, description="Supabase service-role key used by the PostgREST transport."
+    )
+
+    openrouter_management_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENROUTER_MANAGEMENT_KEY", "OPENROUTER_PROVISIONING_KEY"),
+        description="OpenRouter management (provisioning) key. Unset: the built-in emulator.",
+    )
+    openrouter_base_url: str = Field(
+        default="https://openrouter.ai/api/v1", description="OpenRouter API base URL."
+    )
+    openrouter_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="Per-request timeout for OpenRouter calls."
+    )
+    openrouter_max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        default=3, description="Retries of GET/PATCH/DELETE on 429, 5xx and network errors."
+    )
+    openrouter_max_retry_after_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="Longest Retry-After the client will wait in one request."
+    )
+
+    encryption_master_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 random bytes. Unset in development: generated into "
+        "LOCAL_DATA_DIR/master.key with a warning.",
+    )
+    max_request_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=1_048_576, description="Larger request bodies are refused with 413."
+    )
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env is Environment.PRODUCTION
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None and self.supabase_url is None
+
+    @property
+    def uses_openrouter_emulator(self) -> bool:
+        return self.openrouter_management_key is None
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.uses_embedded_database if self.auto_migrate is None else self.auto_migrate
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_settings(self) -> Self:
+        if self.app_env is Environment.DEVELOPMENT:
+            return self
+        secrets = {
+            "DATABASE_URL": self.database_url,
+            "SUPABASE_SERVICE_ROLE_KEY": self.supabase_service_role_key,
+            "OPENROUTER_MANAGEMENT_KEY": self.openrouter_management_key,
+            "ENCRYPTION_MASTER_KEY": self.encryption_master_key,
+        }
+        for name, value in secrets.items():
+            if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name} holds a placeholder value; set a real secret")
+        if self.is_production:
+            missing = [
+                name
+                for name, value in (
+                    ("OPENROUTER_MANAGEMENT_KEY", self.openrouter_management_key),
+                    ("ENCRYPTION_MASTER_KEY", self.encryption_master_key),
+                )
+                if value is None
+            ]
+            if self.uses_embedded_database:
+                missing.append("DATABASE_URL or SUPABASE_URL")
+            if missing:
+                raise ValueError(
+                    "production refuses embedded defaults; set " + ", ".join(missing)
+                )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (functions are warm-reused)."""
+    return Settings()
+
+
+def running_on_lambda() -> bool:
+    return "AWS_LAMBDA_FUNCTION_NAME" in os.environ

@@ -1,0 +1,1 @@
+"""Key material protection: the master key (local or KMS) and envelope encryption."""

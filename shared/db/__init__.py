@@ -1,0 +1,1 @@
+"""Direct Postgres transport: connection pool, embedded server, migrations."""

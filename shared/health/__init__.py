@@ -1,0 +1,1 @@
+"""Health group: liveness, database and OpenRouter management-key checks."""

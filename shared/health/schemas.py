@@ -1,0 +1,42 @@
+"""Response bodies of the health group. Money is a decimal string: exact, never a float."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str
+    version: str
+    group: str
+    started_at: datetime
+    uptime_s: float
+
+
+class DatabaseHealth(BaseModel):
+    status: Literal["ok"] = "ok"
+    transport: Literal["postgres"] = "postgres"
+    latency_ms: float
+    server_version: str
+    migration_version: str | None
+    expected_migration_version: str | None
+
+
+class CreditsSummary(BaseModel):
+    total_credits: Decimal
+    total_usage: Decimal
+    balance: Decimal
+
+
+class KeysHealth(BaseModel):
+    status: Literal["ok"] = "ok"
+    provider: Literal["openrouter", "emulator"]
+    is_management_key: bool
+    latency_ms: float
+    credits: CreditsSummary | None
+    credits_error: str | None = None

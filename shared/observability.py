@@ -1,0 +1,52 @@
+"""Structured JSON logging (Powertools Logger) with secret redaction and the request id on every line."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextvars import ContextVar
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+from shared.redaction import redact
+
+SERVICE_NAME = "openrouter-agent"
+
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RedactingFormatter(LambdaPowertoolsFormatter):
+    """Powertools' JSON formatter whose finished line passes through redact().
+
+    Redacting the serialised line, not individual fields, also covers exception tracebacks and
+    values passed in `extra`.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request id to each record; Powertools emits extra record attributes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current_request_id.get()
+        if request_id is not None:
+            record.request_id = request_id
+        return True
+
+
+# serialize_stacktrace off: the plain traceback is already in "exception"; the structured copy
+# doubled every error line.
+logger = Logger(
+    service=SERVICE_NAME, logger_formatter=RedactingFormatter(), serialize_stacktrace=False
+)
+logger.addFilter(RequestIdFilter())
+
+
+def configure_logging(level: str) -> None:
+    logger.setLevel(level.upper())

@@ -1,0 +1,1 @@
+"""OpenRouter key management ("provisioning") API: our thin httpx client and a local emulator."""

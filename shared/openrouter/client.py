@@ -1,0 +1,347 @@
+"""Our thin OpenRouter key-management client on httpx (why not the official SDK: openrouter-api.md §5).
+
+Retry policy, the part that matters most:
+- GET, PATCH and DELETE are safe to repeat: retried on 429, 5xx, timeouts and network errors,
+  with exponential backoff and full jitter, honouring Retry-After.
+- POST /keys is never retried. A create whose outcome we cannot know (timeout, 5xx, lost or
+  unreadable response) raises OpenRouterOutcomeUnknown so the caller reconciles by key name.
+- DELETE answering 404 means the key is already gone: success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, Literal, TypeVar
+
+import httpx
+from pydantic import SecretStr
+
+from shared import __version__
+from shared.observability import logger
+from shared.openrouter.errors import (
+    OpenRouterError,
+    OpenRouterInvalidResponse,
+    OpenRouterNotFound,
+    OpenRouterOutcomeUnknown,
+    OpenRouterRateLimited,
+    OpenRouterUnavailable,
+    error_for_status,
+)
+from shared.openrouter.models import (
+    ApiKey,
+    CreatedKey,
+    Credits,
+    CurrentKey,
+    InvalidOpenRouterPayload,
+)
+
+LimitReset = Literal["daily", "weekly", "monthly"]
+PAGE_SIZE: Final = 100
+_RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+_UNSET: Final = object()
+T = TypeVar("T")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def parse_retry_after(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from Retry-After (seconds or HTTP date) or retry-after-ms; None if absent."""
+    if (milliseconds := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    reference = now or datetime.now(when.tzinfo)
+    return max(0.0, (when - reference).total_seconds())
+
+
+def _decode_json(response: httpx.Response) -> Any:
+    # parse_float=Decimal keeps 0.004 as 0.004: binary floats never enter our books.
+    return json.loads(response.content, parse_float=Decimal)
+
+
+def _money_to_json(amount: Decimal | None) -> float | None:
+    return None if amount is None else float(amount)
+
+
+def _parse(parser: Callable[[Any], T], data: Any, what: str) -> T:
+    try:
+        return parser(data)
+    except InvalidOpenRouterPayload as exc:
+        raise OpenRouterInvalidResponse(f"{what}: {exc}") from exc
+
+
+class OpenRouterClient:
+    def __init__(
+        self,
+        *,
+        management_key: SecretStr,
+        base_url: str = "https://openrouter.ai/api/v1",
+        timeout_s: float = 10.0,
+        max_retries: int = 3,
+        max_retry_after_s: float = 30.0,
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 8.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._management_key = management_key
+        self._base_url = base_url.rstrip("/")
+        self._timeout = httpx.Timeout(timeout_s)
+        self._max_retries = max_retries
+        self._max_retry_after_s = max_retry_after_s
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._transport = transport
+        self._sleep = sleep
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenRouterClient(base_url={self._base_url!r})"
+
+    def _client(self) -> httpx.AsyncClient:
+        # Built on first use and kept for warm invocations; rebuilt if the event loop changed,
+        # since an httpx.AsyncClient cannot be shared across loops.
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            self._http = httpx.AsyncClient(
+                base_url=self._base_url,
+                timeout=self._timeout,
+                transport=self._transport,
+                headers={
+                    "Authorization": f"Bearer {self._management_key.get_secret_value()}",
+                    "User-Agent": f"openrouter-agent/{__version__}",
+                },
+            )
+            self._http_loop = loop
+        return self._http
+
+    async def aclose(self) -> None:
+        client, self._http, self._http_loop = self._http, None, None
+        if client is not None:
+            await client.aclose()
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * (2**attempt))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        retryable = method != "POST"
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self._client().request(method, path, params=params, json=body)
+            except httpx.TransportError as exc:
+                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                logger.warning(
+                    "openrouter call failed without a response",
+                    extra={"method": method, "path": path, "attempt": attempt,
+                           "error": type(exc).__name__},
+                )
+                if not retryable:
+                    if sent:
+                        raise OpenRouterOutcomeUnknown(
+                            f"no response to {method} {path}: {type(exc).__name__}"
+                        ) from exc
+                    raise OpenRouterUnavailable(f"could not reach OpenRouter: {exc!r}") from exc
+                if attempt >= self._max_retries:
+                    raise OpenRouterUnavailable(
+                        f"no response to {method} {path} after {attempt + 1} attempts"
+                    ) from exc
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+            logger.debug(
+                "openrouter call",
+                extra={"method": method, "path": path, "status": response.status_code,
+                       "attempt": attempt, "duration_ms": elapsed_ms},
+            )
+            if response.status_code < 400:
+                try:
+                    return _decode_json(response)
+                except ValueError as exc:
+                    error_class = OpenRouterOutcomeUnknown if not retryable else (
+                        OpenRouterInvalidResponse
+                    )
+                    raise error_class(
+                        f"unreadable {response.status_code} body from {method} {path}",
+                        status_code=response.status_code,
+                    ) from exc
+
+            try:
+                error_body = _decode_json(response)
+            except ValueError:
+                error_body = None
+            retry_after = parse_retry_after(response.headers)
+            error = error_for_status(response.status_code, error_body, retry_after_s=retry_after)
+            if not retryable:
+                if response.status_code >= 500:
+                    raise OpenRouterOutcomeUnknown(
+                        error.message, status_code=response.status_code
+                    ) from error
+                raise error
+            if response.status_code not in _RETRYABLE_STATUS or attempt >= self._max_retries:
+                raise error
+            if retry_after is not None and retry_after > self._max_retry_after_s:
+                raise error  # waiting that long would outlive a function invocation
+            await self._sleep(retry_after if retry_after is not None else self._backoff(attempt))
+            attempt += 1
+
+    @staticmethod
+    def _data(body: Any, what: str) -> Any:
+        if not isinstance(body, dict) or "data" not in body:
+            raise OpenRouterInvalidResponse(f"{what}: response has no data")
+        return body["data"]
+
+    async def list_keys(
+        self,
+        *,
+        offset: int = 0,
+        include_disabled: bool = False,
+        include_expired: bool = False,
+        workspace_id: str | None = None,
+    ) -> list[ApiKey]:
+        """One page (at most 100, newest first) of GET /keys."""
+        params: dict[str, str | int] = {
+            "offset": offset,
+            "include_disabled": "true" if include_disabled else "false",
+        }
+        if include_expired:
+            params["include_expired"] = "true"
+        if workspace_id is not None:
+            params["workspace_id"] = workspace_id
+        data = self._data(await self._request("GET", "/keys", params=params), "list keys")
+        if not isinstance(data, list):
+            raise OpenRouterInvalidResponse("list keys: data is not a list")
+        return [_parse(ApiKey.from_json, item, "list keys") for item in data]
+
+    async def list_all_keys(
+        self, *, include_disabled: bool = True, include_expired: bool = True
+    ) -> list[ApiKey]:
+        """Every key, paging by offset until a short page; de-duplicated by hash.
+
+        A key created while we page shifts later pages by one, so the same key can appear twice.
+        """
+        seen: dict[str, ApiKey] = {}
+        offset = 0
+        while True:
+            page = await self.list_keys(
+                offset=offset, include_disabled=include_disabled, include_expired=include_expired
+            )
+            for key in page:
+                seen.setdefault(key.hash, key)
+            if len(page) < PAGE_SIZE:
+                return list(seen.values())
+            offset += PAGE_SIZE
+
+    async def create_key(
+        self,
+        *,
+        name: str,
+        limit: Decimal | None = None,
+        limit_reset: LimitReset | None = None,
+        include_byok_in_limit: bool | None = None,
+        expires_at: datetime | None = None,
+        external_user: str | None = None,
+    ) -> CreatedKey:
+        """POST /keys, exactly once. The secret is in the result and nowhere else."""
+        body: dict[str, Any] = {"name": name, "limit": _money_to_json(limit)}
+        if limit_reset is not None:
+            body["limit_reset"] = limit_reset
+        if include_byok_in_limit is not None:
+            body["include_byok_in_limit"] = include_byok_in_limit
+        if expires_at is not None:
+            body["expires_at"] = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if external_user is not None:
+            body["external"] = {"user": external_user}
+        response = await self._request("POST", "/keys", body=body)
+        try:
+            return CreatedKey.from_json(response)
+        except InvalidOpenRouterPayload as exc:
+            # The key exists at OpenRouter but we could not read it: only reconciliation helps.
+            raise OpenRouterOutcomeUnknown(f"create key: {exc}", status_code=201) from exc
+
+    async def get_key(self, key_hash: str) -> ApiKey:
+        data = self._data(await self._request("GET", f"/keys/{key_hash}"), "get key")
+        return _parse(ApiKey.from_json, data, "get key")
+
+    async def update_key(
+        self,
+        key_hash: str,
+        *,
+        name: str | object = _UNSET,
+        disabled: bool | object = _UNSET,
+        limit: Decimal | None | object = _UNSET,
+        limit_reset: LimitReset | None | object = _UNSET,
+        include_byok_in_limit: bool | object = _UNSET,
+    ) -> ApiKey:
+        """PATCH /keys/{hash} with only the fields given (None is sent, meaning 'remove')."""
+        body: dict[str, Any] = {}
+        for field, value in (
+            ("name", name),
+            ("disabled", disabled),
+            ("limit_reset", limit_reset),
+            ("include_byok_in_limit", include_byok_in_limit),
+        ):
+            if value is not _UNSET:
+                body[field] = value
+        if limit is not _UNSET:
+            body["limit"] = _money_to_json(limit) if isinstance(limit, Decimal) else limit
+        if not body:
+            raise ValueError("update_key needs at least one field")
+        data = self._data(await self._request("PATCH", f"/keys/{key_hash}", body=body), "update")
+        return _parse(ApiKey.from_json, data, "update key")
+
+    async def delete_key(self, key_hash: str) -> bool:
+        """DELETE /keys/{hash}; True if deleted now, False if it was already gone (404)."""
+        try:
+            await self._request("DELETE", f"/keys/{key_hash}")
+        except OpenRouterNotFound:
+            return False
+        return True
+
+    async def get_current_key(self) -> CurrentKey:
+        data = self._data(await self._request("GET", "/key"), "current key")
+        return _parse(CurrentKey.from_json, data, "current key")
+
+    async def get_credits(self) -> Credits:
+        data = self._data(await self._request("GET", "/credits"), "credits")
+        return _parse(Credits.from_json, data, "credits")
+
+
+__all__ = [
+    "PAGE_SIZE",
+    "OpenRouterClient",
+    "OpenRouterError",
+    "OpenRouterRateLimited",
+    "parse_retry_after",
+]

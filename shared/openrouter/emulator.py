@@ -1,0 +1,644 @@
+"""A stateful local stand-in for OpenRouter's key management API (openrouter-api.md §1–§4).
+
+It serves GET/POST /keys, GET/PATCH/DELETE /keys/{hash}, GET /key and GET /credits with the
+documented shapes, errors and status codes, keeps limit windows the way OpenRouter does (UTC
+days, Monday-to-Sunday weeks, calendar months), lets tests spend on a key the way inference
+would, and injects faults: latency, 429 with Retry-After, 5xx, timeouts and a create whose
+response is lost after the key was made.
+
+Two ways to run it: in process through `Emulator.transport()` (httpx's ASGI transport; connection
+faults surface as httpx exceptions), or as a local server (`openrouter-agent emulator`;
+connection faults surface as a stalled response that the client's timeout cuts off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+API_PREFIX = "/api/v1"
+PAGE_SIZE = 100
+LIMIT_RESETS = ("daily", "weekly", "monthly")
+_PATCHABLE = ("name", "disabled", "limit", "limit_reset", "include_byok_in_limit", "workspace_id")
+DEFAULT_WORKSPACE_ID = "00000000-0000-4000-8000-000000000000"
+
+FaultKind = Literal["status", "latency", "timeout", "lost_response"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _number(amount: Decimal | None) -> float | None:
+    # JSON has no decimal type; OpenRouter sends plain numbers, and so do we.
+    return None if amount is None else float(amount)
+
+
+def new_secret() -> str:
+    return "sk-or-v1-" + secrets.token_hex(32)
+
+
+@dataclass(slots=True)
+class Charge:
+    at: datetime
+    amount: Decimal
+    byok: bool
+
+
+@dataclass(slots=True)
+class EmulatedKey:
+    hash: str
+    secret: str
+    name: str
+    sequence: int
+    created_at: datetime
+    limit: Decimal | None = None
+    limit_reset: str | None = None
+    include_byok_in_limit: bool = False
+    disabled: bool = False
+    updated_at: datetime | None = None
+    expires_at: datetime | None = None
+    creator_user_id: str | None = None
+    workspace_id: str = DEFAULT_WORKSPACE_ID
+    external_user: str | None = None
+    last_used_at: datetime | None = None
+    is_management: bool = False
+    charges: list[Charge] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.secret[:12]}...{self.secret[-4:]}"
+
+
+@dataclass(slots=True)
+class Fault:
+    """One injected misbehaviour, matched by method and path prefix (after /api/v1)."""
+
+    kind: FaultKind
+    method: str | None = None
+    path: str | None = None
+    status: int = 500
+    retry_after_s: float | None = None
+    delay_s: float = 0.0
+    times: int | None = 1  # None: every matching request until cleared
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or path.startswith(self.path)
+        )
+
+
+class EmulatedConnectionFault(Exception):
+    """Raised inside the app for faults that no HTTP response can express."""
+
+    def __init__(self, kind: FaultKind) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class EmulatorApiError(Exception):
+    """An error answer in OpenRouter's documented shape; also raised by Emulator.charge()."""
+
+    def __init__(
+        self, status: int, message: str, *, metadata: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.metadata = metadata
+        self.headers = headers or {}
+
+
+def _window_start(moment: datetime, window: str) -> datetime:
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == "daily":
+        return day
+    if window == "weekly":
+        return day - timedelta(days=day.weekday())  # weeks run Monday to Sunday
+    if window == "monthly":
+        return day.replace(day=1)
+    raise ValueError(window)
+
+
+class Emulator:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        total_credits: Decimal = Decimal(1000),
+        latency_s: float = 0.0,
+        connection_faults: Literal["raise", "stall"] = "raise",
+        stall_s: float = 120.0,
+    ) -> None:
+        self.clock = clock
+        self.total_credits = total_credits
+        self.latency_s = latency_s
+        self.connection_faults = connection_faults
+        self.stall_s = stall_s
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []
+        self._keys: dict[str, EmulatedKey] = {}
+        self._by_secret: dict[str, EmulatedKey] = {}
+        self._sequence = 0
+        self._lock = threading.Lock()
+        self.management_key = self.add_management_key()
+        self.app = self._build_app()
+
+    # ----- Python-side controls (tests, benchmarks) -----
+
+    def add_management_key(self) -> str:
+        with self._lock:
+            key = self._new_key(name="management", is_management=True)
+        return key.secret
+
+    def inject(self, fault: Fault) -> Fault:
+        self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def keys(self) -> list[EmulatedKey]:
+        """Every user key (not management keys), newest first."""
+        return sorted(
+            (k for k in self._keys.values() if not k.is_management),
+            key=lambda k: k.sequence, reverse=True,
+        )
+
+    def charge(
+        self, secret: str, cost: Decimal, *, byok: bool = False, max_cost: Decimal | None = None
+    ) -> EmulatedKey:
+        """Spend on a key as inference would; refuse as OpenRouter does when over the cap.
+
+        403 "Key limit exceeded (<window> limit)" once nothing is left; 402 when the worst-case
+        cost (max_cost, else cost) is more than what is left.
+        """
+        with self._lock:
+            key = self._by_secret.get(secret)
+            now = self.clock()
+            if key is None or key.disabled or key.is_management or self._expired(key, now):
+                raise EmulatorApiError(401, "User not found.")
+            if key.limit is not None and not (byok and not key.include_byok_in_limit):
+                remaining = self._limit_remaining(key, now)
+                assert remaining is not None
+                window = key.limit_reset or "total"
+                if remaining <= 0:
+                    raise EmulatorApiError(
+                        403,
+                        f"Key limit exceeded ({window} limit). "
+                        "Manage it using https://openrouter.ai/settings/keys",
+                    )
+                worst_case = max_cost if max_cost is not None else cost
+                if worst_case > remaining:
+                    raise EmulatorApiError(
+                        402,
+                        "This request requires more credits, or fewer max_tokens. "
+                        f"This key can only afford {remaining}.",
+                        metadata={"limit_source": "openrouter_key_limit"},
+                    )
+            key.charges.append(Charge(at=now, amount=cost, byok=byok))
+            key.last_used_at = now
+            return key
+
+    # ----- state helpers -----
+
+    def _new_key(self, *, name: str, is_management: bool = False) -> EmulatedKey:
+        self._sequence += 1
+        key = EmulatedKey(
+            hash=secrets.token_hex(32),
+            secret=new_secret(),
+            name=name,
+            sequence=self._sequence,
+            created_at=self.clock(),
+            is_management=is_management,
+        )
+        self._keys[key.hash] = key
+        self._by_secret[key.secret] = key
+        return key
+
+    @staticmethod
+    def _expired(key: EmulatedKey, now: datetime) -> bool:
+        return key.expires_at is not None and key.expires_at <= now
+
+    @staticmethod
+    def _spent(key: EmulatedKey, since: datetime | None, *, byok: bool) -> Decimal:
+        return sum(
+            (c.amount for c in key.charges if c.byok == byok and (since is None or c.at >= since)),
+            Decimal(0),
+        )
+
+    def _limit_remaining(self, key: EmulatedKey, now: datetime) -> Decimal | None:
+        if key.limit is None:
+            return None
+        since = None if key.limit_reset is None else _window_start(now, key.limit_reset)
+        spent = self._spent(key, since, byok=False)
+        if key.include_byok_in_limit:
+            spent += self._spent(key, since, byok=True)
+        return max(key.limit - spent, Decimal(0))
+
+    def _usage_fields(self, key: EmulatedKey, now: datetime) -> dict[str, float | None]:
+        fields: dict[str, float | None] = {}
+        for prefix, byok in (("usage", False), ("byok_usage", True)):
+            fields[prefix] = _number(self._spent(key, None, byok=byok))
+            for window in LIMIT_RESETS:
+                suffix = window  # usage_daily, usage_weekly, usage_monthly
+                fields[f"{prefix}_{suffix}"] = _number(
+                    self._spent(key, _window_start(now, window), byok=byok)
+                )
+        return fields
+
+    def key_json(self, key: EmulatedKey) -> dict[str, Any]:
+        """The documented key object (openrouter-api.md §1), every field present."""
+        now = self.clock()
+        return {
+            "hash": key.hash,
+            "name": key.name,
+            "label": key.label,
+            "disabled": key.disabled,
+            "limit": _number(key.limit),
+            "limit_remaining": _number(self._limit_remaining(key, now)),
+            "limit_reset": key.limit_reset,
+            "include_byok_in_limit": key.include_byok_in_limit,
+            **self._usage_fields(key, now),
+            "created_at": _iso(key.created_at),
+            "updated_at": _iso(key.updated_at),
+            "creator_user_id": key.creator_user_id,
+            "workspace_id": key.workspace_id,
+            "expires_at": _iso(key.expires_at),
+            "external_user": key.external_user,
+            "last_used_at": _iso(key.last_used_at),
+        }
+
+    def current_key_json(self, key: EmulatedKey) -> dict[str, Any]:
+        now = self.clock()
+        usage = self._usage_fields(key, now)
+        return {
+            "label": key.label,
+            "limit": _number(key.limit),
+            "limit_remaining": _number(self._limit_remaining(key, now)),
+            "limit_reset": key.limit_reset,
+            "include_byok_in_limit": key.include_byok_in_limit,
+            **usage,
+            "is_free_tier": False,
+            "is_management_key": key.is_management,
+            "is_provisioning_key": key.is_management,
+            "creator_user_id": key.creator_user_id,
+            "expires_at": _iso(key.expires_at),
+            "rate_limit": {"requests": -1, "interval": "10s", "note": "deprecated; always -1"},
+        }
+
+    # ----- HTTP -----
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """An httpx transport that reaches this emulator in process."""
+        return _InProcessTransport(self)
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route(f"{API_PREFIX}/keys", self._list_keys, methods=["GET"]),
+            Route(f"{API_PREFIX}/keys", self._create_key, methods=["POST"]),
+            Route(f"{API_PREFIX}/keys/{{key_hash}}", self._get_key, methods=["GET"]),
+            Route(f"{API_PREFIX}/keys/{{key_hash}}", self._update_key, methods=["PATCH"]),
+            Route(f"{API_PREFIX}/keys/{{key_hash}}", self._delete_key, methods=["DELETE"]),
+            Route(f"{API_PREFIX}/key", self._current_key, methods=["GET"]),
+            Route(f"{API_PREFIX}/credits", self._credits, methods=["GET"]),
+            Route("/_emulator/charge", self._charge, methods=["POST"]),
+            Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
+        ]
+        async def unknown_route(request: Request, exc: Exception) -> Response:
+            status = getattr(exc, "status_code", 404)
+            message = "Not Found" if status == 404 else "Method Not Allowed"
+            return _error_response(EmulatorApiError(status, message))
+
+        return Starlette(routes=routes, exception_handlers={404: unknown_route, 405: unknown_route})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        self.requests.append((method, path))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        fault = self._take_fault(method, path.removeprefix(API_PREFIX))
+        if fault is not None:
+            if fault.kind == "latency":
+                await asyncio.sleep(fault.delay_s)
+            elif fault.kind == "status":
+                headers = {}
+                if fault.retry_after_s is not None:
+                    headers["Retry-After"] = f"{fault.retry_after_s:g}"
+                messages = {429: "Rate limit exceeded", 500: "Internal Server Error"}
+                response = _error_response(
+                    EmulatorApiError(fault.status, messages.get(fault.status, "Upstream error"),
+                              headers=headers)
+                )
+                await response(scope, receive, send)
+                return
+            elif fault.kind == "timeout":
+                await self._connection_fault("timeout")
+                return
+            elif fault.kind == "lost_response":
+                await self.app(scope, receive, _discard)
+                await self._connection_fault("lost_response")
+                return
+        await self.app(scope, receive, send)
+
+    async def _connection_fault(self, kind: FaultKind) -> None:
+        if self.connection_faults == "raise":
+            raise EmulatedConnectionFault(kind)
+        await asyncio.sleep(self.stall_s)  # over a real socket, silence is what a client sees
+        raise EmulatedConnectionFault(kind)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
+
+    def _authenticate(self, request: Request, *, management: bool) -> EmulatedKey:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer ") or not header[7:].strip():
+            raise EmulatorApiError(401, "Missing Authentication header")
+        key = self._by_secret.get(header[7:].strip())
+        if key is None or key.disabled or self._expired(key, self.clock()):
+            raise EmulatorApiError(401, "User not found.")
+        if management and not key.is_management:
+            raise EmulatorApiError(403, "Only management keys can perform this operation")
+        return key
+
+    def _managed_key(self, key_hash: str) -> EmulatedKey:
+        key = self._keys.get(key_hash)
+        if key is None or key.is_management:
+            raise EmulatorApiError(404, "Resource not found")
+        return key
+
+    async def _list_keys(self, request: Request) -> Response:
+        return _handle(lambda: self._do_list(request))
+
+    def _do_list(self, request: Request) -> tuple[int, Any]:
+        self._authenticate(request, management=True)
+        query = request.query_params
+        try:
+            offset = int(query.get("offset", "0") or 0)
+        except ValueError as exc:
+            raise EmulatorApiError(400, "Invalid request parameters") from exc
+        if offset < 0:
+            raise EmulatorApiError(400, "Invalid request parameters")
+        include_disabled = query.get("include_disabled", "false").lower() == "true"
+        include_expired = query.get("include_expired", "false").lower() == "true"
+        workspace = query.get("workspace_id", DEFAULT_WORKSPACE_ID)
+        now = self.clock()
+        with self._lock:
+            selected = [
+                k for k in self.keys()
+                if (include_disabled or not k.disabled)
+                and (include_expired or not self._expired(k, now))
+                and k.workspace_id == workspace
+            ]
+            page = selected[offset : offset + PAGE_SIZE]
+            return 200, {"data": [self.key_json(k) for k in page]}
+
+    async def _create_key(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return _handle(lambda: self._do_create(request, body))
+
+    def _do_create(self, request: Request, body: Any) -> tuple[int, Any]:
+        creator = self._authenticate(request, management=True)
+        if not isinstance(body, dict):
+            raise EmulatorApiError(400, "Invalid request parameters")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise EmulatorApiError(400, "name: String must contain at least 1 character(s)")
+        limit = _parse_limit(body.get("limit"))
+        limit_reset = _parse_limit_reset(body.get("limit_reset"))
+        include_byok = body.get("include_byok_in_limit", False)
+        if not isinstance(include_byok, bool):
+            raise EmulatorApiError(400, "include_byok_in_limit: Expected boolean")
+        expires_at = _parse_expires_at(body.get("expires_at"))
+        external = body.get("external")
+        external_user = None
+        if external is not None:
+            user = external.get("user") if isinstance(external, dict) else None
+            if not isinstance(user, str) or not 1 <= len(user) <= 512:
+                raise EmulatorApiError(400, "external.user: String must be 1 to 512 characters")
+            external_user = user
+        workspace = body.get("workspace_id", DEFAULT_WORKSPACE_ID)
+        if not isinstance(workspace, str):
+            raise EmulatorApiError(400, "workspace_id: Expected string")
+        with self._lock:
+            key = self._new_key(name=name)
+            key.limit, key.limit_reset, key.include_byok_in_limit = limit, limit_reset, include_byok
+            key.expires_at, key.external_user, key.workspace_id = expires_at, external_user, workspace
+            key.creator_user_id = body.get("creator_user_id") or creator.creator_user_id
+            return 201, {"data": self.key_json(key), "key": key.secret}
+
+    async def _get_key(self, request: Request) -> Response:
+        def run() -> tuple[int, Any]:
+            self._authenticate(request, management=True)
+            with self._lock:
+                return 200, {"data": self.key_json(self._managed_key(request.path_params["key_hash"]))}
+        return _handle(run)
+
+    async def _update_key(self, request: Request) -> Response:
+        body = await _json_body(request)
+
+        def run() -> tuple[int, Any]:
+            self._authenticate(request, management=True)
+            if not isinstance(body, dict):
+                raise EmulatorApiError(400, "Invalid request parameters")
+            updates = {f: body[f] for f in _PATCHABLE if f in body}
+            if not updates:
+                raise EmulatorApiError(400, "No update fields provided")
+            with self._lock:
+                key = self._managed_key(request.path_params["key_hash"])
+                if "name" in updates:
+                    if not isinstance(updates["name"], str) or not updates["name"]:
+                        raise EmulatorApiError(400, "name: Expected non-empty string")
+                    key.name = updates["name"]
+                if "disabled" in updates:
+                    if not isinstance(updates["disabled"], bool):
+                        raise EmulatorApiError(400, "disabled: Expected boolean")
+                    key.disabled = updates["disabled"]
+                if "limit" in updates:
+                    key.limit = _parse_limit(updates["limit"])
+                if "limit_reset" in updates:
+                    key.limit_reset = _parse_limit_reset(updates["limit_reset"])
+                if "include_byok_in_limit" in updates:
+                    if not isinstance(updates["include_byok_in_limit"], bool):
+                        raise EmulatorApiError(400, "include_byok_in_limit: Expected boolean")
+                    key.include_byok_in_limit = updates["include_byok_in_limit"]
+                if "workspace_id" in updates:
+                    key.workspace_id = str(updates["workspace_id"])
+                key.updated_at = self.clock()
+                return 200, {"data": self.key_json(key)}
+        return _handle(run)
+
+    async def _delete_key(self, request: Request) -> Response:
+        def run() -> tuple[int, Any]:
+            self._authenticate(request, management=True)
+            with self._lock:
+                key = self._managed_key(request.path_params["key_hash"])
+                del self._keys[key.hash]
+                del self._by_secret[key.secret]
+            return 200, {"deleted": True}
+        return _handle(run)
+
+    async def _current_key(self, request: Request) -> Response:
+        def run() -> tuple[int, Any]:
+            key = self._authenticate(request, management=False)
+            with self._lock:
+                return 200, {"data": self.current_key_json(key)}
+        return _handle(run)
+
+    async def _credits(self, request: Request) -> Response:
+        def run() -> tuple[int, Any]:
+            self._authenticate(request, management=True)
+            with self._lock:
+                used = sum(
+                    (self._spent(k, None, byok=False) for k in self._keys.values()), Decimal(0)
+                )
+            return 200, {
+                "data": {"total_credits": _number(self.total_credits), "total_usage": _number(used)}
+            }
+        return _handle(run)
+
+    async def _charge(self, request: Request) -> Response:
+        body = await _json_body(request)
+
+        def run() -> tuple[int, Any]:
+            header = request.headers.get("authorization", "")
+            if not isinstance(body, dict) or "cost" not in body:
+                raise EmulatorApiError(400, "cost is required")
+            try:
+                cost = Decimal(str(body["cost"]))
+                max_cost = None if body.get("max_cost") is None else Decimal(str(body["max_cost"]))
+            except InvalidOperation as exc:
+                raise EmulatorApiError(400, "cost must be a number") from exc
+            key = self.charge(
+                header[7:].strip(), cost, byok=body.get("byok") is True, max_cost=max_cost
+            )
+            with self._lock:
+                return 200, {"data": self.current_key_json(key)}
+        return _handle(run)
+
+    async def _faults(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.clear_faults()
+            return Response(status_code=204)
+        body = await _json_body(request)
+        try:
+            fault = Fault(**body) if isinstance(body, dict) else None
+        except TypeError:
+            fault = None
+        if fault is None or fault.kind not in ("status", "latency", "timeout", "lost_response"):
+            return _error_response(EmulatorApiError(400, "invalid fault"))
+        self.inject(fault)
+        return Response(status_code=204)
+
+
+async def _discard(message: Any) -> None:
+    """An ASGI send that drops the response: the 'response lost' fault."""
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except ValueError:
+        return _MALFORMED
+
+
+_MALFORMED = object()
+
+
+def _handle(run: Callable[[], tuple[int, Any]]) -> Response:
+    try:
+        status, payload = run()
+    except EmulatorApiError as error:
+        return _error_response(error)
+    return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _error_response(error: EmulatorApiError) -> Response:
+    body: dict[str, Any] = {"code": error.status, "message": error.message}
+    if error.metadata:
+        body["metadata"] = error.metadata
+    return Response(
+        json.dumps({"error": body}), status_code=error.status, media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def _parse_limit(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise EmulatorApiError(400, "limit: Expected number, received " + type(value).__name__)
+    amount = Decimal(str(value))
+    if amount < 0:
+        raise EmulatorApiError(400, "limit: Number must be greater than or equal to 0")
+    return amount
+
+
+def _parse_limit_reset(value: Any) -> str | None:
+    if value is None or value in LIMIT_RESETS:
+        return value  # type: ignore[no-any-return]
+    raise EmulatorApiError(400, "limit_reset: Invalid enum value. Expected 'daily' | 'weekly' | 'monthly'")
+
+
+def _parse_expires_at(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    # OpenRouter wants UTC with seconds: YYYY-MM-DDTHH:MM:SS(.fff)Z or +00:00.
+    if not isinstance(value, str) or len(value) < 20:
+        raise EmulatorApiError(400, "expires_at: must be an ISO 8601 UTC date-time with seconds")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise EmulatorApiError(400, "expires_at: must be an ISO 8601 UTC date-time") from exc
+    if moment.utcoffset() != timedelta(0):
+        raise EmulatorApiError(400, "expires_at: only UTC is accepted")
+    return moment
+
+
+class _InProcessTransport(httpx.AsyncBaseTransport):
+    """httpx's ASGI transport, turning the emulator's connection faults into httpx errors."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._asgi = httpx.ASGITransport(app=emulator)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._asgi.handle_async_request(request)
+        except EmulatedConnectionFault as fault:
+            if fault.kind == "timeout":
+                raise httpx.ReadTimeout("emulated timeout", request=request) from fault
+            raise httpx.RemoteProtocolError(
+                "emulated: server disconnected without sending a response", request=request
+            ) from fault

@@ -1,0 +1,125 @@
+"""The adapters one process uses, built lazily from settings and reused across warm invocations.
+
+Functions create one Runtime at import (cheap: nothing connects); the first request that needs
+the database or OpenRouter builds that adapter. Tests build a Runtime around their own adapters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import SecretStr
+
+from shared.config import Settings
+from shared.crypto.master_key import MasterKey, load_or_generate_master_key
+from shared.db.database import Database, DatabaseUnavailable, PoolLimits
+from shared.observability import logger
+from shared.openrouter.client import OpenRouterClient
+from shared.openrouter.emulator import Emulator
+
+EMULATOR_BASE_URL = "http://openrouter-emulator.invalid/api/v1"
+
+
+def pool_limits(settings: Settings) -> PoolLimits:
+    return PoolLimits(
+        min_size=settings.database_pool_min_size,
+        max_size=settings.database_pool_max_size,
+        connect_timeout_s=settings.database_connect_timeout_s,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        prepare_statements=settings.database_prepare_statements,
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        database: Database | None = None,
+        openrouter: OpenRouterClient | None = None,
+        emulator: Emulator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.started_at = datetime.now(UTC)
+        self._started_monotonic = time.monotonic()
+        self._database = database
+        self._openrouter = openrouter
+        self._emulator = emulator
+        self._master_key: MasterKey | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started_monotonic
+
+    @property
+    def openrouter_provider(self) -> Literal["openrouter", "emulator"]:
+        if self._openrouter is not None:
+            return "emulator" if self._emulator is not None else "openrouter"
+        return "emulator" if self.settings.uses_openrouter_emulator else "openrouter"
+
+    def database(self) -> Database:
+        with self._lock:
+            if self._database is None:
+                self._database = Database(self._resolve_dsn(), pool_limits(self.settings))
+            return self._database
+
+    def _resolve_dsn(self) -> str:
+        settings = self.settings
+        if settings.database_url is not None:
+            return settings.database_url.get_secret_value()
+        if settings.supabase_url is not None:
+            raise DatabaseUnavailable(
+                "the Supabase (PostgREST) transport is not available in this version; "
+                "set DATABASE_URL to the project's Postgres connection string",
+                code="database_not_configured",
+            )
+        if settings.is_production:
+            raise DatabaseUnavailable("DATABASE_URL is not set", code="database_not_configured")
+        from shared.db.embedded import start_embedded_postgres
+
+        server = start_embedded_postgres(settings.local_data_dir / "pgdata")
+        logger.info(
+            "embedded PostgreSQL started (no DATABASE_URL)",
+            extra={"data_dir": str(settings.local_data_dir / "pgdata")},
+        )
+        return server.dsn
+
+    def emulator(self) -> Emulator:
+        with self._lock:
+            if self._emulator is None:
+                self._emulator = Emulator()
+            return self._emulator
+
+    def openrouter(self) -> OpenRouterClient:
+        settings = self.settings
+        if self._openrouter is not None:
+            return self._openrouter
+        if settings.openrouter_management_key is not None:
+            key, base_url, transport = (
+                settings.openrouter_management_key, settings.openrouter_base_url, None
+            )
+        else:
+            emulator = self.emulator()
+            key = SecretStr(emulator.management_key)
+            base_url, transport = EMULATOR_BASE_URL, emulator.transport()
+        with self._lock:
+            if self._openrouter is None:
+                self._openrouter = OpenRouterClient(
+                    management_key=key,
+                    base_url=base_url,
+                    timeout_s=settings.openrouter_timeout_s,
+                    max_retries=settings.openrouter_max_retries,
+                    max_retry_after_s=settings.openrouter_max_retry_after_s,
+                    transport=transport,
+                )
+            return self._openrouter
+
+    def master_key(self) -> MasterKey:
+        with self._lock:
+            if self._master_key is None:
+                self._master_key = load_or_generate_master_key(self.settings)
+            return self._master_key

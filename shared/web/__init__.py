@@ -1,0 +1,1 @@
+"""The web layer: app factory, middleware, error rendering and dependency aliases."""

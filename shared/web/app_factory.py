@@ -1,0 +1,70 @@
+"""Builds the FastAPI app of one endpoint group, or of all groups for the local server.
+
+Each deployable function imports only its own group's routers (cold start: a function imports
+only what it needs), so routers are named here as import paths and loaded on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Final
+
+from fastapi import APIRouter, FastAPI
+
+from shared import __version__
+from shared.config import Settings, get_settings
+from shared.observability import configure_logging
+from shared.runtime import Runtime
+from shared.web.error_handlers import install_error_handlers
+from shared.web.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+
+GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
+    "health": ("shared.health.endpoints:router",),
+    "keys": (),
+    "usage": (),
+    "admin": (),
+    "jobs": (),
+    "emergency": (),
+}
+GROUPS: Final = tuple(GROUP_ROUTERS)
+
+
+def _load_router(path: str) -> APIRouter:
+    module_name, _, attribute = path.partition(":")
+    router = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(router, APIRouter):
+        raise TypeError(f"{path} is not an APIRouter")
+    return router
+
+
+def create_app(
+    group: str | None = None,
+    *,
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    extra_routers: tuple[APIRouter, ...] = (),
+) -> FastAPI:
+    """The app of `group` (None: every group, for the local server)."""
+    if group is not None and group not in GROUP_ROUTERS:
+        raise ValueError(f"unknown endpoint group {group!r}; known: {', '.join(GROUPS)}")
+    runtime = runtime or Runtime(settings or get_settings())
+    configure_logging(runtime.settings.log_level)
+    title = "openrouter-agent" if group is None else f"openrouter-agent: {group}"
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description="Per-user OpenRouter API keys: creation, rotation, budgets, usage, audit.",
+    )
+    app.state.runtime = runtime
+    app.state.group = group or "all"
+    groups = GROUPS if group is None else (group,)
+    for name in groups:
+        for router_path in GROUP_ROUTERS[name]:
+            app.include_router(_load_router(router_path))
+    for router in extra_routers:
+        app.include_router(router)
+    install_error_handlers(app)
+    # Added last runs first: the request id exists before the size check can answer.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=runtime.settings.max_request_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,37 @@
+"""Dependency aliases (the FastAPI template's style): endpoints declare what they need by type."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from shared.config import Settings
+from shared.db.database import Database
+from shared.openrouter.client import OpenRouterClient
+from shared.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings_from_runtime(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+def get_database(runtime: RuntimeDep) -> Database:
+    return runtime.database()
+
+
+def get_openrouter(runtime: RuntimeDep) -> OpenRouterClient:
+    return runtime.openrouter()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_from_runtime)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+OpenRouterDep = Annotated[OpenRouterClient, Depends(get_openrouter)]
