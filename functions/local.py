@@ -1,4 +1,4 @@
-"""Every endpoint group in one app, for `openrouter-agent serve` and `uvicorn functions.local:app`."""
+"""Every endpoint group in one app: `openrouter-agent serve`, `uvicorn functions.local:app`."""
 
 from shared.web.app_factory import create_app
 

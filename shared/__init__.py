@@ -1,4 +1,4 @@
-"""openrouter-agent core package: domain, services, adapters and the web layer shared by every function."""
+"""openrouter-agent core: domain, services, adapters and the web layer of every function."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -75,13 +75,14 @@ def migrate(
         str | None, typer.Option(help="Postgres DSN; default DATABASE_URL, else embedded.")
     ] = None,
     bundle: Annotated[
-        bool, typer.Option(help="Write schema/supabase-schema.sql instead of migrating.")
+        bool, typer.Option(help="Write the single-file Supabase schema instead of migrating.")
     ] = False,
+    output: Annotated[Path, typer.Option(help="Where --bundle writes.")] = SUPABASE_SCHEMA_FILE,
 ) -> None:
     """Apply pending migrations (idempotent), or regenerate the Supabase schema file."""
     if bundle:
-        SUPABASE_SCHEMA_FILE.write_text(render_supabase_schema(load_migrations(MIGRATIONS_DIR)))
-        typer.echo(f"wrote {SUPABASE_SCHEMA_FILE}")
+        output.write_text(render_supabase_schema(load_migrations(MIGRATIONS_DIR)))
+        typer.echo(f"wrote {output}")
         return
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -122,7 +123,10 @@ def serve(
         logger.warning(
             "using a local encryption master key (no ENCRYPTION_MASTER_KEY); fine for "
             "development, never for production",
-            extra={"path": str(settings.local_data_dir / "master.key"), "source": master_key.source},
+            extra={
+                "path": str(settings.local_data_dir / "master.key"),
+                "source": master_key.source,
+            },
         )
     if settings.uses_openrouter_emulator:
         logger.info("OpenRouter emulator in process (no OPENROUTER_MANAGEMENT_KEY)")
@@ -189,3 +193,7 @@ def emulator(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(
         default=None,
-        description="Postgres DSN. Unset (and no Supabase settings): an embedded PostgreSQL starts.",
+        description="Postgres DSN. Unset (and no Supabase): an embedded PostgreSQL starts.",
     )
     database_pool_min_size: Annotated[int, Field(ge=0)] = Field(
         default=0, description="Connections kept open when idle (0 suits Lambda)."
@@ -141,7 +141,10 @@ class Settings(BaseSettings):
             "ENCRYPTION_MASTER_KEY": self.encryption_master_key,
         }
         for name, value in secrets.items():
-            if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            if (
+                value is not None
+                and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+            ):
                 raise ValueError(f"{name} holds a placeholder value; set a real secret")
         if self.is_production:
             missing = [
@@ -155,9 +158,7 @@ class Settings(BaseSettings):
             if self.uses_embedded_database:
                 missing.append("DATABASE_URL or SUPABASE_URL")
             if missing:
-                raise ValueError(
-                    "production refuses embedded defaults; set " + ", ".join(missing)
-                )
+                raise ValueError("production refuses embedded defaults; set " + ", ".join(missing))
         return self
 
 

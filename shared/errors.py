@@ -1,7 +1,7 @@
 """One error hierarchy. Every 4xx/5xx the service returns is one of these, rendered as one envelope:
 
-    {"error": {"code": "<machine_readable>", "message": "<human>", "request_id": "...",
-               "details": <optional>}}
+{"error": {"code": "<machine_readable>", "message": "<human>", "request_id": "...",
+           "details": <optional>}}
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Structured JSON logging (Powertools Logger) with secret redaction and the request id on every line."""
+"""Structured JSON logging (Powertools Logger): secrets redacted, the request id on every line."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from contextvars import ContextVar
+
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 

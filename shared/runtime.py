@@ -100,7 +100,9 @@ class Runtime:
             return self._openrouter
         if settings.openrouter_management_key is not None:
             key, base_url, transport = (
-                settings.openrouter_management_key, settings.openrouter_base_url, None
+                settings.openrouter_management_key,
+                settings.openrouter_base_url,
+                None,
             )
         else:
             emulator = self.emulator()

@@ -1,4 +1,4 @@
-"""The admin function for Vercel (and any ASGI server): the app of the admin endpoint group."""
+"""The admin function for Vercel (or any ASGI server): the app of the admin group."""
 
 from shared.web.app_factory import create_app
 

@@ -1,4 +1,4 @@
-"""The emergency function for Vercel (and any ASGI server): the app of the emergency endpoint group."""
+"""The emergency function for Vercel (or any ASGI server): the app of the emergency group."""
 
 from shared.web.app_factory import create_app
 

@@ -1,4 +1,4 @@
-"""The health function for Vercel (and any ASGI server): the app of the health endpoint group."""
+"""The health function for Vercel (or any ASGI server): the app of the health group."""
 
 from shared.web.app_factory import create_app
 

@@ -1,4 +1,4 @@
-"""The jobs function for Vercel (and any ASGI server): the app of the jobs endpoint group."""
+"""The jobs function for Vercel (or any ASGI server): the app of the jobs group."""
 
 from shared.web.app_factory import create_app
 

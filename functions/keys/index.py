@@ -1,4 +1,4 @@
-"""The keys function for Vercel (and any ASGI server): the app of the keys endpoint group."""
+"""The keys function for Vercel (or any ASGI server): the app of the keys group."""
 
 from shared.web.app_factory import create_app
 

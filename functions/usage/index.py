@@ -1,4 +1,4 @@
-"""The usage function for Vercel (and any ASGI server): the app of the usage endpoint group."""
+"""The usage function for Vercel (or any ASGI server): the app of the usage group."""
 
 from shared.web.app_factory import create_app
 

@@ -1,4 +1,4 @@
-"""The local encryption master key: from ENCRYPTION_MASTER_KEY, or generated once for development."""
+"""The encryption master key: ENCRYPTION_MASTER_KEY, or one generated once for development."""
 
 from __future__ import annotations
 

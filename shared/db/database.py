@@ -102,6 +102,7 @@ class Database:
             ) from exc
 
     async def close(self) -> None:
-        pool, self._pool, self._pool_loop = self._pool, None, None
-        if pool is not None:
+        pool, loop = self._pool, self._pool_loop
+        self._pool, self._pool_loop = None, None
+        if pool is not None and loop is asyncio.get_running_loop():
             await pool.close()

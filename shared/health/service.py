@@ -17,8 +17,9 @@ from shared.runtime import Runtime
 
 class CheckFailed(ServiceUnavailable):
     def __init__(self, check: str, code: str, reason: str) -> None:
-        super().__init__(f"{check} check failed: {reason}", code=code,
-                         details={"check": check, "reason": reason})
+        super().__init__(
+            f"{check} check failed: {reason}", code=code, details={"check": check, "reason": reason}
+        )
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Our thin OpenRouter key-management client on httpx (why not the official SDK: openrouter-api.md §5).
+"""Our thin OpenRouter key-management client on httpx (not the SDK: openrouter-api.md §5).
 
 Retry policy, the part that matters most:
 - GET, PATCH and DELETE are safe to repeat: retried on 429, 5xx, timeouts and network errors,
@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from enum import Enum, auto
 from typing import Any, Final, Literal, TypeVar
 
 import httpx
@@ -45,7 +46,15 @@ from shared.openrouter.models import (
 LimitReset = Literal["daily", "weekly", "monthly"]
 PAGE_SIZE: Final = 100
 _RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
-_UNSET: Final = object()
+
+
+class _Unset(Enum):
+    """Marks a PATCH field as not sent; None is a real value there (it removes a limit)."""
+
+    UNSET = auto()
+
+
+UNSET: Final = _Unset.UNSET
 T = TypeVar("T")
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -162,8 +171,12 @@ class OpenRouterClient:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 logger.warning(
                     "openrouter call failed without a response",
-                    extra={"method": method, "path": path, "attempt": attempt,
-                           "error": type(exc).__name__},
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "attempt": attempt,
+                        "error": type(exc).__name__,
+                    },
                 )
                 if not retryable:
                     if sent:
@@ -182,15 +195,20 @@ class OpenRouterClient:
             elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
             logger.debug(
                 "openrouter call",
-                extra={"method": method, "path": path, "status": response.status_code,
-                       "attempt": attempt, "duration_ms": elapsed_ms},
+                extra={
+                    "method": method,
+                    "path": path,
+                    "status": response.status_code,
+                    "attempt": attempt,
+                    "duration_ms": elapsed_ms,
+                },
             )
             if response.status_code < 400:
                 try:
                     return _decode_json(response)
                 except ValueError as exc:
-                    error_class = OpenRouterOutcomeUnknown if not retryable else (
-                        OpenRouterInvalidResponse
+                    error_class = (
+                        OpenRouterOutcomeUnknown if not retryable else (OpenRouterInvalidResponse)
                     )
                     raise error_class(
                         f"unreadable {response.status_code} body from {method} {path}",
@@ -298,11 +316,11 @@ class OpenRouterClient:
         self,
         key_hash: str,
         *,
-        name: str | object = _UNSET,
-        disabled: bool | object = _UNSET,
-        limit: Decimal | None | object = _UNSET,
-        limit_reset: LimitReset | None | object = _UNSET,
-        include_byok_in_limit: bool | object = _UNSET,
+        name: str | _Unset = UNSET,
+        disabled: bool | _Unset = UNSET,
+        limit: Decimal | _Unset | None = UNSET,
+        limit_reset: LimitReset | _Unset | None = UNSET,
+        include_byok_in_limit: bool | _Unset = UNSET,
     ) -> ApiKey:
         """PATCH /keys/{hash} with only the fields given (None is sent, meaning 'remove')."""
         body: dict[str, Any] = {}
@@ -312,10 +330,10 @@ class OpenRouterClient:
             ("limit_reset", limit_reset),
             ("include_byok_in_limit", include_byok_in_limit),
         ):
-            if value is not _UNSET:
+            if value is not UNSET:
                 body[field] = value
-        if limit is not _UNSET:
-            body["limit"] = _money_to_json(limit) if isinstance(limit, Decimal) else limit
+        if not isinstance(limit, _Unset):
+            body["limit"] = _money_to_json(limit)
         if not body:
             raise ValueError("update_key needs at least one field")
         data = self._data(await self._request("PATCH", f"/keys/{key_hash}", body=body), "update")

@@ -1,4 +1,4 @@
-"""A stateful local stand-in for OpenRouter's key management API (openrouter-api.md §1–§4).
+"""A stateful local stand-in for OpenRouter's key management API (openrouter-api.md §1-§4).
 
 It serves GET/POST /keys, GET/PATCH/DELETE /keys/{hash}, GET /key and GET /credits with the
 documented shapes, errors and status codes, keeps limit windows the way OpenRouter does (UTC
@@ -117,7 +117,11 @@ class EmulatorApiError(Exception):
     """An error answer in OpenRouter's documented shape; also raised by Emulator.charge()."""
 
     def __init__(
-        self, status: int, message: str, *, metadata: dict[str, Any] | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        metadata: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -169,6 +173,15 @@ class Emulator:
             key = self._new_key(name="management", is_management=True)
         return key.secret
 
+    def add_key(
+        self, *, name: str, limit: Decimal | None = None, limit_reset: str | None = None
+    ) -> EmulatedKey:
+        """A user key made directly, as if created earlier through POST /keys."""
+        with self._lock:
+            key = self._new_key(name=name)
+            key.limit, key.limit_reset = limit, limit_reset
+        return key
+
     def inject(self, fault: Fault) -> Fault:
         self.faults.append(fault)
         return fault
@@ -180,7 +193,8 @@ class Emulator:
         """Every user key (not management keys), newest first."""
         return sorted(
             (k for k in self._keys.values() if not k.is_management),
-            key=lambda k: k.sequence, reverse=True,
+            key=lambda k: k.sequence,
+            reverse=True,
         )
 
     def charge(
@@ -323,7 +337,8 @@ class Emulator:
             Route("/_emulator/charge", self._charge, methods=["POST"]),
             Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
         ]
-        async def unknown_route(request: Request, exc: Exception) -> Response:
+
+        async def unknown_route(_: Request, exc: Exception) -> Response:
             status = getattr(exc, "status_code", 404)
             message = "Not Found" if status == 404 else "Method Not Allowed"
             return _error_response(EmulatorApiError(status, message))
@@ -348,8 +363,9 @@ class Emulator:
                     headers["Retry-After"] = f"{fault.retry_after_s:g}"
                 messages = {429: "Rate limit exceeded", 500: "Internal Server Error"}
                 response = _error_response(
-                    EmulatorApiError(fault.status, messages.get(fault.status, "Upstream error"),
-                              headers=headers)
+                    EmulatorApiError(
+                        fault.status, messages.get(fault.status, "Upstream error"), headers=headers
+                    )
                 )
                 await response(scope, receive, send)
                 return
@@ -414,7 +430,8 @@ class Emulator:
         now = self.clock()
         with self._lock:
             selected = [
-                k for k in self.keys()
+                k
+                for k in self.keys()
                 if (include_disabled or not k.disabled)
                 and (include_expired or not self._expired(k, now))
                 and k.workspace_id == workspace
@@ -452,7 +469,11 @@ class Emulator:
         with self._lock:
             key = self._new_key(name=name)
             key.limit, key.limit_reset, key.include_byok_in_limit = limit, limit_reset, include_byok
-            key.expires_at, key.external_user, key.workspace_id = expires_at, external_user, workspace
+            key.expires_at, key.external_user, key.workspace_id = (
+                expires_at,
+                external_user,
+                workspace,
+            )
             key.creator_user_id = body.get("creator_user_id") or creator.creator_user_id
             return 201, {"data": self.key_json(key), "key": key.secret}
 
@@ -460,7 +481,10 @@ class Emulator:
         def run() -> tuple[int, Any]:
             self._authenticate(request, management=True)
             with self._lock:
-                return 200, {"data": self.key_json(self._managed_key(request.path_params["key_hash"]))}
+                return 200, {
+                    "data": self.key_json(self._managed_key(request.path_params["key_hash"]))
+                }
+
         return _handle(run)
 
     async def _update_key(self, request: Request) -> Response:
@@ -495,6 +519,7 @@ class Emulator:
                     key.workspace_id = str(updates["workspace_id"])
                 key.updated_at = self.clock()
                 return 200, {"data": self.key_json(key)}
+
         return _handle(run)
 
     async def _delete_key(self, request: Request) -> Response:
@@ -505,6 +530,7 @@ class Emulator:
                 del self._keys[key.hash]
                 del self._by_secret[key.secret]
             return 200, {"deleted": True}
+
         return _handle(run)
 
     async def _current_key(self, request: Request) -> Response:
@@ -512,6 +538,7 @@ class Emulator:
             key = self._authenticate(request, management=False)
             with self._lock:
                 return 200, {"data": self.current_key_json(key)}
+
         return _handle(run)
 
     async def _credits(self, request: Request) -> Response:
@@ -524,6 +551,7 @@ class Emulator:
             return 200, {
                 "data": {"total_credits": _number(self.total_credits), "total_usage": _number(used)}
             }
+
         return _handle(run)
 
     async def _charge(self, request: Request) -> Response:
@@ -543,6 +571,7 @@ class Emulator:
             )
             with self._lock:
                 return 200, {"data": self.current_key_json(key)}
+
         return _handle(run)
 
     async def _faults(self, request: Request) -> Response:
@@ -590,7 +619,9 @@ def _error_response(error: EmulatorApiError) -> Response:
     if error.metadata:
         body["metadata"] = error.metadata
     return Response(
-        json.dumps({"error": body}), status_code=error.status, media_type="application/json",
+        json.dumps({"error": body}),
+        status_code=error.status,
+        media_type="application/json",
         headers=error.headers,
     )
 
@@ -609,7 +640,9 @@ def _parse_limit(value: Any) -> Decimal | None:
 def _parse_limit_reset(value: Any) -> str | None:
     if value is None or value in LIMIT_RESETS:
         return value  # type: ignore[no-any-return]
-    raise EmulatorApiError(400, "limit_reset: Invalid enum value. Expected 'daily' | 'weekly' | 'monthly'")
+    raise EmulatorApiError(
+        400, "limit_reset: Invalid enum value. Expected 'daily' | 'weekly' | 'monthly'"
+    )
 
 
 def _parse_expires_at(value: Any) -> datetime | None:

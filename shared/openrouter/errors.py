@@ -1,6 +1,6 @@
 """Typed failures of OpenRouter calls, built from the documented error body.
 
-    {"error": {"code": <http status>, "message": "...", "metadata": {...}}}
+{"error": {"code": <http status>, "message": "...", "metadata": {...}}}
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ from shared.runtime import Runtime
 from shared.web.error_handlers import install_error_handlers
 from shared.web.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 
+LIVENESS = "shared.health.endpoints:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
-    "health": ("shared.health.endpoints:router",),
-    "keys": (),
-    "usage": (),
-    "admin": (),
-    "jobs": (),
-    "emergency": (),
+    "health": (LIVENESS, "shared.health.endpoints:router"),
+    "keys": (LIVENESS,),
+    "usage": (LIVENESS,),
+    "admin": (LIVENESS,),
+    "jobs": (LIVENESS,),
+    "emergency": (LIVENESS,),
 }
 GROUPS: Final = tuple(GROUP_ROUTERS)
 
@@ -58,9 +59,9 @@ def create_app(
     app.state.runtime = runtime
     app.state.group = group or "all"
     groups = GROUPS if group is None else (group,)
-    for name in groups:
-        for router_path in GROUP_ROUTERS[name]:
-            app.include_router(_load_router(router_path))
+    # dict.fromkeys: ordered and de-duplicated (every group shares the liveness router).
+    for router_path in dict.fromkeys(p for name in groups for p in GROUP_ROUTERS[name]):
+        app.include_router(_load_router(router_path))
     for router in extra_routers:
         app.include_router(router)
     install_error_handlers(app)

@@ -37,7 +37,11 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def error_response(
-    status_code: int, code: str, message: str, *, details: Any = None,
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    details: Any = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
@@ -48,9 +52,7 @@ def error_response(
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     if exc.status_code >= 500:
-        logger.warning(
-            "request failed", extra={"error_code": exc.code, "reason": exc.message}
-        )
+        logger.warning("request failed", extra={"error_code": exc.code, "reason": exc.message})
     return error_response(
         exc.status_code, exc.code, exc.message, details=exc.details, headers=exc.headers
     )

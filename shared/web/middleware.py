@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task per request and breaks contextvars)."""
+"""Pure ASGI middleware (BaseHTTPMiddleware costs a task per request and breaks contextvars)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from shared.observability import current_request_id, logger, new_request_id
 from shared.web.error_handlers import error_body, error_response
 
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:=+/\-]{1,128}$")
 # An API that hands out secrets: nothing may be cached, sniffed or leaked through a referrer.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cache-control", b"no-store"),
@@ -27,7 +27,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER.encode():
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _VALID_REQUEST_ID.match(candidate):
                 return candidate
     aws_event: dict[str, Any] = scope.get("aws.event") or {}

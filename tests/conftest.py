@@ -1,0 +1,169 @@
+"""Shared fixtures: one embedded PostgreSQL per test session, a fresh database per test (cloned
+from a migrated template), the OpenRouter emulator, and apps wired to both."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+# Before anything reads settings: never production defaults, never the developer's .env values.
+os.environ["APP_ENV"] = "test"
+for _name in (
+    "DATABASE_URL",
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "OPENROUTER_MANAGEMENT_KEY",
+    "OPENROUTER_PROVISIONING_KEY",
+    "ENCRYPTION_MASTER_KEY",
+):
+    os.environ.pop(_name, None)
+
+from shared.config import Environment, Settings  # noqa: E402
+from shared.db.database import Database  # noqa: E402
+from shared.db.embedded import EmbeddedPostgres, start_embedded_postgres  # noqa: E402
+from shared.db.migrations import MIGRATIONS_DIR, MigrationRunner, load_migrations  # noqa: E402
+from shared.observability import logger  # noqa: E402
+from shared.openrouter.client import OpenRouterClient  # noqa: E402
+from shared.openrouter.emulator import Emulator  # noqa: E402
+from shared.runtime import EMULATOR_BASE_URL, Runtime  # noqa: E402
+from shared.web.app_factory import create_app  # noqa: E402
+
+TEMPLATE_DATABASE = "openrouter_agent_template"
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "pgdata")
+
+    async def build_template() -> None:
+        async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+            await conn.execute(f'create database "{TEMPLATE_DATABASE}"')
+        database = Database(_dsn_for(server, TEMPLATE_DATABASE))
+        try:
+            await MigrationRunner(database).migrate(load_migrations(MIGRATIONS_DIR))
+        finally:
+            await database.close()
+
+    asyncio.run(build_template())
+    yield server
+    server.destroy()
+
+
+def _dsn_for(server: EmbeddedPostgres, database: str) -> str:
+    return server._server.get_uri(database=database)  # type: ignore[no-any-return]
+
+
+async def _create_database(server: EmbeddedPostgres, template: str) -> str:
+    name = "t_" + uuid.uuid4().hex[:16]
+    async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+        await conn.execute(f'create database "{name}" template "{template}"')
+    return name
+
+
+async def _drop_database(server: EmbeddedPostgres, name: str) -> None:
+    async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+async def database_dsn(embedded_postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, fully migrated database of its own for this test."""
+    name = await _create_database(embedded_postgres, TEMPLATE_DATABASE)
+    yield _dsn_for(embedded_postgres, name)
+    await _drop_database(embedded_postgres, name)
+
+
+@pytest.fixture
+async def empty_database_dsn(embedded_postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = await _create_database(embedded_postgres, "template0")
+    yield _dsn_for(embedded_postgres, name)
+    await _drop_database(embedded_postgres, name)
+
+
+@pytest.fixture
+async def database(database_dsn: str) -> AsyncIterator[Database]:
+    db = Database(database_dsn)
+    yield db
+    await db.close()
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep in the client: records each wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    return Emulator()
+
+
+@pytest.fixture
+def recording_sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+async def openrouter(
+    emulator: Emulator, recording_sleep: RecordingSleep
+) -> AsyncIterator[OpenRouterClient]:
+    client = OpenRouterClient(
+        management_key=SecretStr(emulator.management_key),
+        base_url=EMULATOR_BASE_URL,
+        transport=emulator.transport(),
+        sleep=recording_sleep,
+    )
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_dsn: str) -> Settings:
+    return Settings(
+        app_env=Environment.TEST,
+        local_data_dir=tmp_path / "local",
+        database_url=SecretStr(database_dsn),
+        database_connect_timeout_s=2.0,
+    )
+
+
+@pytest.fixture
+async def runtime(
+    settings: Settings, emulator: Emulator, openrouter: OpenRouterClient
+) -> AsyncIterator[Runtime]:
+    runtime = Runtime(settings, openrouter=openrouter, emulator=emulator)
+    yield runtime
+    await runtime.database().close()
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the local app (every group), over real ASGI."""
+    app = create_app(runtime=runtime)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Everything the service logs during the test, as the JSON lines it writes."""
+    stream = io.StringIO()
+    handler = logger.registered_handler
+    previous = handler.setStream(stream)  # type: ignore[attr-defined]
+    yield stream
+    handler.setStream(previous)  # type: ignore[attr-defined]
