@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     )
 
     supabase_url: str | None = Field(
-        default=None, description="Supabase project URL (the PostgREST transport, issue 6)."
+        default=None,
+        description="Supabase project URL (the PostgREST transport is not available yet).",
     )
     supabase_service_role_key: SecretStr | None = Field(
         default=None, description="Supabase service-role key used by the PostgREST transport."

@@ -1,4 +1,8 @@
-"""Dependency aliases (the FastAPI template's style): endpoints declare what they need by type."""
+"""Dependency aliases (the FastAPI template's style): endpoints declare what they need by type.
+
+The providers are `async def` because FastAPI runs a plain `def` dependency in its threadpool:
+a thread hop per dependency per request, for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from shared.openrouter.client import OpenRouterClient
 from shared.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -20,15 +24,15 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings_from_runtime(runtime: RuntimeDep) -> Settings:
+async def get_settings_from_runtime(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
-def get_database(runtime: RuntimeDep) -> Database:
+async def get_database(runtime: RuntimeDep) -> Database:
     return runtime.database()
 
 
-def get_openrouter(runtime: RuntimeDep) -> OpenRouterClient:
+async def get_openrouter(runtime: RuntimeDep) -> OpenRouterClient:
     return runtime.openrouter()
 
 

@@ -1,0 +1,135 @@
+"""Helpers shared by the benchmarks: process timing, a bounded HTTP load client, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def median_process_seconds(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
+    """Median wall time of a whole process, like hyperfine without the install."""
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, env=env, cwd=ROOT, capture_output=True)  # noqa: S603
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def wait_for_line(process: subprocess.Popen[str], needle: str, timeout_s: float) -> float:
+    """Seconds until a line containing needle appears on the process's stdout."""
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    started = time.perf_counter()
+    deadline = started + timeout_s
+    while (remaining := deadline - time.perf_counter()) > 0 and selector.select(remaining):
+        line = process.stdout.readline()
+        if not line:
+            break
+        if needle in line:
+            return time.perf_counter() - started
+    raise RuntimeError(f"{needle!r} not seen within {timeout_s}s")
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "OPENROUTER_"))}
+    env.update({"APP_ENV": "development", "LOG_LEVEL": "WARNING", **overrides})
+    return env
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def _wrk_ms(value: str) -> float:
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    for unit in ("us", "ms", "s"):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * units[unit]
+    return float(value)
+
+
+def wrk_load(url: str, *, seconds: int, concurrency: int) -> LoadResult:
+    """wrk (Debian's package), one thread, bounded in time. wrk reports no 95th percentile,
+    so the tail figure is its 99th, which is stricter."""
+    output = subprocess.run(  # noqa: S603
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", url],  # noqa: S607
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    percentiles: dict[str, float] = {}
+    requests = errors = 0
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            percentiles[parts[0]] = _wrk_ms(parts[1])
+        elif "requests in" in line:
+            requests = int(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            errors += int(parts[-1])
+    return LoadResult(requests, errors, float(seconds), percentiles["50%"], percentiles["99%"])
+
+
+async def load(url: str, *, requests: int, concurrency: int, max_seconds: float) -> LoadResult:
+    """Send at most `requests` GETs with `concurrency` in flight; stop at max_seconds."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
+        async def worker() -> None:
+            nonlocal errors, sent
+            while sent < requests and time.perf_counter() < deadline:
+                sent += 1
+                started = time.perf_counter()
+                try:
+                    response = await client.get(url)
+                    if response.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return LoadResult(
+        requests=len(latencies),
+        errors=errors,
+        seconds=elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p95_ms=latencies[int(len(latencies) * 0.95)] * 1000,
+    )

@@ -1,0 +1,10 @@
+"""The HTTP ceiling: a bare FastAPI app with one no-op route, served the same way as ours."""
+
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/noop")
+async def noop() -> dict[str, str]:
+    return {"status": "ok"}

@@ -1,0 +1,56 @@
+"""The README's configuration table and the deployment files stay true to the code."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+
+import yaml  # type: ignore[import-untyped]
+
+from shared.config import REPOSITORY_ROOT, Settings
+from shared.web.app_factory import GROUPS
+
+
+def _documented_variables() -> set[str]:
+    readme = (REPOSITORY_ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    return {
+        name
+        for row in table.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1])
+    }
+
+
+def _setting_variables() -> set[str]:
+    names: set[str] = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", None)
+        names.update(choices if choices else [field_name.upper()])
+    return names
+
+
+def test_every_setting_is_documented_in_the_readme_and_nothing_else() -> None:
+    assert _documented_variables() == _setting_variables()
+
+
+def test_vercel_routes_reach_every_group_through_modules_that_export_app() -> None:
+    config = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
+    destinations = {route["dest"] for route in config["routes"]}
+    assert destinations == {f"functions/{group}/index.py" for group in GROUPS}
+    for destination in destinations:
+        module = importlib.import_module(destination.removesuffix(".py").replace("/", "."))
+        assert hasattr(module, "app")
+
+
+def test_serverless_declares_every_group_with_an_importable_handler() -> None:
+    config = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
+    handlers = {name: spec["handler"] for name, spec in config["functions"].items()}
+    assert set(handlers) == set(GROUPS)
+    assert config["provider"]["runtime"] == "python3.12"
+    for handler in handlers.values():
+        module_path, _, attribute = handler.rpartition(".")
+        module = importlib.import_module(module_path.replace("/", "."))
+        assert callable(getattr(module, attribute))
