@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -167,7 +166,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once (functions are warm-reused)."""
     return Settings()
-
-
-def running_on_lambda() -> bool:
-    return "AWS_LAMBDA_FUNCTION_NAME" in os.environ

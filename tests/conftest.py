@@ -47,7 +47,7 @@ def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embe
     async def build_template() -> None:
         async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
             await conn.execute(f'create database "{TEMPLATE_DATABASE}"')
-        database = Database(_dsn_for(server, TEMPLATE_DATABASE))
+        database = Database(server.dsn_for(TEMPLATE_DATABASE))
         try:
             await MigrationRunner(database).migrate(load_migrations(MIGRATIONS_DIR))
         finally:
@@ -56,10 +56,6 @@ def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embe
     asyncio.run(build_template())
     yield server
     server.destroy()
-
-
-def _dsn_for(server: EmbeddedPostgres, database: str) -> str:
-    return server._server.get_uri(database=database)  # type: ignore[no-any-return]
 
 
 async def _create_database(server: EmbeddedPostgres, template: str) -> str:
@@ -78,7 +74,7 @@ async def _drop_database(server: EmbeddedPostgres, name: str) -> None:
 async def database_dsn(embedded_postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     """A fresh, fully migrated database of its own for this test."""
     name = await _create_database(embedded_postgres, TEMPLATE_DATABASE)
-    yield _dsn_for(embedded_postgres, name)
+    yield embedded_postgres.dsn_for(name)
     await _drop_database(embedded_postgres, name)
 
 
@@ -86,7 +82,7 @@ async def database_dsn(embedded_postgres: EmbeddedPostgres) -> AsyncIterator[str
 async def empty_database_dsn(embedded_postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     """A fresh database with no schema at all (for migration tests)."""
     name = await _create_database(embedded_postgres, "template0")
-    yield _dsn_for(embedded_postgres, name)
+    yield embedded_postgres.dsn_for(name)
     await _drop_database(embedded_postgres, name)
 
 

@@ -43,6 +43,7 @@ class Database:
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._open_lock: asyncio.Lock | None = None
+        self._open_lock_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def dsn(self) -> str:
@@ -56,8 +57,10 @@ class Database:
         loop = asyncio.get_running_loop()
         if self._pool is not None and self._pool_loop is loop:
             return self._pool
-        if self._open_lock is None or self._pool_loop is not loop:
-            self._open_lock = asyncio.Lock()
+        # One lock per loop, made without an await in between, so that concurrent first uses
+        # on a new loop share it and open one pool between them.
+        if self._open_lock is None or self._open_lock_loop is not loop:
+            self._open_lock, self._open_lock_loop = asyncio.Lock(), loop
         async with self._open_lock:
             if self._pool is not None and self._pool_loop is loop:
                 return self._pool

@@ -36,6 +36,10 @@ class EmbeddedPostgres:
     dsn: str
     _server: Any
 
+    def dsn_for(self, database: str) -> str:
+        """The DSN of another database on the same server."""
+        return str(self._server.get_uri(database=database))
+
     def stop(self) -> None:
         """Stop the server now.
 

@@ -168,7 +168,9 @@ class OpenRouterClient:
             try:
                 response = await self._client().request(method, path, params=params, json=body)
             except httpx.TransportError as exc:
-                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                sent = not isinstance(
+                    exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+                )
                 logger.warning(
                     "openrouter call failed without a response",
                     extra={

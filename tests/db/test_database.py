@@ -27,6 +27,7 @@ async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
 
 
 async def test_the_pool_never_opens_more_than_max_size_connections(database_dsn: str) -> None:
+    # Ten concurrent first uses: they must share one pool, not race to open several.
     database = Database(database_dsn, PoolLimits(max_size=2))
 
     async def backend_pid() -> int:
