@@ -1,16 +1,20 @@
-"""The `openrouter-agent` command: serve, migrate, emulator."""
+"""The `openrouter-agent` command: serve, migrate, emulator, tokens."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
+from uuid import UUID
 
 import typer
 
+from shared.access.principals import Scope
 from shared.config import Settings, get_settings
 from shared.db.database import Database
 from shared.db.embedded import EmbeddedPostgres, start_embedded_postgres
@@ -22,7 +26,15 @@ from shared.db.migrations import (
     load_migrations,
     render_supabase_schema,
 )
+from shared.errors import AppError
 from shared.observability import configure_logging, logger
+from shared.redaction import redact
+from shared.runtime import pool_limits
+
+if TYPE_CHECKING:
+    from shared.access.service import AccessService
+
+T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -88,10 +100,13 @@ def migrate(
     configure_logging(settings.log_level)
     target, embedded = _resolve_database(settings, dsn)
     try:
-        applied = asyncio.run(_migrate(Database(target)))
+        applied = asyncio.run(_migrate(Database(target, pool_limits(settings))))
     except MigrationError as exc:
         typer.echo(f"migrate: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except AppError as exc:
+        typer.echo(f"migrate: {exc.message} ({redact(str(exc.details or ''))})", err=True)
+        raise typer.Exit(2) from exc
     finally:
         if embedded is not None:
             embedded.stop()
@@ -106,7 +121,7 @@ def serve(
     """Start every endpoint group on one local server, on embedded defaults where unset."""
     import uvicorn
 
-    from shared.runtime import Runtime, pool_limits
+    from shared.runtime import Runtime
     from shared.web.app_factory import create_app
 
     launched_at = _launched_at()
@@ -190,6 +205,100 @@ def emulator(
     typer.echo(f"OpenRouter emulator: http://{host}:{port}/api/v1")
     # info level: uvicorn's "Uvicorn running on ..." line tells scripts the port is open.
     uvicorn.run(emulated, host=host, port=port, log_level="info", access_log=False)
+
+
+tokens_app = typer.Typer(no_args_is_help=True, help="Service tokens: issue, list, revoke.")
+app.add_typer(tokens_app, name="tokens")
+
+
+def _operator() -> str:
+    """Who issued or revoked from the command line, for the token's record."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+async def _with_access_service(
+    settings: Settings, dsn: str | None, action: Callable[[AccessService], Awaitable[T]]
+) -> T:
+    from shared.access.service import AccessService
+    from shared.runtime import Runtime
+
+    target, embedded = _resolve_database(settings, dsn)
+    database = Database(target, pool_limits(settings))
+    try:
+        return await action(AccessService(Runtime(settings, database=database)))
+    finally:
+        await database.close()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _run_access(dsn: str | None, action: Callable[[AccessService], Awaitable[T]]) -> T:
+    settings = get_settings()
+    configure_logging("WARNING")
+    try:
+        return asyncio.run(_with_access_service(settings, dsn, action))
+    except AppError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+
+
+DsnOption = Annotated[
+    str | None, typer.Option("--dsn", help="Postgres DSN; default DATABASE_URL, else embedded.")
+]
+
+
+@tokens_app.command("issue")
+def tokens_issue(
+    name: Annotated[str, typer.Option(help="What the token is for, e.g. formul8-backend.")],
+    scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
+    expires_in_days: Annotated[int | None, typer.Option(min=1)] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Issue a service token. It is printed once, on its own line; store it now."""
+    from datetime import UTC, datetime, timedelta
+
+    expires_at = (
+        None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
+    )
+    issued = _run_access(
+        dsn,
+        lambda service: service.issue_token(
+            issued_by=_operator(), name=name, scopes=scope, expires_at=expires_at
+        ),
+    )
+    typer.echo(f"issued {issued.record.id} ({', '.join(issued.record.scopes)})", err=True)
+    typer.echo(issued.token)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    include_revoked: Annotated[bool, typer.Option()] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    dsn: DsnOption = None,
+) -> None:
+    """List service tokens (never the tokens themselves)."""
+    from shared.access.schemas import ServiceTokenInfo
+
+    records = _run_access(dsn, lambda s: s.list_tokens(include_revoked=include_revoked))
+    infos = [ServiceTokenInfo.of(r) for r in records]
+    if as_json:
+        typer.echo(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
+        return
+    for info in infos:
+        state = "revoked" if info.revoked_at else "active"
+        typer.echo(
+            f"{info.id}  {state:<7}  {info.token_hint}  {info.name}  "
+            f"[{', '.join(info.scopes)}]  last used {info.last_used_at or 'never'}"
+        )
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: UUID, dsn: DsnOption = None) -> None:
+    """Revoke a service token; revoking it again changes nothing."""
+    record = _run_access(dsn, lambda s: s.revoke_token(token_id, revoked_by=_operator()))
+    typer.echo(f"revoked {record.id} at {record.revoked_at}")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -114,9 +114,81 @@ class Settings(BaseSettings):
         default=1_048_576, description="Larger request bodies are refused with 413."
     )
 
+    supabase_jwt_secret: SecretStr | None = Field(
+        default=None, description="Supabase's legacy HS256 JWT secret, to verify user tokens."
+    )
+    supabase_jwks_url: str | None = Field(
+        default=None,
+        description="JWKS of the project's asymmetric signing keys (ES256/RS256). Default: "
+        "SUPABASE_URL/auth/v1/.well-known/jwks.json when SUPABASE_URL is set.",
+    )
+    jwt_issuer: str | None = Field(
+        default=None,
+        description="Required `iss` of user tokens. Default: SUPABASE_URL/auth/v1.",
+    )
+    jwt_audience: str = Field(default="authenticated", description="Required `aud` of user tokens.")
+    jwks_cache_ttl_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="How long fetched signing keys are trusted before a refetch."
+    )
+    jwks_min_refresh_interval_s: Annotated[float, Field(ge=0)] = Field(
+        default=30.0,
+        description="An unknown `kid` refetches the JWKS at most this often (no refetch storms).",
+    )
+    admin_role_claim: str = Field(
+        default="app_metadata.role",
+        description="Dotted path of the JWT claim that marks an admin user.",
+    )
+    admin_role_value: str = Field(
+        default="admin", description="Value of ADMIN_ROLE_CLAIM that makes a user an admin."
+    )
+    cron_secret: SecretStr | None = Field(
+        default=None,
+        description="Bearer secret the scheduler (Vercel crons) sends; at least 16 characters.",
+    )
+    bootstrap_admin_token: SecretStr | None = Field(
+        default=None,
+        description="An admin credential from the environment, to issue the first service "
+        "token of a fresh deployment; at least 32 characters. Remove it afterwards.",
+    )
+    cors_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed by CORS (JSON list). Empty: CORS denied.",
+    )
+    rate_limit_key_writes_per_minute: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="Key creations and rotations per credential per minute."
+    )
+    rate_limit_key_reveals_per_minute: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="Key reveals per credential per minute."
+    )
+    rate_limit_token_issues_per_minute: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="Service token issuances per credential per minute."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # `DATABASE_URL=` in a shell or .env means "not set", not "an empty DSN".
+        return None if isinstance(value, str) and value.strip() == "" else value
+
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION
+
+    @property
+    def effective_jwks_url(self) -> str | None:
+        if self.supabase_jwks_url is not None:
+            return self.supabase_jwks_url
+        if self.supabase_url is not None:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
+
+    @property
+    def effective_jwt_issuer(self) -> str | None:
+        if self.jwt_issuer is not None:
+            return self.jwt_issuer
+        if self.supabase_url is not None:
+            return self.supabase_url.rstrip("/") + "/auth/v1"
+        return None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -139,6 +211,9 @@ class Settings(BaseSettings):
             "SUPABASE_SERVICE_ROLE_KEY": self.supabase_service_role_key,
             "OPENROUTER_MANAGEMENT_KEY": self.openrouter_management_key,
             "ENCRYPTION_MASTER_KEY": self.encryption_master_key,
+            "SUPABASE_JWT_SECRET": self.supabase_jwt_secret,
+            "CRON_SECRET": self.cron_secret,
+            "BOOTSTRAP_ADMIN_TOKEN": self.bootstrap_admin_token,
         }
         for name, value in secrets.items():
             if (
@@ -146,6 +221,12 @@ class Settings(BaseSettings):
                 and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
             ):
                 raise ValueError(f"{name} holds a placeholder value; set a real secret")
+        for name, value, minimum in (
+            ("CRON_SECRET", self.cron_secret, 16),
+            ("BOOTSTRAP_ADMIN_TOKEN", self.bootstrap_admin_token, 32),
+        ):
+            if value is not None and len(value.get_secret_value()) < minimum:
+                raise ValueError(f"{name} must be at least {minimum} characters")
         if self.is_production:
             missing = [
                 name

@@ -13,8 +13,10 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from shared.access.user_tokens import JwksCache, UserTokenVerifier
 from shared.config import Settings
 from shared.crypto.master_key import MasterKey, load_or_generate_master_key
+from shared.crypto.tokens import derive_token_hmac_key
 from shared.db.database import Database, DatabaseUnavailable, PoolLimits
 from shared.observability import logger
 from shared.openrouter.client import OpenRouterClient
@@ -49,6 +51,8 @@ class Runtime:
         self._openrouter = openrouter
         self._emulator = emulator
         self._master_key: MasterKey | None = None
+        self._token_hmac_key: bytes | None = None
+        self._user_token_verifier: UserTokenVerifier | None = None
         self._lock = threading.Lock()
 
     @property
@@ -125,3 +129,30 @@ class Runtime:
             if self._master_key is None:
                 self._master_key = load_or_generate_master_key(self.settings)
             return self._master_key
+
+    def token_hmac_key(self) -> bytes:
+        if self._token_hmac_key is None:
+            self._token_hmac_key = derive_token_hmac_key(self.master_key().material)
+        return self._token_hmac_key
+
+    def user_token_verifier(self) -> UserTokenVerifier:
+        """Built once per process, so its JWKS cache survives warm invocations."""
+        with self._lock:
+            if self._user_token_verifier is None:
+                settings = self.settings
+                jwks_url = settings.effective_jwks_url
+                self._user_token_verifier = UserTokenVerifier(
+                    hs256_secret=None
+                    if settings.supabase_jwt_secret is None
+                    else settings.supabase_jwt_secret.get_secret_value(),
+                    jwks=None
+                    if jwks_url is None
+                    else JwksCache(
+                        jwks_url,
+                        ttl_s=settings.jwks_cache_ttl_s,
+                        min_refresh_interval_s=settings.jwks_min_refresh_interval_s,
+                    ),
+                    issuer=settings.effective_jwt_issuer,
+                    audience=settings.jwt_audience,
+                )
+            return self._user_token_verifier

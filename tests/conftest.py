@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import respx
 from pydantic import SecretStr
 
 # Before anything reads settings: never production defaults, never the developer's .env values.
@@ -36,6 +37,15 @@ from shared.openrouter.client import OpenRouterClient  # noqa: E402
 from shared.openrouter.emulator import Emulator  # noqa: E402
 from shared.runtime import EMULATOR_BASE_URL, Runtime  # noqa: E402
 from shared.web.app_factory import create_app  # noqa: E402
+from tests.access.signing import (  # noqa: E402
+    HS256_SECRET,
+    ISSUER,
+    JWKS_URL,
+    AuthServer,
+    SigningKey,
+    new_es256_key,
+    new_rs256_key,
+)
 
 TEMPLATE_DATABASE = "openrouter_agent_template"
 
@@ -127,13 +137,49 @@ async def openrouter(
     await client.aclose()
 
 
+CRON_SECRET = "cron-secret-for-tests-0123456789"
+BOOTSTRAP_ADMIN_TOKEN = "bootstrap-admin-token-for-tests-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def signing_keys() -> dict[str, SigningKey]:
+    """Made once per session: RSA key generation is slow."""
+    return {
+        "es": new_es256_key("es-key-1"),
+        "rs": new_rs256_key("rs-key-1"),
+        "es_rotated": new_es256_key("es-key-2"),
+        "stranger": new_es256_key("es-key-1"),  # same kid as "es", a key the project never had
+    }
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_dsn: str) -> Settings:
+def auth_server(signing_keys: dict[str, SigningKey]) -> AuthServer:
+    return AuthServer(published=[signing_keys["es"], signing_keys["rs"]])
+
+
+@pytest.fixture
+def jwks_endpoint(auth_server: AuthServer) -> Iterator[respx.Route]:
+    """The project's JWKS over real httpx, answered by respx; it serves whatever the test's
+    auth server publishes at the moment of the request. No other outside request can pass."""
+    with respx.mock(assert_all_called=False) as router:
+        route = router.get(JWKS_URL).mock(
+            side_effect=lambda request: httpx.Response(200, json=auth_server.jwks())
+        )
+        yield route
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_dsn: str, jwks_endpoint: respx.Route) -> Settings:
     return Settings(
         app_env=Environment.TEST,
         local_data_dir=tmp_path / "local",
         database_url=SecretStr(database_dsn),
         database_connect_timeout_s=2.0,
+        supabase_jwt_secret=SecretStr(HS256_SECRET),
+        supabase_jwks_url=JWKS_URL,
+        jwt_issuer=ISSUER,
+        cron_secret=SecretStr(CRON_SECRET),
+        bootstrap_admin_token=SecretStr(BOOTSTRAP_ADMIN_TOKEN),
     )
 
 

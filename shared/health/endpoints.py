@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from shared import __version__
+from shared.access.rules import PublicCaller
 from shared.health import service
 from shared.health.schemas import DatabaseHealth, KeysHealth, Liveness
 from shared.observability import SERVICE_NAME
@@ -23,7 +24,7 @@ _UNHEALTHY: dict[int | str, dict[str, Any]] = {
 
 
 @liveness_router.get("", response_model=Liveness)
-async def liveness(request: Request, runtime: RuntimeDep) -> Liveness:
+async def liveness(request: Request, runtime: RuntimeDep, _: PublicCaller) -> Liveness:
     """Liveness: the process answers; no dependency is touched."""
     return Liveness(
         service=SERVICE_NAME,
@@ -35,12 +36,12 @@ async def liveness(request: Request, runtime: RuntimeDep) -> Liveness:
 
 
 @router.get("/database", response_model=DatabaseHealth, responses=_UNHEALTHY)
-async def database_health(runtime: RuntimeDep) -> DatabaseHealth:
+async def database_health(runtime: RuntimeDep, _: PublicCaller) -> DatabaseHealth:
     """Database round trip, server version and applied migration version."""
     return await service.check_database(service.database_of(runtime))
 
 
 @router.get("/keys", response_model=KeysHealth, responses=_UNHEALTHY)
-async def keys_health(runtime: RuntimeDep) -> KeysHealth:
+async def keys_health(runtime: RuntimeDep, _: PublicCaller) -> KeysHealth:
     """The OpenRouter management key is valid and is a management key; credits when available."""
     return await service.check_openrouter_keys(runtime)

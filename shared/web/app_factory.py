@@ -7,11 +7,15 @@ only what it needs), so routers are named here as import paths and loaded on dem
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Final
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from shared import __version__
+from shared.access.rules import AccessRule, rule_of
 from shared.config import Settings, get_settings
 from shared.observability import configure_logging
 from shared.runtime import Runtime
@@ -21,13 +25,22 @@ from shared.web.middleware import BodySizeLimitMiddleware, RequestContextMiddlew
 LIVENESS = "shared.health.endpoints:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
     "health": (LIVENESS, "shared.health.endpoints:router"),
-    "keys": (LIVENESS,),
+    "keys": (LIVENESS, "shared.access.endpoints:whoami_router"),
     "usage": (LIVENESS,),
-    "admin": (LIVENESS,),
-    "jobs": (LIVENESS,),
+    "admin": (LIVENESS, "shared.access.endpoints:tokens_router"),
+    "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS,),
 }
 GROUPS: Final = tuple(GROUP_ROUTERS)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAccess:
+    """One row of an app's route table: what the authorization matrix tests are built from."""
+
+    path: str
+    methods: frozenset[str]
+    rule: AccessRule
 
 
 def _load_router(path: str) -> APIRouter:
@@ -60,12 +73,33 @@ def create_app(
     app.state.group = group or "all"
     groups = GROUPS if group is None else (group,)
     # dict.fromkeys: ordered and de-duplicated (every group shares the liveness router).
-    for router_path in dict.fromkeys(p for name in groups for p in GROUP_ROUTERS[name]):
-        app.include_router(_load_router(router_path))
-    for router in extra_routers:
+    routers = [
+        _load_router(path)
+        for path in dict.fromkeys(p for name in groups for p in GROUP_ROUTERS[name])
+    ]
+    routers.extend(extra_routers)
+    access_rules: list[RouteAccess] = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                # Raises for a route that declares no rule: nothing is open by default.
+                access_rules.append(
+                    RouteAccess(route.path, frozenset(route.methods or ()), rule_of(route))
+                )
         app.include_router(router)
+    app.state.access_rules = access_rules
     install_error_handlers(app)
     # Added last runs first: the request id exists before the size check can answer.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=runtime.settings.max_request_body_bytes)
+    if runtime.settings.cors_allowed_origins:
+        # Without configured origins there is no CORS middleware at all: browsers are refused.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=runtime.settings.cors_allowed_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_credentials=False,
+        )
     app.add_middleware(RequestContextMiddleware)
     return app

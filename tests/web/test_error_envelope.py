@@ -11,6 +11,7 @@ import pytest
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from shared.access.rules import PublicCaller
 from shared.errors import Conflict
 from shared.runtime import Runtime
 from shared.web.app_factory import create_app
@@ -26,17 +27,17 @@ class Payload(BaseModel):
 
 
 @probe.post("/echo")
-async def echo(payload: Payload) -> Payload:
+async def echo(payload: Payload, _: PublicCaller) -> Payload:
     return payload
 
 
 @probe.get("/conflict")
-async def conflict() -> None:
+async def conflict(_: PublicCaller) -> None:
     raise Conflict("already rotating", code="rotation_in_progress", details={"user_id": "u1"})
 
 
 @probe.get("/crash")
-async def crash() -> None:
+async def crash(_: PublicCaller) -> None:
     raise RuntimeError(f"upstream said: invalid key {SECRET}")
 
 

@@ -1,0 +1,118 @@
+"""All SQL of access control: service tokens and rate-limit counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+from uuid import UUID
+
+from shared.db.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTokenRecord:
+    id: UUID
+    name: str
+    token_hint: str
+    scopes: list[str]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ServiceTokenRecord:
+        # Rows also carry token_hash; it never leaves the repository.
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    allowed: bool
+    hits: int
+    retry_after_s: int
+
+
+class ServiceTokenRepository:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def insert(
+        self,
+        *,
+        name: str,
+        token_hash: bytes,
+        token_hint: str,
+        scopes: list[str],
+        created_by: str,
+        expires_at: datetime | None,
+    ) -> ServiceTokenRecord:
+        async with self._database.connection() as conn:
+            cursor = await conn.execute(
+                "insert into service_tokens"
+                " (name, token_hash, token_hint, scopes, created_by, expires_at)"
+                " values (%s, %s, %s, %s, %s, %s) returning *",
+                (name, token_hash, token_hint, scopes, created_by, expires_at),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return ServiceTokenRecord.from_row(row)
+
+    async def list(self, *, include_revoked: bool) -> list[ServiceTokenRecord]:
+        async with self._database.connection() as conn:
+            cursor = await conn.execute(
+                "select * from service_tokens"
+                " where %s or revoked_at is null order by created_at desc, id",
+                (include_revoked,),
+            )
+            return [ServiceTokenRecord.from_row(row) for row in await cursor.fetchall()]
+
+    async def revoke(self, token_id: UUID, *, revoked_by: str) -> ServiceTokenRecord | None:
+        """Revoke once; revoking again keeps the first revocation's time and author."""
+        async with self._database.connection() as conn:
+            cursor = await conn.execute(
+                "update service_tokens"
+                " set revoked_at = coalesce(revoked_at, now()),"
+                " revoked_by = coalesce(revoked_by, %s)"
+                " where id = %s returning *",
+                (revoked_by, token_id),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else ServiceTokenRecord.from_row(row)
+
+    async def authenticate(self, token_hash: bytes) -> ServiceTokenRecord | None:
+        async with self._database.connection() as conn:
+            cursor = await conn.execute(
+                "select * from authenticate_service_token(%s)", (token_hash,)
+            )
+            row = await cursor.fetchone()
+        return None if row is None else ServiceTokenRecord.from_row(row)
+
+
+class RateLimitRepository:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def consume(self, bucket: str, *, limit: int, window_s: int) -> RateLimitDecision:
+        async with self._database.connection() as conn:
+            cursor = await conn.execute(
+                "select allowed, hits, retry_after_seconds from consume_rate_limit(%s, %s, %s)",
+                (bucket, limit, window_s),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return RateLimitDecision(
+            allowed=bool(row["allowed"]),
+            hits=cast(int, row["hits"]),
+            retry_after_s=cast(int, row["retry_after_seconds"]),
+        )
+
+    async def prune(self) -> int:
+        async with self._database.connection() as conn:
+            cursor = await conn.execute("select prune_rate_limit_counters() as pruned")
+            row = await cursor.fetchone()
+        assert row is not None
+        return cast(int, row["pruned"])

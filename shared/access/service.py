@@ -1,0 +1,135 @@
+"""Authentication of every credential kind, and the service-token lifecycle."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from shared.access.principals import Principal, PrincipalKind, Scope
+from shared.access.repository import (
+    RateLimitDecision,
+    RateLimitRepository,
+    ServiceTokenRecord,
+    ServiceTokenRepository,
+)
+from shared.access.user_tokens import TokenRejected, claim_at
+from shared.crypto.tokens import (
+    generate_service_token,
+    has_valid_checksum,
+    hash_service_token,
+    looks_like_service_token,
+    token_hint,
+)
+from shared.errors import BadRequest, NotFound
+from shared.runtime import Runtime
+
+BOOTSTRAP_PRINCIPAL_ID = "bootstrap"
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str  # shown once, never stored
+    record: ServiceTokenRecord
+
+
+class AccessService:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _tokens(self) -> ServiceTokenRepository:
+        return ServiceTokenRepository(self._runtime.database())
+
+    async def authenticate(self, credential: str) -> Principal:
+        """The principal behind a bearer credential, or TokenRejected (401)."""
+        settings = self._runtime.settings
+        if looks_like_service_token(credential):
+            return await self._authenticate_service_token(credential)
+        if credential.count(".") == 2:
+            verified = await self._runtime.user_token_verifier().verify(credential)
+            is_admin = claim_at(verified.claims, settings.admin_role_claim) == (
+                settings.admin_role_value
+            )
+            return Principal(PrincipalKind.USER, verified.user_id, is_admin=is_admin)
+        # Both are compared whenever configured, so timing says nothing about which one exists.
+        cron = settings.cron_secret
+        bootstrap = settings.bootstrap_admin_token
+        is_cron = cron is not None and _same_secret(credential, cron.get_secret_value())
+        is_bootstrap = bootstrap is not None and _same_secret(
+            credential, bootstrap.get_secret_value()
+        )
+        if is_cron:
+            return Principal(PrincipalKind.CRON, "cron")
+        if is_bootstrap:
+            return Principal(
+                PrincipalKind.SERVICE,
+                BOOTSTRAP_PRINCIPAL_ID,
+                is_admin=True,
+                scopes=frozenset(Scope),
+                name="bootstrap admin token",
+            )
+        raise TokenRejected("credential_invalid", "the credential is not recognised")
+
+    async def _authenticate_service_token(self, token: str) -> Principal:
+        if not has_valid_checksum(token):
+            raise TokenRejected("credential_invalid", "the service token is malformed")
+        record = await self._tokens().authenticate(
+            hash_service_token(token, self._runtime.token_hmac_key())
+        )
+        if record is None:
+            raise TokenRejected(
+                "credential_invalid", "the service token is unknown, revoked or expired"
+            )
+        scopes = frozenset(Scope(s) for s in record.scopes)
+        return Principal(
+            PrincipalKind.SERVICE,
+            str(record.id),
+            is_admin=Scope.ADMIN in scopes,
+            scopes=scopes,
+            name=record.name,
+        )
+
+    async def issue_token(
+        self,
+        *,
+        issued_by: str,
+        name: str,
+        scopes: list[Scope],
+        expires_at: datetime | None,
+    ) -> IssuedToken:
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise BadRequest("expires_at must be in the future", code="expiry_in_past")
+        token = generate_service_token()
+        record = await self._tokens().insert(
+            name=name,
+            token_hash=hash_service_token(token, self._runtime.token_hmac_key()),
+            token_hint=token_hint(token),
+            scopes=sorted({str(scope) for scope in scopes}),
+            created_by=issued_by,
+            expires_at=expires_at,
+        )
+        return IssuedToken(token=token, record=record)
+
+    async def list_tokens(self, *, include_revoked: bool) -> list[ServiceTokenRecord]:
+        return await self._tokens().list(include_revoked=include_revoked)
+
+    async def revoke_token(self, token_id: UUID, *, revoked_by: str) -> ServiceTokenRecord:
+        record = await self._tokens().revoke(token_id, revoked_by=revoked_by)
+        if record is None:
+            raise NotFound("no service token has this id", code="token_not_found")
+        return record
+
+    async def consume_rate_limit(
+        self, action: str, principal: Principal, *, per_minute: int
+    ) -> RateLimitDecision:
+        return await RateLimitRepository(self._runtime.database()).consume(
+            f"{action}:{principal.rate_limit_identity}", limit=per_minute, window_s=60
+        )
+
+    async def prune_rate_limits(self) -> int:
+        return await RateLimitRepository(self._runtime.database()).prune()

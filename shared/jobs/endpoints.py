@@ -1,0 +1,22 @@
+"""Cron routes: GET (as Vercel crons call them), for the scheduler's CRON_SECRET only."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from shared.access.rules import CronCaller
+from shared.jobs import service
+from shared.web.deps import RuntimeDep
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+class PruneResult(BaseModel):
+    pruned: int
+
+
+@router.get("/prune-rate-limits", response_model=PruneResult)
+async def prune_rate_limits(_: CronCaller, runtime: RuntimeDep) -> PruneResult:
+    """Delete ended rate-limit windows (hourly)."""
+    return PruneResult(pruned=await service.prune_rate_limits(runtime))

@@ -1,0 +1,14 @@
+"""The jobs themselves, shared by the HTTP cron routes and the Lambda schedule handlers."""
+
+from __future__ import annotations
+
+from shared.access.service import AccessService
+from shared.observability import logger
+from shared.runtime import Runtime
+
+
+async def prune_rate_limits(runtime: Runtime) -> int:
+    """Delete rate-limit windows that have ended; they count nothing any more."""
+    pruned = await AccessService(runtime).prune_rate_limits()
+    logger.info("rate-limit windows pruned", extra={"pruned": pruned})
+    return pruned
