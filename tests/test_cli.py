@@ -174,3 +174,32 @@ def test_the_emulator_command_serves_the_api_to_other_programs(tmp_path: Path) -
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_a_cli_command_leaves_a_running_servers_database_alone(
+    served: tuple[subprocess.Popen[str], str, Path],
+) -> None:
+    # GIVEN the local server is up on its embedded database
+    process, url, data_dir = served
+    _wait_for_line(process, '"ready: ', timeout_s=60)
+    env = {**_clean_env(data_dir.parent), "LOCAL_DATA_DIR": str(data_dir)}
+
+    # WHEN an operator issues a token against the same embedded database
+    issued = subprocess.run(
+        [*CLI, "tokens", "issue", "--name", "ops", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    # THEN the token works on the running server, whose database is still up
+    assert issued.returncode == 0, issued.stderr
+    whoami = httpx.get(
+        f"{url}/api/auth/whoami",
+        headers={"Authorization": f"Bearer {issued.stdout.strip()}"},
+        timeout=10,
+    )
+    assert whoami.status_code == 200
+    assert whoami.json()["is_admin"] is True
+    assert httpx.get(f"{url}/health/database", timeout=10).status_code == 200

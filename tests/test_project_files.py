@@ -36,6 +36,21 @@ def test_every_setting_is_documented_in_the_readme_and_nothing_else() -> None:
     assert _documented_variables() == _setting_variables()
 
 
+def test_every_cron_route_is_scheduled_on_both_platforms() -> None:
+    from shared.web.app_factory import create_app
+
+    cron_routes = {r.path for r in create_app().state.access_rules if r.rule.name == "cron"}
+    vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
+    serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
+    scheduled_handlers = {
+        spec["handler"].rpartition(".")[2].replace("_", "-")
+        for spec in serverless["functions"].values()
+        if any("schedule" in event for event in spec["events"])
+    }
+    assert {cron["path"] for cron in vercel["crons"]} == cron_routes
+    assert {path.rpartition("/")[2] for path in cron_routes} == scheduled_handlers
+
+
 def test_vercel_routes_reach_every_group_through_modules_that_export_app() -> None:
     config = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
     destinations = {route["dest"] for route in config["routes"]}
@@ -48,7 +63,12 @@ def test_vercel_routes_reach_every_group_through_modules_that_export_app() -> No
 def test_serverless_declares_every_group_with_an_importable_handler() -> None:
     config = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
     handlers = {name: spec["handler"] for name, spec in config["functions"].items()}
-    assert set(handlers) == set(GROUPS)
+    http_functions = {
+        name
+        for name, spec in config["functions"].items()
+        if any("httpApi" in event for event in spec["events"])
+    }
+    assert http_functions == set(GROUPS)
     assert config["provider"]["runtime"] == "python3.12"
     for handler in handlers.values():
         module_path, _, attribute = handler.rpartition(".")

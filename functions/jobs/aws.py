@@ -1,6 +1,13 @@
-"""The jobs function for AWS Lambda behind API Gateway (HTTP API, payload 2.0)."""
+"""The jobs function for AWS Lambda: the HTTP routes (API Gateway) and one plain handler per
+scheduled job (EventBridge invokes those directly)."""
 
 from functions.jobs.index import app
+from shared.jobs import service as jobs
+from shared.jobs.scheduled import scheduled_handler
 from shared.web.lambda_adapter import lambda_handler_for
 
 handler = lambda_handler_for(app)
+
+prune_rate_limits = scheduled_handler(
+    "prune_rate_limits", jobs.prune_rate_limits, lambda: app.state.runtime
+)

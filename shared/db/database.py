@@ -107,5 +107,11 @@ class Database:
     async def close(self) -> None:
         pool, loop = self._pool, self._pool_loop
         self._pool, self._pool_loop = None, None
-        if pool is not None and loop is asyncio.get_running_loop():
+        if pool is None or loop is None:
+            return
+        if loop is asyncio.get_running_loop():
             await pool.close()
+        elif not loop.is_closed() and not loop.is_running():
+            # A pool opened by another, idle loop (Mangum's, a job handler's) is closed on that
+            # loop, in a worker thread, so that its tasks end instead of being destroyed pending.
+            await asyncio.to_thread(loop.run_until_complete, pool.close())

