@@ -100,17 +100,18 @@ end
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Which tier each user is on. The budget comes from subscription_tiers; a user with no row is
--- on the free tier (the service applies that default).
+-- Users of the platform and their subscription tier. The id is the platform's own: a Supabase
+-- Auth user id (a UUID) or an opaque string such as a username.
 -- ---------------------------------------------------------------------------------------------
-create table user_subscriptions (
-    user_id uuid primary key,
-    tier text not null references subscription_tiers (tier),
+create table users (
+    user_id text primary key check (length(user_id) between 1 and 255),
+    tier text not null default 'free' references subscription_tiers (tier),
+    created_at timestamptz not null default now(),
     updated_at timestamptz not null default now(),
     updated_by text not null
 );
 
-comment on table user_subscriptions is 'The subscription tier of each user (no row = free).';
+comment on table users is 'Platform users and their subscription tier.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Service tokens: only an HMAC-SHA256 of the token is stored; the token is shown once.
@@ -214,29 +215,29 @@ $$;
 -- default; we take it all back and give each role only what the access rules allow. The
 -- service itself connects as the table owner (or service_role) and enforces its own rules.
 -- ---------------------------------------------------------------------------------------------
-alter table user_subscriptions enable row level security;
+alter table users enable row level security;
 alter table service_tokens enable row level security;
 alter table rate_limit_counters enable row level security;
 
-revoke all on subscription_tiers, user_subscriptions, service_tokens, rate_limit_counters,
+revoke all on subscription_tiers, users, service_tokens, rate_limit_counters,
     schema_migrations from anon, authenticated;
 revoke all on function authenticate_service_token(bytea), consume_rate_limit(text, integer, integer),
     prune_rate_limit_counters() from public, anon, authenticated;
-grant all on subscription_tiers, user_subscriptions, service_tokens, rate_limit_counters
+grant all on subscription_tiers, users, service_tokens, rate_limit_counters
     to service_role;
 grant execute on function authenticate_service_token(bytea), consume_rate_limit(text, integer, integer),
     prune_rate_limit_counters() to service_role;
 
--- Signed-in users may read the tier table and their own subscription; they write nothing.
+-- Signed-in users may read the tier table and their own user row; they write nothing.
 grant select on subscription_tiers to authenticated;
 create policy subscription_tiers_readable_by_users on subscription_tiers
     for select to authenticated using (true);
 
-grant select on user_subscriptions to authenticated;
-create policy user_subscriptions_own_row on user_subscriptions
-    for select to authenticated using (user_id = auth.uid());
+grant select on users to authenticated;
+create policy users_own_row on users
+    for select to authenticated using (user_id = auth.uid()::text);
 
-insert into schema_migrations (version, name, checksum) values ('0002', 'access_control', 'dbb253cd014cfe84e0924ef71d2fad4288c020b96c6c63d4a9c39b301c69a806')
+insert into schema_migrations (version, name, checksum) values ('0002', 'access_control', '7261e2a91d2e4f7c5aa2e652db36f8cdc8680a5eb0925e7de5ea607f42aa0e51')
 on conflict (version) do nothing;
 
 commit;

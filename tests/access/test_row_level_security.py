@@ -18,7 +18,7 @@ USER_B = str(uuid.uuid4())
 async def seeded_dsn(database_dsn: str) -> str:
     async with await psycopg.AsyncConnection.connect(database_dsn, autocommit=True) as conn:
         await conn.execute(
-            "insert into user_subscriptions (user_id, tier, updated_by) values"
+            "insert into users (user_id, tier, updated_by) values"
             " (%s, 'standard', 'test'), (%s, 'enterprise', 'test')",
             (USER_A, USER_B),
         )
@@ -41,8 +41,8 @@ async def _as(dsn: str, role: str, sql: str, *, sub: str | None = None) -> list[
         return await cursor.fetchall() if cursor.description else []
 
 
-async def test_each_user_reads_only_their_own_subscription(seeded_dsn: str) -> None:
-    sql = "select user_id::text, tier from user_subscriptions"
+async def test_each_user_reads_only_their_own_user_row(seeded_dsn: str) -> None:
+    sql = "select user_id, tier from users"
     assert await _as(seeded_dsn, "authenticated", sql, sub=USER_A) == [(USER_A, "standard")]
     assert await _as(seeded_dsn, "authenticated", sql, sub=USER_B) == [(USER_B, "enterprise")]
     assert await _as(seeded_dsn, "authenticated", sql, sub=str(uuid.uuid4())) == []
@@ -58,10 +58,9 @@ async def test_auth_uid_reads_the_claims_like_supabase(seeded_dsn: str) -> None:
 @pytest.mark.parametrize(
     "sql",
     [
-        "insert into user_subscriptions (user_id, tier, updated_by)"
-        " values (gen_random_uuid(), 'admin', 'me')",
-        "update user_subscriptions set tier = 'admin'",
-        "delete from user_subscriptions",
+        "insert into users (user_id, tier, updated_by) values ('someone', 'admin', 'me')",
+        "update users set tier = 'admin'",
+        "delete from users",
         "update subscription_tiers set monthly_budget_usd = null",
         "select * from service_tokens",
         "select * from rate_limit_counters",
@@ -78,7 +77,7 @@ async def test_users_write_nothing_and_never_see_credentials(seeded_dsn: str, sq
 @pytest.mark.parametrize(
     "sql",
     [
-        "select * from user_subscriptions",
+        "select * from users",
         "select * from subscription_tiers",
         "select * from service_tokens",
     ],
@@ -96,12 +95,12 @@ async def test_users_may_read_the_tier_table(seeded_dsn: str) -> None:
 
 
 async def test_the_service_role_reads_and_writes_everything(seeded_dsn: str) -> None:
-    subscriptions = await _as(seeded_dsn, "service_role", "select count(*) from user_subscriptions")
+    subscriptions = await _as(seeded_dsn, "service_role", "select count(*) from users")
     tokens = await _as(seeded_dsn, "service_role", "select count(*) from service_tokens")
     updated = await _as(
         seeded_dsn,
         "service_role",
-        "update user_subscriptions set tier = 'beta', updated_by = 'svc' returning tier",
+        "update users set tier = 'beta', updated_by = 'svc' returning tier",
     )
     assert updated == [("beta",), ("beta",)]
     assert subscriptions == [(2,)]
