@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -153,6 +154,42 @@ class Settings(BaseSettings):
     cors_allowed_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed by CORS (JSON list). Empty: CORS denied.",
+    )
+    kms_key_id: str | None = Field(
+        default=None,
+        description="AWS KMS key (id, ARN or alias) that wraps data keys. Unset: the local "
+        "master key wraps them.",
+    )
+    encryption_previous_master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Former master keys (JSON list of base64), kept only to re-wrap data keys "
+        "after a master key rotation.",
+    )
+    openrouter_key_name_prefix: str = Field(
+        default="ora",
+        pattern=r"^[a-z0-9-]{1,20}$",
+        description="Prefix of the names of keys we create at OpenRouter; the reconciler only "
+        "ever touches keys with this prefix. Use one per deployment sharing an account.",
+    )
+    rotation_grace_seconds: Annotated[int, Field(ge=0, le=86_400)] = Field(
+        default=300, description="Default overlap during which a rotated-out key still works."
+    )
+    rotation_grace_budget_fraction: Annotated[Decimal, Field(ge=0, le=1)] = Field(
+        default=Decimal("0.1"),
+        description="Share of the remaining monthly budget the old key may still spend during "
+        "its grace period; the new key gets the rest, so together they never exceed it.",
+    )
+    key_operation_lease_s: Annotated[int, Field(ge=5, le=900)] = Field(
+        default=60,
+        description="How long one invocation holds a key operation before another may resume it.",
+    )
+    reconcile_orphan_min_age_s: Annotated[int, Field(ge=60)] = Field(
+        default=900,
+        description="Keys under our prefix unknown to the database are deleted by the reconciler "
+        "only when at least this old (a create may still be in flight).",
+    )
+    system_key_monthly_budget_usd: Decimal | None = Field(
+        default=None, description="Monthly limit of system keys (unset: unlimited)."
     )
     rate_limit_key_writes_per_minute: Annotated[int, Field(ge=1)] = Field(
         default=10, description="Key creations and rotations per credential per minute."

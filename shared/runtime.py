@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from shared.access.user_tokens import JwksCache, UserTokenVerifier
 from shared.config import Settings
-from shared.crypto.master_key import MasterKey, load_or_generate_master_key
+from shared.crypto.envelope import KeyProvider, KmsKeyProvider, LocalKeyProvider, SecretSealer
+from shared.crypto.master_key import MasterKey, decode_master_key, load_or_generate_master_key
 from shared.crypto.tokens import derive_token_hmac_key
 from shared.db.database import Database, DatabaseUnavailable, PoolLimits
 from shared.observability import logger
@@ -52,6 +53,7 @@ class Runtime:
         self._emulator = emulator
         self._master_key: MasterKey | None = None
         self._token_hmac_key: bytes | None = None
+        self._sealer: SecretSealer | None = None
         self._user_token_verifier: UserTokenVerifier | None = None
         self._lock = threading.Lock()
 
@@ -126,9 +128,42 @@ class Runtime:
 
     def master_key(self) -> MasterKey:
         with self._lock:
-            if self._master_key is None:
-                self._master_key = load_or_generate_master_key(self.settings)
-            return self._master_key
+            return self._master_key_locked()
+
+    def _master_key_locked(self) -> MasterKey:
+        if self._master_key is None:
+            self._master_key = load_or_generate_master_key(self.settings)
+        return self._master_key
+
+    def sealer(self) -> SecretSealer:
+        """Seals key material: AWS KMS when KMS_KEY_ID is set, else the local master key."""
+        with self._lock:
+            if self._sealer is None:
+                self._sealer = self._build_sealer()
+            return self._sealer
+
+    def _build_sealer(self) -> SecretSealer:
+        settings = self.settings
+        previous: list[KeyProvider] = [
+            LocalKeyProvider(decode_master_key(k.get_secret_value(), "a previous master key"))
+            for k in settings.encryption_previous_master_keys
+        ]
+        if settings.kms_key_id is None:
+            return SecretSealer(LocalKeyProvider(self._master_key_locked().material), previous)
+        import boto3
+        from botocore.config import Config
+
+        # Fail fast: a slow or throttled KMS must not hold a request for its whole timeout.
+        client = boto3.client(
+            "kms",
+            config=Config(
+                connect_timeout=3, read_timeout=5, retries={"max_attempts": 3, "mode": "standard"}
+            ),
+        )
+        if settings.encryption_master_key is not None:
+            # Keys sealed before the move to KMS still open, and can be re-wrapped.
+            previous.append(LocalKeyProvider(self._master_key_locked().material))
+        return SecretSealer(KmsKeyProvider(settings.kms_key_id, client), previous)
 
     def token_hmac_key(self) -> bytes:
         if self._token_hmac_key is None:

@@ -28,7 +28,7 @@ class MasterKey:
         return f"MasterKey(source={self.source!r}, material=<redacted>)"
 
 
-def _decode(encoded: str, origin: str) -> bytes:
+def decode_master_key(encoded: str, origin: str) -> bytes:
     try:
         material = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -42,21 +42,23 @@ def load_or_generate_master_key(settings: Settings) -> MasterKey:
     """The configured key; in development and tests, a key kept in LOCAL_DATA_DIR/master.key."""
     if settings.encryption_master_key is not None:
         return MasterKey(
-            _decode(settings.encryption_master_key.get_secret_value(), "ENCRYPTION_MASTER_KEY"),
+            decode_master_key(
+                settings.encryption_master_key.get_secret_value(), "ENCRYPTION_MASTER_KEY"
+            ),
             "environment",
         )
     if settings.is_production:
         raise MasterKeyError("ENCRYPTION_MASTER_KEY is required in production")
     path: Path = settings.local_data_dir / MASTER_KEY_FILE_NAME
     if path.exists():
-        return MasterKey(_decode(path.read_text(), str(path)), "file")
+        return MasterKey(decode_master_key(path.read_text(), str(path)), "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     encoded = base64.b64encode(secrets.token_bytes(MASTER_KEY_BYTES)).decode()
     # O_EXCL: two processes starting at once must not each write a different key.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return MasterKey(_decode(path.read_text(), str(path)), "file")
+        return MasterKey(decode_master_key(path.read_text(), str(path)), "file")
     with os.fdopen(fd, "w") as handle:
         handle.write(encoded + "\n")
     return MasterKey(base64.b64decode(encoded), "generated")

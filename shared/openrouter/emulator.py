@@ -189,7 +189,7 @@ class Emulator:
     def clear_faults(self) -> None:
         self.faults.clear()
 
-    def keys(self) -> list[EmulatedKey]:
+    def user_keys(self) -> list[EmulatedKey]:
         """Every user key (not management keys), newest first."""
         return sorted(
             (k for k in self._keys.values() if not k.is_management),
@@ -439,7 +439,7 @@ class Emulator:
         with self._lock:
             selected = [
                 k
-                for k in self.keys()
+                for k in self.user_keys()
                 if (include_disabled or not k.disabled)
                 and (include_expired or not self._expired(k, now))
                 and k.workspace_id == workspace

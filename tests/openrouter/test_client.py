@@ -154,7 +154,7 @@ async def test_a_429_on_create_is_not_retried_and_is_not_an_unknown_outcome(
     with pytest.raises(OpenRouterRateLimited):
         await openrouter.create_key(name="limited")
     assert _posts(emulator) == 1
-    assert emulator.keys() == []
+    assert emulator.user_keys() == []
 
 
 async def test_a_lost_create_response_is_an_unknown_outcome_and_the_key_exists(

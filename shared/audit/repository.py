@@ -1,0 +1,78 @@
+"""All SQL of the audit trail. Rows are appended inside the caller's transaction, so the audit
+row and the change it describes commit or roll back together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from shared.db.database import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    seq: int
+    occurred_at: datetime
+    actor: str
+    action: str
+    target: str | None
+    outcome: str
+    reason: str | None
+    request_id: str | None
+    fingerprint: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerification:
+    rows_checked: int
+    broken_seq: int | None
+    problem: str | None
+
+
+class AuditRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def append(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str | None,
+        outcome: str = "ok",
+        reason: str | None = None,
+        request_id: str | None = None,
+        fingerprint: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        await self._conn.execute(
+            "insert into audit_log"
+            " (actor, action, target, outcome, reason, request_id, fingerprint, details)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (actor, action, target, outcome, reason, request_id, fingerprint, Jsonb(details or {})),
+        )
+
+    async def recent(self, *, limit: int, before_seq: int | None = None) -> list[AuditEvent]:
+        cursor = await self._conn.execute(
+            "select seq, occurred_at, actor, action, target, outcome, reason, request_id,"
+            " fingerprint, details from audit_log"
+            " where %s::bigint is null or seq < %s::bigint order by seq desc limit %s",
+            (before_seq, before_seq, limit),
+        )
+        return [AuditEvent(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
+
+    async def verify(self) -> ChainVerification:
+        cursor = await self._conn.execute(
+            "select broken_seq, problem, rows_checked from verify_audit_chain()"
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return ChainVerification(
+            rows_checked=int(row["rows_checked"] or 0),  # type: ignore[call-overload]
+            broken_seq=None if row["broken_seq"] is None else int(row["broken_seq"]),  # type: ignore[call-overload]
+            problem=None if row["problem"] is None else str(row["problem"]),
+        )
