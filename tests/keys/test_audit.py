@@ -1,0 +1,80 @@
+"""The audit trail: one row per key operation step, hash-chained, append-only, tamper-evident."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from shared.audit.repository import AuditRepository
+from shared.db.database import Database
+from shared.keys.service import KeyLifecycleService, Owner
+
+
+async def _actions(database: Database) -> list[str]:
+    async with database.connection() as conn:
+        cursor = await conn.execute("select action from audit_log order by seq")
+        return [str(row["action"]) for row in await cursor.fetchall()]
+
+
+async def _verify(database: Database) -> tuple[int | None, int]:
+    async with database.connection() as conn:
+        result = await AuditRepository(conn).verify()
+    return result.broken_seq, result.rows_checked
+
+
+async def test_each_step_of_a_rotation_leaves_exactly_one_row(
+    keys: KeyLifecycleService, database: Database
+) -> None:
+    owner = Owner.user("audited")
+    await keys.create_key(owner, actor="t")
+    await keys.rotate_key(owner, actor="t", grace_seconds=0, reason="scheduled")
+    key = await keys.current_key(owner)
+    await keys.reveal(key, actor="service:reader", request_id="r1")
+    assert await _actions(database) == [
+        "key.create.requested",
+        "key.create.planned",
+        "key.created_at_openrouter",
+        "key.create.activated",
+        "key.create.completed",
+        "key.rotate.requested",
+        "key.rotate.planned",
+        "key.created_at_openrouter",
+        "key.rotate.activated",
+        "key.rotate.completed",
+        "key.revealed",
+    ]
+    assert await _verify(database) == (None, 11)
+
+
+@pytest.mark.parametrize("tampering", ["update", "delete"])
+async def test_editing_or_deleting_a_row_is_detected_at_that_row(
+    keys: KeyLifecycleService, database: Database, tampering: str
+) -> None:
+    owner = Owner.user("tampered")
+    await keys.create_key(owner, actor="t")
+    await keys.rotate_key(owner, actor="t", grace_seconds=0)
+    async with database.connection() as conn:
+        cursor = await conn.execute("select seq from audit_log order by seq offset 3 limit 1")
+        row = await cursor.fetchone()
+        assert row is not None
+        target = int(row["seq"])  # type: ignore[call-overload]
+
+        # While the guard is on, no role (the owner included) can change history...
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(
+                "update audit_log set actor = 'someone else' where seq = %s", (target,)
+            )
+
+        # ...and an owner who disables the guard is caught by verify.
+        await conn.execute("alter table audit_log disable trigger audit_log_append_only")
+        if tampering == "update":
+            await conn.execute(
+                "update audit_log set reason = 'nothing to see' where seq = %s", (target,)
+            )
+        else:
+            await conn.execute("delete from audit_log where seq = %s", (target,))
+        await conn.execute("alter table audit_log enable trigger audit_log_append_only")
+
+    broken, _ = await _verify(database)
+    # an edited row breaks at itself; a deleted one at the row that followed it
+    assert broken == (target if tampering == "update" else target + 1)
