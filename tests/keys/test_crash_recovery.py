@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from shared.db.database import Database
-from shared.errors import Conflict, ServiceUnavailable
+from shared.errors import BadGateway, Conflict, ServiceUnavailable
 from shared.keys.service import IssuedKey, KeyLifecycleService, Owner
 from shared.openrouter.emulator import Emulator, Fault
 from shared.runtime import Runtime
@@ -131,9 +131,9 @@ async def test_a_refused_create_fails_cleanly_and_keeps_the_old_key_working(
     service = KeyLifecycleService(runtime)
     first = await service.create_key(owner, actor=ACTOR, tier="free")
     emulator.inject(Fault("status", method="POST", path="/keys", status=400))
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(BadGateway) as failed:
         await service.rotate_key(owner, actor=ACTOR, grace_seconds=0)
-    assert getattr(failed.value, "code", None) == "openrouter_refused"
+    assert failed.value.code == "openrouter_refused"
     # the old key is still current, with its full limit back
     assert (await service.current_key(owner)).id == first.key.id
     [remote] = emulator.user_keys()
