@@ -11,3 +11,7 @@ handler = lambda_handler_for(app)
 prune_rate_limits = scheduled_handler(
     "prune_rate_limits", jobs.prune_rate_limits, lambda: app.state.runtime
 )
+
+advance_key_operations = scheduled_handler(
+    "advance_key_operations", jobs.advance_key_operations, lambda: app.state.runtime
+)

@@ -21,17 +21,13 @@ tokens_router = APIRouter(prefix="/api/admin/tokens", tags=["service tokens"])
 whoami_router = APIRouter(prefix="/api/auth", tags=["access"])
 
 
-def _actor(caller_kind: str, caller_id: str) -> str:
-    return f"{caller_kind}:{caller_id}"
-
-
 @tokens_router.post("", response_model=ServiceTokenIssued, status_code=201)
 async def issue_service_token(
     body: ServiceTokenCreate, caller: AdminTokenIssuer, runtime: RuntimeDep
 ) -> ServiceTokenIssued:
     """Issue a service token. The token is in this response only; store it now."""
     issued = await AccessService(runtime).issue_token(
-        issued_by=_actor(caller.kind, caller.id),
+        issued_by=caller.actor,
         name=body.name,
         scopes=body.scopes,
         expires_at=body.expires_at,
@@ -53,9 +49,7 @@ async def revoke_service_token(
     token_id: UUID, caller: AdminCaller, runtime: RuntimeDep
 ) -> ServiceTokenInfo:
     """Revoke a service token at once; revoking it again changes nothing."""
-    record = await AccessService(runtime).revoke_token(
-        token_id, revoked_by=_actor(caller.kind, caller.id)
-    )
+    record = await AccessService(runtime).revoke_token(token_id, revoked_by=caller.actor)
     return ServiceTokenInfo.of(record)
 
 

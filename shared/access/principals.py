@@ -34,5 +34,10 @@ class Principal:
         return self.is_admin or scope in self.scopes
 
     @property
-    def rate_limit_identity(self) -> str:
+    def actor(self) -> str:
+        """How this caller is named in audit rows and records: kind and id."""
         return f"{self.kind}:{self.id}"
+
+    @property
+    def rate_limit_identity(self) -> str:
+        return self.actor

@@ -151,6 +151,9 @@ class Authorize:
             )
 
 
+KEYS_WRITE = services_with(Scope.KEYS_WRITE)
+KEYS_READ = users_or_services_with(Scope.KEYS_READ)
+
 PublicCaller = Annotated[Principal | None, Depends(Authorize(PUBLIC))]
 AuthenticatedCaller = Annotated[Principal, Depends(Authorize(AUTHENTICATED))]
 AdminCaller = Annotated[Principal, Depends(Authorize(ADMIN))]
@@ -158,6 +161,11 @@ AdminTokenIssuer = Annotated[
     Principal, Depends(Authorize(ADMIN, rate_limit=RateLimitedAction.TOKEN_ISSUE))
 ]
 CronCaller = Annotated[Principal, Depends(Authorize(CRON))]
+KeyWriter = Annotated[Principal, Depends(Authorize(KEYS_WRITE))]
+RateLimitedKeyWriter = Annotated[
+    Principal, Depends(Authorize(KEYS_WRITE, rate_limit=RateLimitedAction.KEY_WRITE))
+]
+KeyReader = Annotated[Principal, Depends(Authorize(KEYS_READ))]
 
 
 def authorizers_of(route: APIRoute) -> list[Authorize]:

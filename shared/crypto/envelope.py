@@ -19,12 +19,16 @@ from uuid import UUID
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shared.errors import InternalError
+
 _NONCE_BYTES = 12
 _WRAP_VERSION = b"\x01"
 
 
-class DecryptionFailed(Exception):
+class DecryptionFailed(InternalError):
     """A sealed secret did not open: wrong row, wrong key, or tampered bytes."""
+
+    code = "key_material_unreadable"
 
 
 def _aad(context: Mapping[str, str]) -> bytes:

@@ -20,3 +20,13 @@ class PruneResult(BaseModel):
 async def prune_rate_limits(_: CronCaller, runtime: RuntimeDep) -> PruneResult:
     """Delete ended rate-limit windows (hourly)."""
     return PruneResult(pruned=await service.prune_rate_limits(runtime))
+
+
+class AdvanceResult(BaseModel):
+    advanced: int
+
+
+@router.get("/advance-key-operations", response_model=AdvanceResult)
+async def advance_key_operations(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
+    """Resume interrupted key operations; finish rotations past their grace (every minute)."""
+    return AdvanceResult(advanced=await service.advance_key_operations(runtime))

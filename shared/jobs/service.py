@@ -12,3 +12,12 @@ async def prune_rate_limits(runtime: Runtime) -> int:
     pruned = await AccessService(runtime).prune_rate_limits()
     logger.info("rate-limit windows pruned", extra={"pruned": pruned})
     return pruned
+
+
+async def advance_key_operations(runtime: Runtime) -> int:
+    """Resume crashed key operations and finish rotations whose grace period has ended."""
+    from shared.keys.service import KeyLifecycleService
+
+    advanced = await KeyLifecycleService(runtime).advance_due_operations()
+    logger.info("key operations advanced", extra={"advanced": advanced})
+    return advanced

@@ -25,9 +25,13 @@ from shared.web.middleware import BodySizeLimitMiddleware, RequestContextMiddlew
 LIVENESS = "shared.health.endpoints:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
     "health": (LIVENESS, "shared.health.endpoints:router"),
-    "keys": (LIVENESS, "shared.access.endpoints:whoami_router"),
+    "keys": (LIVENESS, "shared.access.endpoints:whoami_router", "shared.keys.endpoints:router"),
     "usage": (LIVENESS,),
-    "admin": (LIVENESS, "shared.access.endpoints:tokens_router"),
+    "admin": (
+        LIVENESS,
+        "shared.access.endpoints:tokens_router",
+        "shared.audit.endpoints:router",
+    ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS,),
 }

@@ -7,6 +7,7 @@ rule does not admit gets 403. A route that declares no rule cannot even be built
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from shared.web.app_factory import RouteAccess, create_app
 from tests.access.signing import AuthServer, SigningKey
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN, CRON_SECRET
 
+PATH_EXAMPLES = {"user_id": "someone", "name": "main"}
 USER_A = str(uuid.uuid4())
 USER_B = str(uuid.uuid4())
 ADMIN_USER = str(uuid.uuid4())
@@ -127,7 +129,11 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
 
     mismatches = []
     for route in routes:
-        path = route.path.replace("{token_id}", str(uuid.uuid4()))
+        path = re.sub(
+            r"\{(\w+)\}",
+            lambda m: PATH_EXAMPLES.get(m.group(1), str(uuid.uuid4())),
+            route.path,
+        )
         for method in sorted(route.methods):
             for caller in callers:
                 response = await client.request(
@@ -161,6 +167,19 @@ EXPECTED_RULES = {
     ("GET", "/api/admin/tokens"): "admin",
     ("DELETE", "/api/admin/tokens/{token_id}"): "admin",
     ("GET", "/api/jobs/prune-rate-limits"): "cron",
+    ("GET", "/api/jobs/advance-key-operations"): "cron",
+    ("POST", "/api/keys/create"): "services with keys:write",
+    ("POST", "/api/keys/rotate"): "services with keys:write",
+    ("DELETE", "/api/keys/{key_id}"): "services with keys:write",
+    ("POST", "/api/keys/{key_id}/disable"): "services with keys:write",
+    ("POST", "/api/keys/{key_id}/enable"): "services with keys:write",
+    ("GET", "/api/keys/user/{user_id}"): "users or services with keys:read",
+    ("GET", "/api/keys/user/{user_id}/history"): "users or services with keys:read",
+    ("GET", "/api/keys/system/{name}"): "users or services with keys:read",
+    ("GET", "/api/keys/operations/{operation_id}"): "users or services with keys:read",
+    ("GET", "/api/keys/{key_id}"): "users or services with keys:read",
+    ("GET", "/api/admin/audit"): "admin",
+    ("GET", "/api/admin/audit/verify"): "admin",
 }
 
 

@@ -1,0 +1,153 @@
+"""Request and response bodies of the key lifecycle (snake_case, like OpenRouter's own)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from shared.keys.repository import KeyRecord, OperationRecord
+from shared.keys.service import IssuedKey, Owner
+
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s/]+$")]
+SystemName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+TierName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class KeyOwnerRequest(BaseModel):
+    """Exactly one of user_id (a platform user) or system_name (a named system consumer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId | None = None
+    system_name: SystemName | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_owner(self) -> Self:
+        if (self.user_id is None) == (self.system_name is None):
+            raise ValueError("give exactly one of user_id or system_name")
+        return self
+
+    @property
+    def owner(self) -> Owner:
+        if self.user_id is not None:
+            return Owner.user(self.user_id)
+        assert self.system_name is not None
+        return Owner.system(self.system_name)
+
+
+class CreateKeyRequest(KeyOwnerRequest):
+    tier: TierName | None = Field(
+        default=None, description="Set the user's subscription tier (default: free, or as is)."
+    )
+
+
+class RotateKeyRequest(KeyOwnerRequest):
+    grace_seconds: Annotated[int, Field(ge=0, le=86_400)] | None = Field(
+        default=None, description="How long the old key keeps working (0: revoke at once)."
+    )
+    reason: Reason | None = None
+
+
+class KeyInfo(BaseModel):
+    """A key's metadata; never its secret."""
+
+    id: UUID
+    owner: str
+    user_id: str | None
+    state: str
+    openrouter_hash: str | None
+    label: str | None
+    limit_usd: Decimal | None
+    limit_period: date
+    disabled: bool
+    fingerprint: str | None
+    created_at: datetime
+    activated_at: datetime | None
+    superseded_at: datetime | None
+    grace_until: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: KeyRecord) -> KeyInfo:
+        return cls(
+            id=key.id,
+            owner=key.owner,
+            user_id=key.user_id,
+            state=key.state,
+            openrouter_hash=key.openrouter_hash,
+            label=key.label,
+            limit_usd=key.limit_usd,
+            limit_period=key.limit_period,
+            disabled=key.disabled,
+            fingerprint=key.fingerprint,
+            created_at=key.created_at,
+            activated_at=key.activated_at,
+            superseded_at=key.superseded_at,
+            grace_until=key.grace_until,
+            revoked_at=key.revoked_at,
+        )
+
+
+class OperationInfo(BaseModel):
+    id: UUID
+    kind: str
+    owner: str
+    status: str
+    old_key_id: UUID | None
+    new_key_id: UUID | None
+    grace_seconds: int
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, operation: OperationRecord) -> OperationInfo:
+        return cls(
+            id=operation.id,
+            kind=operation.kind,
+            owner=operation.owner,
+            status=operation.status,
+            old_key_id=operation.old_key_id,
+            new_key_id=operation.new_key_id,
+            grace_seconds=operation.grace_seconds,
+            error_code=operation.error_code,
+            error_message=operation.error_message,
+            created_at=operation.created_at,
+            updated_at=operation.updated_at,
+            completed_at=operation.completed_at,
+        )
+
+
+class KeyIssuedResponse(BaseModel):
+    key: KeyInfo
+    secret: str | None = Field(
+        description="The key itself: returned to the requester of this operation only. "
+        "Store it now; afterwards only a keys:reveal credential can read it."
+    )
+    operation: OperationInfo
+    previous_key: KeyInfo | None
+
+    @classmethod
+    def of(cls, issued: IssuedKey) -> KeyIssuedResponse:
+        return cls(
+            key=KeyInfo.of(issued.key),
+            secret=issued.secret,
+            operation=OperationInfo.of(issued.operation),
+            previous_key=None if issued.previous_key is None else KeyInfo.of(issued.previous_key),
+        )
+
+
+class CurrentKeyResponse(BaseModel):
+    key: KeyInfo
+    secret: str | None = Field(description="Only with ?reveal=true and the keys:reveal scope.")
+
+
+class KeyHistory(BaseModel):
+    data: list[KeyInfo]
