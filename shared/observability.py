@@ -47,6 +47,13 @@ logger = Logger(
     service=SERVICE_NAME, logger_formatter=RedactingFormatter(), serialize_stacktrace=False
 )
 logger.addFilter(RequestIdFilter())
+# Our lines are complete (JSON, redacted) when our handler writes them. Propagating the raw
+# records to the root logger would let any other handler (a platform's, a test runner's) print
+# them unredacted.
+logging.getLogger(SERVICE_NAME).propagate = False
+# httpx logs every request's full URL at INFO; our client logs its calls itself, and a URL is
+# one more place a credential could travel.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def configure_logging(level: str) -> None:

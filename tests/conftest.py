@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +33,7 @@ from shared.config import Environment, Settings  # noqa: E402
 from shared.db.database import Database  # noqa: E402
 from shared.db.embedded import EmbeddedPostgres, start_embedded_postgres  # noqa: E402
 from shared.db.migrations import MIGRATIONS_DIR, MigrationRunner, load_migrations  # noqa: E402
-from shared.observability import logger  # noqa: E402
+from shared.observability import SERVICE_NAME, RedactingFormatter, logger  # noqa: E402
 from shared.openrouter.client import OpenRouterClient  # noqa: E402
 from shared.openrouter.emulator import Emulator  # noqa: E402
 from shared.runtime import EMULATOR_BASE_URL, Runtime  # noqa: E402
@@ -48,6 +49,36 @@ from tests.access.signing import (  # noqa: E402
 )
 
 TEMPLATE_DATABASE = "openrouter_agent_template"
+
+
+class OpenRouterKeySightings(logging.Handler):
+    """Formats every log record as its logger would emit it and notes any OpenRouter key."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(formatter)
+        self.sightings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if "sk-or-v1-" in line:
+            self.sightings.append(f"{record.name}: {line[:200]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_openrouter_key_in_any_log() -> Iterator[None]:
+    """The whole run's logs (ours, as written, and every library's) hold no OpenRouter key."""
+    ours = OpenRouterKeySightings(RedactingFormatter())
+    everyone_else = OpenRouterKeySightings(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.getLogger(SERVICE_NAME).addHandler(ours)
+    logging.getLogger().addHandler(everyone_else)
+    root_level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.DEBUG)
+    yield
+    logging.getLogger().setLevel(root_level)
+    logging.getLogger(SERVICE_NAME).removeHandler(ours)
+    logging.getLogger().removeHandler(everyone_else)
+    assert ours.sightings + everyone_else.sightings == []
 
 
 @pytest.fixture(scope="session")

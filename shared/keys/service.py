@@ -29,7 +29,7 @@ import psycopg
 
 from shared.audit.repository import AuditRepository
 from shared.crypto.envelope import fingerprint, secret_context
-from shared.errors import BadGateway, Conflict, NotFound, ServiceUnavailable
+from shared.errors import BadGateway, Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from shared.keys.repository import KeyRecord, KeyRepository, OperationRecord
 from shared.observability import logger
 from shared.openrouter.errors import (
@@ -331,6 +331,10 @@ class KeyLifecycleService:
                         "replaces": None if old_key is None else str(old_key.id),
                     },
                 )
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise ValidationFailed(
+                f"unknown subscription tier {tier!r}", code="unknown_tier"
+            ) from exc
         except psycopg.errors.UniqueViolation as exc:
             constraint = exc.diag.constraint_name
             async with self._read() as keys:
