@@ -29,7 +29,7 @@ from shared.db.migrations import (
 from shared.errors import AppError
 from shared.observability import configure_logging, logger
 from shared.redaction import redact
-from shared.runtime import pool_limits
+from shared.runtime import Runtime, pool_limits
 
 if TYPE_CHECKING:
     from shared.access.service import AccessService
@@ -121,7 +121,6 @@ def serve(
     """Start every endpoint group on one local server, on embedded defaults where unset."""
     import uvicorn
 
-    from shared.runtime import Runtime
     from shared.web.app_factory import create_app
 
     launched_at = _launched_at()
@@ -222,7 +221,6 @@ async def _with_access_service(
     settings: Settings, dsn: str | None, action: Callable[[AccessService], Awaitable[T]]
 ) -> T:
     from shared.access.service import AccessService
-    from shared.runtime import Runtime
 
     target, embedded = _resolve_database(settings, dsn)
     database = Database(target, pool_limits(settings))
@@ -299,6 +297,37 @@ def tokens_revoke(token_id: UUID, dsn: DsnOption = None) -> None:
     """Revoke a service token; revoking it again changes nothing."""
     record = _run_access(dsn, lambda s: s.revoke_token(token_id, revoked_by=_operator()))
     typer.echo(f"revoked {record.id} at {record.revoked_at}")
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(dsn: DsnOption = None) -> None:
+    """Recompute the audit hash chain. Exit 0 if intact, 1 at the first broken row."""
+    from shared.audit.service import verify_chain
+
+    settings = get_settings()
+    configure_logging("WARNING")
+
+    async def verify() -> tuple[int, int | None, str | None]:
+        target, embedded = _resolve_database(settings, dsn)
+        database = Database(target, pool_limits(settings))
+        try:
+            result = await verify_chain(Runtime(settings, database=database))
+        finally:
+            await database.close()
+            if embedded is not None:
+                embedded.stop()
+        return result.rows_checked, result.broken_seq, result.problem
+
+    rows, broken, problem = asyncio.run(verify())
+    if broken is None:
+        typer.echo(f"audit chain intact: {rows} rows")
+        return
+    typer.echo(f"audit chain broken at row {broken}: {problem} ({rows} rows)", err=True)
+    raise typer.Exit(1)
 
 
 def main() -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
 import psycopg
 import pytest
 
 from shared.audit.repository import AuditRepository
 from shared.db.database import Database
 from shared.keys.service import KeyLifecycleService, Owner
+from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 
 
 async def _actions(database: Database) -> list[str]:
@@ -78,3 +85,35 @@ async def test_editing_or_deleting_a_row_is_detected_at_that_row(
     broken, _ = await _verify(database)
     # an edited row breaks at itself; a deleted one at the row that followed it
     assert broken == (target if tampering == "update" else target + 1)
+
+
+async def test_the_cli_and_the_admin_route_report_the_chain(
+    keys: KeyLifecycleService,
+    database: Database,
+    database_dsn: str,
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    await keys.create_key(Owner.user("cli"), actor="t")
+    admin = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    env.update(APP_ENV="development", LOCAL_DATA_DIR=str(tmp_path))
+    command = [sys.executable, "-m", "shared.cli", "audit", "verify", "--dsn", database_dsn]
+
+    intact = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    route = await api.get("/api/admin/audit/verify", headers=admin)
+    assert (intact.returncode, intact.stdout.strip()) == (0, "audit chain intact: 5 rows")
+    assert route.json() == {"intact": True, "rows_checked": 5, "broken_seq": None, "problem": None}
+
+    async with database.connection() as conn:
+        await conn.execute("alter table audit_log disable trigger audit_log_append_only")
+        await conn.execute(
+            "update audit_log set actor = 'forged' where seq = (select min(seq) from audit_log)"
+        )
+    broken = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    route = await api.get("/api/admin/audit/verify", headers=admin)
+    events = await api.get("/api/admin/audit?limit=2", headers=admin)
+    assert broken.returncode == 1 and "broken at row" in broken.stderr
+    assert route.json()["intact"] is False
+    assert len(events.json()["data"]) == 2
+    assert events.json()["next_before_seq"] == events.json()["data"][-1]["seq"]
