@@ -15,3 +15,5 @@ prune_rate_limits = scheduled_handler(
 advance_key_operations = scheduled_handler(
     "advance_key_operations", jobs.advance_key_operations, lambda: app.state.runtime
 )
+
+reconcile_keys = scheduled_handler("reconcile_keys", jobs.reconcile_keys, lambda: app.state.runtime)

@@ -30,3 +30,9 @@ class AdvanceResult(BaseModel):
 async def advance_key_operations(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
     """Resume interrupted key operations; finish rotations past their grace (every minute)."""
     return AdvanceResult(advanced=await service.advance_key_operations(runtime))
+
+
+@router.get("/reconcile-keys", response_model=dict[str, int])
+async def reconcile_keys(_: CronCaller, runtime: RuntimeDep) -> dict[str, int]:
+    """Reconcile our keys with OpenRouter (daily)."""
+    return await service.reconcile_keys(runtime)

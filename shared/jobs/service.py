@@ -21,3 +21,18 @@ async def advance_key_operations(runtime: Runtime) -> int:
     advanced = await KeyLifecycleService(runtime).advance_due_operations()
     logger.info("key operations advanced", extra={"advanced": advanced})
     return advanced
+
+
+async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
+    """Daily: delete orphans at OpenRouter, replace keys that vanished there."""
+    from shared.keys.service import KeyLifecycleService
+
+    report = await KeyLifecycleService(runtime).reconcile(actor="job:reconcile", request_id=None)
+    summary = {
+        "deleted_at_openrouter": len(report.deleted_at_openrouter),
+        "revoked_missing": len(report.revoked_missing),
+        "reprovisioned": len(report.reprovisioned),
+        "too_young_to_judge": report.too_young_to_judge,
+    }
+    logger.info("keys reconciled", extra=summary)
+    return summary

@@ -151,3 +151,10 @@ class CurrentKeyResponse(BaseModel):
 
 class KeyHistory(BaseModel):
     data: list[KeyInfo]
+
+
+class ReconcileResult(BaseModel):
+    deleted_at_openrouter: list[str]
+    revoked_missing: list[UUID]
+    reprovisioned: list[UUID]
+    too_young_to_judge: int

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_DOWN, Decimal
 from uuid import UUID, uuid4
@@ -90,6 +90,14 @@ class IssuedKey:
     operation: OperationRecord
     secret: str | None  # only for the operation's own requester
     previous_key: KeyRecord | None = None
+
+
+@dataclass
+class ReconcileReport:
+    deleted_at_openrouter: list[str] = field(default_factory=list)
+    revoked_missing: list[UUID] = field(default_factory=list)
+    reprovisioned: list[UUID] = field(default_factory=list)
+    too_young_to_judge: int = 0
 
 
 def _openrouter_failure(error: OpenRouterError, operation_id: UUID) -> ServiceUnavailable:
@@ -733,6 +741,72 @@ class KeyLifecycleService:
             )
         self._checkpoint("after_complete")
         return completed
+
+    # ----- reconciliation -----
+
+    async def reconcile(self, *, actor: str, request_id: str | None) -> ReconcileReport:
+        """Make OpenRouter and the database agree about every key under our name prefix.
+
+        Keys at OpenRouter the database does not know (older than the safety age, since a
+        create may be in flight) and keys the database already revoked are deleted there; keys
+        the database calls live but OpenRouter no longer has are revoked here and, if they were
+        an owner's current key, replaced.
+        """
+        settings = self._runtime.settings
+        client = self._runtime.openrouter()
+        prefix = f"{settings.openrouter_key_name_prefix}-"
+        try:
+            remote = [k for k in await client.list_all_keys() if k.name.startswith(prefix)]
+        except OpenRouterError as error:
+            raise _openrouter_failure(error, uuid4()) from error
+        async with self._read() as keys:
+            known = await keys.known_openrouter_names()
+            live = await keys.live_keys()
+        report = ReconcileReport()
+        now = datetime.now(UTC)
+        for key in remote:
+            record = known.get(key.name)
+            if record is not None and record.state in ("current", "previous", "pending"):
+                continue
+            if record is None and (
+                key.created_at is None
+                or (now - key.created_at).total_seconds() < settings.reconcile_orphan_min_age_s
+            ):
+                report.too_young_to_judge += 1
+                continue
+            await client.delete_key(key.hash)
+            report.deleted_at_openrouter.append(key.hash)
+            async with self._transaction() as (_, audit):
+                await audit.append(
+                    actor=actor,
+                    action="reconcile.deleted_orphan",
+                    target=f"openrouter:{key.hash}",
+                    request_id=request_id,
+                    details={
+                        "name": key.name,
+                        "database_state": None if record is None else record.state,
+                    },
+                )
+        remote_hashes = {k.hash for k in remote}
+        for record in live:
+            if record.openrouter_hash in remote_hashes:
+                continue
+            async with self._transaction() as (keys, audit):
+                await keys.mark_revoked(record.id, final_usage_usd=record.limit_usd)
+                await audit.append(
+                    actor=actor,
+                    action="reconcile.missing_at_openrouter",
+                    target=f"key:{record.id}",
+                    request_id=request_id,
+                    fingerprint=record.fingerprint,
+                    details={"was": record.state},
+                )
+            report.revoked_missing.append(record.id)
+            if record.state == "current":
+                owner = Owner.parse(record.owner)
+                replacement = await self.create_key(owner, actor=actor, request_id=request_id)
+                report.reprovisioned.append(replacement.key.id)
+        return report
 
     # ----- revocation and disabling -----
 

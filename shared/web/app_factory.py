@@ -31,6 +31,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         LIVENESS,
         "shared.access.endpoints:tokens_router",
         "shared.audit.endpoints:router",
+        "shared.keys.endpoints:admin_router",
     ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS,),

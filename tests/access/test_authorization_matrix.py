@@ -180,6 +180,8 @@ EXPECTED_RULES = {
     ("GET", "/api/keys/{key_id}"): "users or services with keys:read",
     ("GET", "/api/admin/audit"): "admin",
     ("GET", "/api/admin/audit/verify"): "admin",
+    ("POST", "/api/admin/keys/reconcile"): "admin",
+    ("GET", "/api/jobs/reconcile-keys"): "cron",
 }
 
 
