@@ -188,6 +188,14 @@ class Settings(BaseSettings):
         description="Keys under our prefix unknown to the database are deleted by the reconciler "
         "only when at least this old (a create may still be in flight).",
     )
+    emergency_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=8, description="Keys an emergency rotation works on at once."
+    )
+    emergency_request_budget_s: Annotated[float, Field(ge=0, le=25)] = Field(
+        default=20.0,
+        description="Seconds the emergency-rotate request itself works before answering; the "
+        "job continues the rest.",
+    )
     system_key_monthly_budget_usd: Decimal | None = Field(
         default=None, description="Monthly limit of system keys (unset: unlimited)."
     )

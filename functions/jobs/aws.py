@@ -17,3 +17,7 @@ advance_key_operations = scheduled_handler(
 )
 
 reconcile_keys = scheduled_handler("reconcile_keys", jobs.reconcile_keys, lambda: app.state.runtime)
+
+advance_emergency_rotations = scheduled_handler(
+    "advance_emergency_rotations", jobs.advance_emergency_rotations, lambda: app.state.runtime
+)

@@ -36,3 +36,9 @@ async def advance_key_operations(_: CronCaller, runtime: RuntimeDep) -> AdvanceR
 async def reconcile_keys(_: CronCaller, runtime: RuntimeDep) -> dict[str, int]:
     """Reconcile our keys with OpenRouter (daily)."""
     return await service.reconcile_keys(runtime)
+
+
+@router.get("/advance-emergency-rotations", response_model=AdvanceResult)
+async def advance_emergency_rotations(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
+    """Continue running emergency rotations (every minute)."""
+    return AdvanceResult(advanced=await service.advance_emergency_rotations(runtime))

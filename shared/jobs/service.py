@@ -36,3 +36,12 @@ async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
     }
     logger.info("keys reconciled", extra=summary)
     return summary
+
+
+async def advance_emergency_rotations(runtime: Runtime) -> int:
+    """Continue running emergency rotations (every minute)."""
+    from shared.emergency.service import EmergencyRotationService
+
+    running = await EmergencyRotationService(runtime).process_running(time_budget_s=45)
+    logger.info("emergency rotations advanced", extra={"running": running})
+    return running

@@ -34,7 +34,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         "shared.keys.endpoints:admin_router",
     ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
-    "emergency": (LIVENESS,),
+    "emergency": (LIVENESS, "shared.emergency.endpoints:router"),
 }
 GROUPS: Final = tuple(GROUP_ROUTERS)
 

@@ -182,6 +182,9 @@ EXPECTED_RULES = {
     ("GET", "/api/admin/audit/verify"): "admin",
     ("POST", "/api/admin/keys/reconcile"): "admin",
     ("GET", "/api/jobs/reconcile-keys"): "cron",
+    ("GET", "/api/jobs/advance-emergency-rotations"): "cron",
+    ("POST", "/api/admin/emergency-rotate"): "admin",
+    ("GET", "/api/admin/emergency-rotate/{rotation_id}"): "admin",
 }
 
 
