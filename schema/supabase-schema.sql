@@ -489,4 +489,17 @@ grant all on emergency_rotations, emergency_rotation_items to service_role;
 insert into schema_migrations (version, name, checksum) values ('0004', 'emergency_rotation', '8034da8b73f69f93a1bd271165ab6cf1004c755133b76197146c9577fc72b67e')
 on conflict (version) do nothing;
 
+-- ===== migration 0005_rotation_policy.sql =====
+
+-- Scheduled rotation policy per user. System keys are always rotated monthly.
+--   monthly:   the schedule rotates the user's key once each UTC month
+--   on_demand: rotated only when asked (or in an emergency)
+--   never:     the same for the schedule; kept apart so that intent is recorded
+
+alter table users add column rotation_policy text not null default 'on_demand'
+    check (rotation_policy in ('never', 'monthly', 'on_demand'));
+
+insert into schema_migrations (version, name, checksum) values ('0005', 'rotation_policy', '27c01c292e75160fda29b040b661e6d0ab168b0261c9e733f6c00e182334ead8')
+on conflict (version) do nothing;
+
 commit;

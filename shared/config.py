@@ -196,6 +196,11 @@ class Settings(BaseSettings):
         description="Seconds the emergency-rotate request itself works before answering; the "
         "job continues the rest.",
     )
+    system_keys_secret_prefix: str | None = Field(
+        default=None,
+        description="When set, every new system key is also written to AWS Secrets Manager as "
+        "<prefix><system name> (JSON: key, key_id, openrouter_hash).",
+    )
     system_key_monthly_budget_usd: Decimal | None = Field(
         default=None, description="Monthly limit of system keys (unset: unlimited)."
     )

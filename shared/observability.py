@@ -51,9 +51,10 @@ logger.addFilter(RequestIdFilter())
 # records to the root logger would let any other handler (a platform's, a test runner's) print
 # them unredacted.
 logging.getLogger(SERVICE_NAME).propagate = False
-# httpx logs every request's full URL at INFO; our client logs its calls itself, and a URL is
-# one more place a credential could travel.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+# These libraries log request URLs and, at DEBUG, whole request bodies: botocore would print a
+# system key on its way to Secrets Manager. Our own code logs its calls itself, redacted.
+for _chatty in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 
 def configure_logging(level: str) -> None:

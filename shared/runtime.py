@@ -19,6 +19,7 @@ from shared.crypto.envelope import KeyProvider, KmsKeyProvider, LocalKeyProvider
 from shared.crypto.master_key import MasterKey, decode_master_key, load_or_generate_master_key
 from shared.crypto.tokens import derive_token_hmac_key
 from shared.db.database import Database, DatabaseUnavailable, PoolLimits
+from shared.keys.publisher import SecretsManagerPublisher
 from shared.observability import logger
 from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator
@@ -54,6 +55,7 @@ class Runtime:
         self._master_key: MasterKey | None = None
         self._token_hmac_key: bytes | None = None
         self._sealer: SecretSealer | None = None
+        self._publisher: SecretsManagerPublisher | None = None
         self._user_token_verifier: UserTokenVerifier | None = None
         self._lock = threading.Lock()
 
@@ -164,6 +166,17 @@ class Runtime:
             # Keys sealed before the move to KMS still open, and can be re-wrapped.
             previous.append(LocalKeyProvider(self._master_key_locked().material))
         return SecretSealer(KmsKeyProvider(settings.kms_key_id, client), previous)
+
+    def system_key_publisher(self) -> SecretsManagerPublisher | None:
+        prefix = self.settings.system_keys_secret_prefix
+        if prefix is None:
+            return None
+        with self._lock:
+            if self._publisher is None:
+                import boto3
+
+                self._publisher = SecretsManagerPublisher(boto3.client("secretsmanager"), prefix)
+            return self._publisher
 
     def token_hmac_key(self) -> bytes:
         if self._token_hmac_key is None:

@@ -21,3 +21,7 @@ reconcile_keys = scheduled_handler("reconcile_keys", jobs.reconcile_keys, lambda
 advance_emergency_rotations = scheduled_handler(
     "advance_emergency_rotations", jobs.advance_emergency_rotations, lambda: app.state.runtime
 )
+
+rotate_scheduled_keys = scheduled_handler(
+    "rotate_scheduled_keys", jobs.rotate_scheduled_keys, lambda: app.state.runtime
+)

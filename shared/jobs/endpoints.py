@@ -42,3 +42,9 @@ async def reconcile_keys(_: CronCaller, runtime: RuntimeDep) -> dict[str, int]:
 async def advance_emergency_rotations(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
     """Continue running emergency rotations (every minute)."""
     return AdvanceResult(advanced=await service.advance_emergency_rotations(runtime))
+
+
+@router.get("/rotate-scheduled-keys", response_model=AdvanceResult)
+async def rotate_scheduled_keys(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
+    """Rotate system keys and monthly-policy user keys not yet rotated this month (hourly)."""
+    return AdvanceResult(advanced=await service.rotate_scheduled_keys(runtime))

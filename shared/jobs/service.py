@@ -45,3 +45,12 @@ async def advance_emergency_rotations(runtime: Runtime) -> int:
     running = await EmergencyRotationService(runtime).process_running(time_budget_s=45)
     logger.info("emergency rotations advanced", extra={"running": running})
     return running
+
+
+async def rotate_scheduled_keys(runtime: Runtime) -> int:
+    """Hourly: rotate what the monthly schedule covers and is not yet rotated this month."""
+    from shared.keys.service import KeyLifecycleService
+
+    rotated = await KeyLifecycleService(runtime).rotate_scheduled_keys(time_budget_s=45)
+    logger.info("scheduled rotations", extra={"rotated": rotated})
+    return rotated

@@ -114,18 +114,24 @@ class KeyRepository:
 
     # ----- users and budgets -----
 
-    async def ensure_user(self, user_id: str, *, tier: str | None, actor: str) -> str:
-        """Create the user (on the free tier unless told) or update their tier; their tier."""
+    async def ensure_user(
+        self, user_id: str, *, tier: str | None, rotation_policy: str | None, actor: str
+    ) -> str:
+        """Create the user (free tier, on-demand rotation unless told) or update what is given;
+        their tier."""
         cursor = await self._conn.execute(
-            "insert into users as u (user_id, tier, updated_by)"
-            " values (%s, coalesce(%s::text, 'free'), %s)"
+            "insert into users as u (user_id, tier, rotation_policy, updated_by)"
+            " values (%(user)s, coalesce(%(tier)s::text, 'free'),"
+            "  coalesce(%(policy)s::text, 'on_demand'), %(actor)s)"
             " on conflict (user_id) do update set"
-            "  tier = coalesce(%s::text, u.tier),"
-            "  updated_at = case when %s::text is null then u.updated_at else now() end,"
-            "  updated_by = case when %s::text is null then u.updated_by"
-            "   else excluded.updated_by end"
+            "  tier = coalesce(%(tier)s::text, u.tier),"
+            "  rotation_policy = coalesce(%(policy)s::text, u.rotation_policy),"
+            "  updated_at = case when coalesce(%(tier)s, %(policy)s) is null"
+            "   then u.updated_at else now() end,"
+            "  updated_by = case when coalesce(%(tier)s, %(policy)s) is null"
+            "   then u.updated_by else excluded.updated_by end"
             " returning tier",
-            (user_id, tier, actor, tier, tier, tier),
+            {"user": user_id, "tier": tier, "policy": rotation_policy, "actor": actor},
         )
         row = await cursor.fetchone()
         assert row is not None
@@ -265,6 +271,19 @@ class KeyRepository:
             "select * from api_keys where key_provider is not null and key_provider <> %s"
             " order by id limit %s",
             (provider, limit),
+        )
+
+    async def due_for_scheduled_rotation(self, period: date, *, limit: int) -> list[KeyRecord]:
+        """Current keys that the monthly schedule must rotate and has not yet this month."""
+        return await self._many(
+            KeyRecord,
+            "select k.* from api_keys k left join users u on u.user_id = k.user_id"
+            " where k.state = 'current' and k.activated_at < %s"
+            " and (k.owner like 'system:%%' or u.rotation_policy = 'monthly')"
+            " and not exists (select 1 from key_operations o where o.owner = k.owner"
+            "  and o.status in ('started', 'planned', 'key_created', 'activated'))"
+            " order by k.activated_at limit %s",
+            (period, limit),
         )
 
     async def known_openrouter_names(self) -> dict[str, KeyRecord]:

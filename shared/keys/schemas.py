@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -43,6 +43,10 @@ class KeyOwnerRequest(BaseModel):
 class CreateKeyRequest(KeyOwnerRequest):
     tier: TierName | None = Field(
         default=None, description="Set the user's subscription tier (default: free, or as is)."
+    )
+    rotation_policy: Literal["never", "monthly", "on_demand"] | None = Field(
+        default=None,
+        description="Whether the monthly schedule rotates this user's key (default: on_demand).",
     )
 
 

@@ -18,6 +18,7 @@ operation's lease advances it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -208,6 +209,7 @@ class KeyLifecycleService:
         *,
         actor: str,
         tier: str | None = None,
+        rotation_policy: str | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
     ) -> IssuedKey:
@@ -229,6 +231,7 @@ class KeyLifecycleService:
             grace_seconds=0,
             actor=actor,
             tier=tier,
+            rotation_policy=rotation_policy,
             idempotency_key=idempotency_key,
             reason=None,
             request_id=request_id,
@@ -253,7 +256,7 @@ class KeyLifecycleService:
         grace = (
             self._runtime.settings.rotation_grace_seconds
             if grace_seconds is None
-            else (grace_seconds)
+            else grace_seconds
         )
         operation = await self._start(
             "rotate",
@@ -262,6 +265,7 @@ class KeyLifecycleService:
             grace_seconds=grace,
             actor=actor,
             tier=None,
+            rotation_policy=None,
             idempotency_key=idempotency_key,
             reason=reason,
             request_id=request_id,
@@ -295,6 +299,7 @@ class KeyLifecycleService:
         grace_seconds: int,
         actor: str,
         tier: str | None,
+        rotation_policy: str | None,
         idempotency_key: str | None,
         reason: str | None,
         request_id: str | None,
@@ -303,7 +308,9 @@ class KeyLifecycleService:
         try:
             async with self._transaction() as (keys, audit):
                 if owner.user_id is not None:
-                    await keys.ensure_user(owner.user_id, tier=tier, actor=actor)
+                    await keys.ensure_user(
+                        owner.user_id, tier=tier, rotation_policy=rotation_policy, actor=actor
+                    )
                 if kind == "create" and await keys.current_key(owner.key) is not None:
                     raise Conflict(
                         f"{owner.key} already has a current key; rotate it instead",
@@ -651,6 +658,12 @@ class KeyLifecycleService:
             # A create raced another create of the same owner and lost: its key must not live.
             return await self._discard_losing_create(operation)
         self._checkpoint("after_activate")
+        try:
+            # Consumers need the new system key now, not after the grace period; if this
+            # fails, completing the operation publishes it again.
+            await self._publish_system_key(new)
+        except ServiceUnavailable:
+            logger.warning("system key not published yet", extra={"key_id": str(new.id)})
         return activated
 
     async def _discard_losing_create(self, operation: OperationRecord) -> OperationRecord:
@@ -674,6 +687,26 @@ class KeyLifecycleService:
                 details={"operation_id": str(operation.id)},
             )
         return failed
+
+    async def _publish_system_key(self, key: KeyRecord) -> None:
+        """Before the operation completes, so that a failed write is retried with it."""
+        publisher = self._runtime.system_key_publisher()
+        owner = Owner.parse(key.owner)
+        if publisher is None or owner.kind != "system" or key.openrouter_hash is None:
+            return
+        try:
+            await publisher.publish(
+                owner.name,
+                secret=self.open_secret(key),
+                key_id=key.id,
+                openrouter_hash=key.openrouter_hash,
+            )
+        except Exception as exc:  # boto errors are many; any of them means "retry later"
+            raise ServiceUnavailable(
+                "the system key could not be written to Secrets Manager",
+                code="secrets_manager_unavailable",
+                details={"key_id": str(key.id)},
+            ) from exc
 
     async def _grace_over(self, operation: OperationRecord) -> bool:
         if operation.old_key_id is None:
@@ -720,6 +753,7 @@ class KeyLifecycleService:
                     await client.update_key(new.openrouter_hash, limit=new_limit)
         except OpenRouterError as error:
             raise _openrouter_failure(error, operation.id) from error
+        await self._publish_system_key(new)
         async with self._transaction() as (keys, audit):
             if old is not None and old.state != "revoked":
                 await keys.mark_revoked(old.id, final_usage_usd=final_usage)
@@ -741,6 +775,40 @@ class KeyLifecycleService:
             )
         self._checkpoint("after_complete")
         return completed
+
+    # ----- scheduled rotation -----
+
+    async def rotate_scheduled_keys(self, *, time_budget_s: float, batch: int = 50) -> int:
+        """Rotate every key the monthly schedule covers (system keys, users on the monthly
+        policy) that was not yet rotated this UTC month; stop when the time budget is spent.
+        The next run continues: what is done is no longer selected."""
+        deadline = time.monotonic() + time_budget_s
+        rotated = 0
+        while time.monotonic() < deadline:
+            async with self._read() as keys:
+                due = await keys.due_for_scheduled_rotation(current_period(), limit=batch)
+            if not due:
+                break
+            progress = 0
+            for key in due:
+                if time.monotonic() >= deadline:
+                    break
+                try:
+                    await self.rotate_key(
+                        Owner.parse(key.owner),
+                        actor="job:scheduled-rotation",
+                        reason="scheduled monthly rotation",
+                    )
+                    rotated += 1
+                    progress += 1
+                except (Conflict, ServiceUnavailable, BadGateway, NotFound) as exc:
+                    logger.warning(
+                        "scheduled rotation skipped",
+                        extra={"key_id": str(key.id), "error_code": exc.code},
+                    )
+            if progress == 0:
+                break  # everything left failed this round; the next run retries
+        return rotated
 
     # ----- reconciliation -----
 

@@ -183,6 +183,7 @@ EXPECTED_RULES = {
     ("POST", "/api/admin/keys/reconcile"): "admin",
     ("GET", "/api/jobs/reconcile-keys"): "cron",
     ("GET", "/api/jobs/advance-emergency-rotations"): "cron",
+    ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
     ("POST", "/api/admin/emergency-rotate"): "admin",
     ("GET", "/api/admin/emergency-rotate/{rotation_id}"): "admin",
 }
