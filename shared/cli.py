@@ -299,6 +299,41 @@ def tokens_revoke(token_id: UUID, dsn: DsnOption = None) -> None:
     typer.echo(f"revoked {record.id} at {record.revoked_at}")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="Key maintenance.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rewrap")
+def keys_rewrap(dsn: DsnOption = None) -> None:
+    """Re-wrap every data key under the current master key (or KMS key).
+
+    Run after setting a new ENCRYPTION_MASTER_KEY (or KMS_KEY_ID) with the old master key in
+    ENCRYPTION_PREVIOUS_MASTER_KEYS; afterwards the old key can be dropped.
+    """
+    from shared.keys.service import KeyLifecycleService
+
+    settings = get_settings()
+    configure_logging("WARNING")
+
+    async def rewrap() -> int:
+        target, embedded = _resolve_database(settings, dsn)
+        database = Database(target, pool_limits(settings))
+        try:
+            service = KeyLifecycleService(Runtime(settings, database=database))
+            return await service.rewrap_all(actor=_operator())
+        finally:
+            await database.close()
+            if embedded is not None:
+                embedded.stop()
+
+    try:
+        count = asyncio.run(rewrap())
+    except AppError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"re-wrapped {count} data keys")
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
 app.add_typer(audit_app, name="audit")
 

@@ -95,7 +95,12 @@ async def _current(
     if reveal:
         await _reveal_allowed(runtime, caller)
         secret = await service.reveal(key, actor=caller.actor, request_id=current_request_id.get())
-    return CurrentKeyResponse(key=KeyInfo.of(key), secret=secret)
+    operation = await service.open_operation(owner)
+    return CurrentKeyResponse(
+        key=KeyInfo.of(key),
+        secret=secret,
+        rotation=None if operation is None else OperationInfo.of(operation),
+    )
 
 
 @router.post("/create", response_model=KeyIssuedResponse, status_code=201)

@@ -151,6 +151,9 @@ class KeyIssuedResponse(BaseModel):
 class CurrentKeyResponse(BaseModel):
     key: KeyInfo
     secret: str | None = Field(description="Only with ?reveal=true and the keys:reveal scope.")
+    rotation: OperationInfo | None = Field(
+        default=None, description="The owner's create or rotation in progress, if any."
+    )
 
 
 class KeyHistory(BaseModel):

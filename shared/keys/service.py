@@ -175,6 +175,10 @@ class KeyLifecycleService:
             raise NotFound(f"{owner.key} has no current key", code="no_current_key")
         return key
 
+    async def open_operation(self, owner: Owner) -> OperationRecord | None:
+        async with self._read() as keys:
+            return await keys.open_operation_of(owner.key)
+
     async def history(self, owner: Owner) -> list[KeyRecord]:
         async with self._read() as keys:
             return await keys.keys_of(owner.key)
@@ -809,6 +813,32 @@ class KeyLifecycleService:
             if progress == 0:
                 break  # everything left failed this round; the next run retries
         return rotated
+
+    # ----- master key rotation -----
+
+    async def rewrap_all(self, *, actor: str, batch: int = 200) -> int:
+        """Re-wrap every data key not wrapped by the current provider (after a master key
+        rotation, or a move to KMS). The sealed secrets themselves are untouched."""
+        sealer = self._runtime.sealer()
+        rewrapped = 0
+        while True:
+            async with self._read() as keys:
+                stale = await keys.sealed_not_under(sealer.current.name, limit=batch)
+            if not stale:
+                return rewrapped
+            for key in stale:
+                assert key.sealed is not None
+                fresh = sealer.rewrap(key.sealed, secret_context(key.owner, key.id))
+                async with self._transaction() as (keys, audit):
+                    await keys.replace_sealed(key.id, fresh)
+                    await audit.append(
+                        actor=actor,
+                        action="key.rewrapped",
+                        target=f"key:{key.id}",
+                        fingerprint=key.fingerprint,
+                        details={"from": key.sealed.provider, "to": fresh.provider},
+                    )
+                rewrapped += 1
 
     # ----- reconciliation -----
 

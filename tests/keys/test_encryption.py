@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto import mock_aws
+from pydantic import SecretStr
 
+from shared.config import Settings
 from shared.crypto.envelope import (
     DecryptionFailed,
     KmsKeyProvider,
@@ -20,6 +22,7 @@ from shared.crypto.envelope import (
 )
 from shared.db.database import Database
 from shared.keys.service import KeyLifecycleService, Owner
+from shared.runtime import Runtime
 
 SECRET = "sk-or-v1-" + "9" * 64
 
@@ -132,3 +135,42 @@ def test_secrets_sealed_locally_can_move_to_kms(kms: tuple[object, str]) -> None
 def test_a_master_key_is_never_shown() -> None:
     material = os.urandom(32)
     assert base64.b64encode(material).decode() not in repr(LocalKeyProvider(material))
+
+
+async def test_rewrap_moves_every_data_key_to_the_new_master_key(
+    keys: KeyLifecycleService,
+    settings: Settings,
+    database: Database,
+    database_dsn: str,
+) -> None:
+    # GIVEN keys sealed under the first master key
+    first = await keys.create_key(Owner.user("g"), actor="t")
+    await keys.create_key(Owner.system("h"), actor="t")
+    old_master = (settings.local_data_dir / "master.key").read_text().strip()
+    new_master = base64.b64encode(os.urandom(32)).decode()
+
+    def runtime_with(current: str, previous: list[str]) -> Runtime:
+        return Runtime(
+            settings.model_copy(
+                update={
+                    "encryption_master_key": SecretStr(current),
+                    "encryption_previous_master_keys": [SecretStr(p) for p in previous],
+                }
+            ),
+            database=Database(database_dsn),
+        )
+
+    # WHEN the master key is rotated and the data keys re-wrapped
+    rotating = runtime_with(new_master, [old_master])
+    assert await KeyLifecycleService(rotating).rewrap_all(actor="ops") == 2
+    assert await KeyLifecycleService(rotating).rewrap_all(actor="ops") == 0
+
+    # THEN the new master key alone opens them, and the old one no longer does
+    new_only, old_only = runtime_with(new_master, []), runtime_with(old_master, [])
+    with_new = KeyLifecycleService(new_only)
+    assert with_new.open_secret(await with_new.get_key(first.key.id)) == first.secret
+    with_old = KeyLifecycleService(old_only)
+    with pytest.raises(DecryptionFailed):
+        with_old.open_secret(await with_old.get_key(first.key.id))
+    for runtime in (rotating, new_only, old_only):
+        await runtime.database().close()

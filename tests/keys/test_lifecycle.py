@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from shared.db.database import Database
@@ -11,6 +12,7 @@ from shared.errors import Conflict
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.emulator import Emulator
 from shared.runtime import Runtime
+from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 from tests.keys.conftest import check_invariants
 
 ACTOR = "service:test"
@@ -113,3 +115,14 @@ async def test_revoke_is_harmless_to_repeat(keys: KeyLifecycleService, emulator:
     assert first.state == second.state == "revoked"
     assert first.revoked_at == second.revoked_at
     assert emulator.user_keys() == []
+
+
+async def test_the_current_key_shows_a_rotation_in_its_grace_period(
+    api: httpx.AsyncClient, keys: KeyLifecycleService
+) -> None:
+    await keys.create_key(Owner.user("graceful"), actor=ACTOR)
+    await keys.rotate_key(Owner.user("graceful"), actor=ACTOR, grace_seconds=300)
+    admin = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
+    body = (await api.get("/api/keys/user/graceful", headers=admin)).json()
+    assert body["rotation"]["status"] == "activated"
+    assert body["rotation"]["kind"] == "rotate"
