@@ -1,0 +1,103 @@
+"""The key lifecycle's vocabulary: owners, periods, results, and how OpenRouter failures read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from uuid import UUID
+
+from shared.errors import ServiceUnavailable
+from shared.keys.repository import KeyRecord, OperationRecord
+from shared.openrouter.errors import (
+    OpenRouterError,
+    OpenRouterOutcomeUnknown,
+    OpenRouterRateLimited,
+)
+
+Checkpoint = Callable[[str], None]
+MICRO_DOLLAR = Decimal("0.000001")
+
+
+def no_checkpoint(_: str) -> None:
+    """Production: steps run straight through. Tests inject crashes at named checkpoints."""
+
+
+def current_period(now: datetime | None = None) -> date:
+    """The UTC calendar month, as OpenRouter's monthly limits count it."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose key: a user of the platform, or a named system consumer."""
+
+    kind: str  # "user" or "system"
+    name: str
+
+    @classmethod
+    def user(cls, user_id: str) -> Owner:
+        return cls("user", user_id)
+
+    @classmethod
+    def system(cls, name: str) -> Owner:
+        return cls("system", name)
+
+    @classmethod
+    def parse(cls, owner: str) -> Owner:
+        kind, _, name = owner.partition(":")
+        return cls(kind, name)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def user_id(self) -> str | None:
+        return self.name if self.kind == "user" else None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: KeyRecord
+    operation: OperationRecord
+    secret: str | None  # only for the operation's own requester
+    previous_key: KeyRecord | None = None
+
+
+@dataclass
+class ReconcileReport:
+    deleted_at_openrouter: list[str] = field(default_factory=list)
+    revoked_missing: list[UUID] = field(default_factory=list)
+    reprovisioned: list[UUID] = field(default_factory=list)
+    too_young_to_judge: int = 0
+
+
+def openrouter_failure(error: OpenRouterError, operation_id: UUID) -> ServiceUnavailable:
+    details = {"operation_id": str(operation_id), "openrouter_status": error.status_code}
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    if isinstance(error, OpenRouterOutcomeUnknown):
+        return ServiceUnavailable(
+            "OpenRouter did not confirm the new key; the operation will be completed by a "
+            "retry or the next job run",
+            code="openrouter_outcome_unknown",
+            details=details,
+            headers=headers,
+        )
+    if isinstance(error, OpenRouterRateLimited):
+        return ServiceUnavailable(
+            "OpenRouter is rate-limiting us",
+            code="openrouter_rate_limited",
+            details=details,
+            headers=headers,
+        )
+    return ServiceUnavailable(
+        f"OpenRouter failed: {error.message}",
+        code="openrouter_unavailable",
+        details=details,
+        headers=headers,
+    )
