@@ -166,6 +166,8 @@ RateLimitedKeyWriter = Annotated[
     Principal, Depends(Authorize(KEYS_WRITE, rate_limit=RateLimitedAction.KEY_WRITE))
 ]
 KeyReader = Annotated[Principal, Depends(Authorize(KEYS_READ))]
+UsageWriter = Annotated[Principal, Depends(Authorize(services_with(Scope.USAGE_WRITE)))]
+UsageReader = Annotated[Principal, Depends(Authorize(users_or_services_with(Scope.USAGE_READ)))]
 
 
 def authorizers_of(route: APIRoute) -> list[Authorize]:

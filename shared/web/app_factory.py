@@ -26,7 +26,7 @@ LIVENESS = "shared.health.endpoints:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
     "health": (LIVENESS, "shared.health.endpoints:router"),
     "keys": (LIVENESS, "shared.access.endpoints:whoami_router", "shared.keys.endpoints:router"),
-    "usage": (LIVENESS,),
+    "usage": (LIVENESS, "shared.usage.endpoints:router"),
     "admin": (
         LIVENESS,
         "shared.access.endpoints:tokens_router",

@@ -184,6 +184,9 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/reconcile-keys"): "cron",
     ("GET", "/api/jobs/advance-emergency-rotations"): "cron",
     ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
+    ("POST", "/api/usage/log"): "services with usage:write",
+    ("GET", "/api/usage/{user_id}"): "users or services with usage:read",
+    ("GET", "/api/usage/{user_id}/monthly"): "users or services with usage:read",
     ("POST", "/api/admin/emergency-rotate"): "admin",
     ("GET", "/api/admin/emergency-rotate/{rotation_id}"): "admin",
 }

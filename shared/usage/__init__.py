@@ -1,0 +1,1 @@
+"""The usage ledger: exact books per user and UTC month, budgets, thresholds, resets."""

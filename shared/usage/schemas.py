@@ -1,0 +1,108 @@
+"""Request and response bodies of the usage ledger. Money is a decimal string in responses."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.keys.schemas import UserId
+
+MAX_BATCH_EVENTS = 1000
+# No single generation costs this much; a larger figure is a unit mistake, not a bill.
+MAX_EVENT_COST_USD = Decimal(10_000)
+
+GenerationId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-]+$")
+]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class UsageEvent(BaseModel):
+    """One generation, as the platform reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    generation_id: GenerationId = Field(description="OpenRouter's id; the idempotency key.")
+    model: Label
+    prompt_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+    completion_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+    cost_usd: Annotated[
+        Decimal, Field(ge=0, le=MAX_EVENT_COST_USD, allow_inf_nan=False, decimal_places=12)
+    ]
+    agent_name: Label | None = None
+    endpoint: Label | None = None
+    duration_ms: Annotated[int, Field(ge=0, le=86_400_000)] | None = None
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When the generation ran (default: now)."
+    )
+
+
+class UsageBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Validated one by one by the service, so that a bad event is reported, not fatal.
+    events: Annotated[list[dict[str, object]], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class EventOutcome(BaseModel):
+    index: int
+    generation_id: str | None
+    status: Literal["stored", "duplicate", "rejected"]
+    reason: str | None = None
+
+
+class UserUsageSummary(BaseModel):
+    user_id: str
+    period: date
+    spent_usd: Decimal
+    limit_usd: Decimal | None
+    remaining_usd: Decimal | None
+    percent_used: Decimal | None
+    thresholds_crossed: list[int] = Field(description="Crossed by this call.")
+
+
+class UsageLogResponse(BaseModel):
+    stored: int
+    duplicates: int
+    rejected: int
+    events: list[EventOutcome]
+    users: list[UserUsageSummary]
+
+
+class Breakdown(BaseModel):
+    name: str
+    cost_usd: Decimal
+    events: int
+
+
+class MonthUsage(BaseModel):
+    period: date
+    spent_usd: Decimal = Field(description="Events less resets: what counts against the budget.")
+    events_usd: Decimal
+    adjustments_usd: Decimal
+    events: int
+    limit_usd: Decimal | None
+    remaining_usd: Decimal | None
+    percent_used: Decimal | None
+    by_model: list[Breakdown]
+    by_agent: list[Breakdown]
+    thresholds_crossed: list[int]
+
+
+class CurrentUsage(MonthUsage):
+    user_id: str
+    tier: str
+    forecast_month_end_usd: Decimal = Field(
+        description="This month's spend so far, at its daily pace, projected to the month's end."
+    )
+    as_of: datetime
+
+
+class MonthlyUsage(BaseModel):
+    user_id: str
+    data: list[MonthUsage]
+    next_before: date | None

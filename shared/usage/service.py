@@ -1,0 +1,232 @@
+"""Logging usage and reading the books."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.errors import NotFound
+from shared.keys.domain import current_period
+from shared.runtime import Runtime
+from shared.usage.repository import BreakdownRow, PeriodTotal, RecordedEvent, UsageRepository
+from shared.usage.schemas import (
+    Breakdown,
+    CurrentUsage,
+    EventOutcome,
+    MonthlyUsage,
+    MonthUsage,
+    UsageEvent,
+    UserUsageSummary,
+)
+
+# Late reports are normal (retries, queues); a month-old or future event is a bug upstream.
+MAX_EVENT_AGE = timedelta(days=35)
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+_CENT_OF_PERCENT = Decimal("0.01")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def percent_used(spent: Decimal, budget: Decimal | None) -> Decimal | None:
+    if budget is None:
+        return None
+    if budget == 0:
+        return Decimal(100) if spent > 0 else Decimal(0)
+    return (spent * 100 / budget).quantize(_CENT_OF_PERCENT, rounding=ROUND_HALF_UP)
+
+
+def remaining(spent: Decimal, budget: Decimal | None) -> Decimal | None:
+    return None if budget is None else max(budget - spent, Decimal(0))
+
+
+def _rejection_reason(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"invalid {where}: {first.get('msg', 'invalid value')}"  # never the input itself
+
+
+@dataclass
+class LogResult:
+    outcomes: list[EventOutcome]
+    users: list[UserUsageSummary] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+
+class UsageService:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = _now) -> None:
+        self._runtime = runtime
+        self._clock = clock
+
+    async def log(self, raw_events: list[dict[str, Any]], *, actor: str) -> LogResult:
+        """Record events; each is stored, a duplicate, or rejected with a reason."""
+        now = self._clock()
+        outcomes: list[EventOutcome | None] = [None] * len(raw_events)
+        accepted: list[tuple[int, UsageEvent]] = []
+        for index, raw in enumerate(raw_events):
+            generation_id = raw.get("generation_id") if isinstance(raw, dict) else None
+            label = generation_id if isinstance(generation_id, str) else None
+            try:
+                event = UsageEvent.model_validate(raw)
+            except ValidationError as error:
+                outcomes[index] = EventOutcome(
+                    index=index,
+                    generation_id=label,
+                    status="rejected",
+                    reason=_rejection_reason(error),
+                )
+                continue
+            occurred = event.occurred_at or now
+            if occurred > now + MAX_CLOCK_SKEW or occurred < now - MAX_EVENT_AGE:
+                outcomes[index] = EventOutcome(
+                    index=index,
+                    generation_id=label,
+                    status="rejected",
+                    reason="occurred_at is in the future or more than 35 days old",
+                )
+                continue
+            accepted.append((index, event.model_copy(update={"occurred_at": occurred})))
+
+        recorded: list[RecordedEvent] = []
+        async with self._runtime.database().connection() as conn, conn.transaction():
+            repository = UsageRepository(conn)
+            known = await repository.existing_users({e.user_id for _, e in accepted})
+            to_record: list[tuple[int, UsageEvent]] = []
+            for index, event in accepted:
+                if event.user_id in known:
+                    to_record.append((index, event))
+                else:
+                    outcomes[index] = EventOutcome(
+                        index=index,
+                        generation_id=event.generation_id,
+                        status="rejected",
+                        reason="unknown_user: create the user's key (or user) first",
+                    )
+            # Every writer takes its users' rows in the same order, so concurrent batches
+            # wait for each other instead of deadlocking.
+            to_record.sort(key=lambda item: (item[1].user_id, item[1].generation_id))
+            if to_record:
+                recorded = await repository.record_events(
+                    [event.model_dump(mode="json") for _, event in to_record], recorded_by=actor
+                )
+        summaries: dict[str, UserUsageSummary] = {}
+        for result in recorded:
+            index, event = to_record[result.index]
+            outcomes[index] = EventOutcome(
+                index=index,
+                generation_id=event.generation_id,
+                status=result.status,
+                reason=None if result.reason is None else f"database refused: {result.reason}",
+            )
+            if result.status == "rejected" or result.period is None:
+                continue
+            spent = result.spent_usd or Decimal(0)
+            previous = summaries.get(event.user_id)
+            crossed = sorted(
+                set(previous.thresholds_crossed if previous else []) | set(result.crossed)
+            )
+            summaries[event.user_id] = UserUsageSummary(
+                user_id=event.user_id,
+                period=result.period,
+                spent_usd=spent,
+                limit_usd=result.budget_usd,
+                remaining_usd=remaining(spent, result.budget_usd),
+                percent_used=percent_used(spent, result.budget_usd),
+                thresholds_crossed=crossed,
+            )
+        assert all(outcome is not None for outcome in outcomes)
+        return LogResult(
+            outcomes=[o for o in outcomes if o is not None], users=list(summaries.values())
+        )
+
+    async def current(self, user_id: str) -> CurrentUsage:
+        now = self._clock()
+        period = current_period(now)
+        async with self._runtime.database().connection() as conn:
+            repository = UsageRepository(conn)
+            exists, budget, tier = await repository.budget_of(user_id)
+            if not exists:
+                raise NotFound(f"no user {user_id}", code="user_not_found")
+            total = await repository.total(user_id, period)
+            breakdown = (await repository.breakdown(user_id, [period]))[period]
+            crossed = await repository.thresholds_crossed(user_id, period)
+        month = _month(total, budget, breakdown, crossed)
+        return CurrentUsage(
+            **month.model_dump(),
+            user_id=user_id,
+            tier=tier or "free",
+            as_of=now,
+            forecast_month_end_usd=forecast_month_end(total.effective_usd, period, now),
+        )
+
+    async def monthly(self, user_id: str, *, limit: int, before: date | None) -> MonthlyUsage:
+        async with self._runtime.database().connection() as conn:
+            repository = UsageRepository(conn)
+            exists, budget, _ = await repository.budget_of(user_id)
+            if not exists:
+                raise NotFound(f"no user {user_id}", code="user_not_found")
+            totals = await repository.totals(user_id, limit=limit, before=before)
+            breakdowns = await repository.breakdown(user_id, [t.period for t in totals])
+            months = [
+                _month(
+                    t,
+                    budget,
+                    breakdowns[t.period],
+                    await repository.thresholds_crossed(user_id, t.period),
+                )
+                for t in totals
+            ]
+        return MonthlyUsage(
+            user_id=user_id,
+            data=months,
+            next_before=totals[-1].period if len(totals) == limit else None,
+        )
+
+
+def forecast_month_end(spent: Decimal, period: date, now: datetime) -> Decimal:
+    """Spend so far at its daily pace, projected to the end of this UTC month (a day at least
+    counts as elapsed, so that a first hour's spend is not multiplied by 720)."""
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    next_month = (start + timedelta(days=32)).replace(day=1)
+    elapsed_days = max(Decimal(str((now - start).total_seconds())) / 86_400, Decimal(1))
+    month_days = Decimal((next_month - start).days)
+    return (spent / elapsed_days * month_days).quantize(Decimal("0.000001"))
+
+
+def _breakdown(rows: list[BreakdownRow], key: str) -> list[Breakdown]:
+    sums: dict[str, tuple[Decimal, int]] = {}
+    for row in rows:
+        name = getattr(row, key) or "(none)"
+        cost, events = sums.get(name, (Decimal(0), 0))
+        sums[name] = (cost + row.cost_usd, events + row.events)
+    return [
+        Breakdown(name=name, cost_usd=cost, events=events)
+        for name, (cost, events) in sorted(sums.items(), key=lambda item: (-item[1][0], item[0]))
+    ]
+
+
+def _month(
+    total: PeriodTotal, budget: Decimal | None, rows: list[BreakdownRow], crossed: list[int]
+) -> MonthUsage:
+    spent = total.effective_usd
+    return MonthUsage(
+        period=total.period,
+        spent_usd=spent,
+        events_usd=total.spent_usd,
+        adjustments_usd=total.adjusted_usd,
+        events=total.events,
+        limit_usd=budget,
+        remaining_usd=remaining(spent, budget),
+        percent_used=percent_used(spent, budget),
+        by_model=_breakdown(rows, "model"),
+        by_agent=_breakdown(rows, "agent_name"),
+        thresholds_crossed=crossed,
+    )
