@@ -33,6 +33,7 @@ from shared.config import Environment, Settings  # noqa: E402
 from shared.db.database import Database  # noqa: E402
 from shared.db.embedded import EmbeddedPostgres, start_embedded_postgres  # noqa: E402
 from shared.db.migrations import MIGRATIONS_DIR, MigrationRunner, load_migrations  # noqa: E402
+from shared.keys.service import KeyLifecycleService  # noqa: E402
 from shared.observability import SERVICE_NAME, RedactingFormatter, logger  # noqa: E402
 from shared.openrouter.client import OpenRouterClient  # noqa: E402
 from shared.openrouter.emulator import Emulator  # noqa: E402
@@ -221,6 +222,11 @@ async def runtime(
     runtime = Runtime(settings, openrouter=openrouter, emulator=emulator)
     yield runtime
     await runtime.database().close()
+
+
+@pytest.fixture
+def keys(runtime: Runtime) -> KeyLifecycleService:
+    return KeyLifecycleService(runtime)
 
 
 @pytest.fixture

@@ -186,6 +186,33 @@ begin
 end;
 $$;
 
+-- A reset: an adjustment that brings this month's effective spend back to zero. Nothing is
+-- deleted; the adjustment is in the ledger's history. Returns the amount applied (0 when
+-- there was nothing to reset).
+create function reset_usage(p_user_id text, p_period date, p_reason text, p_actor text)
+returns numeric
+language plpgsql
+as $$
+declare
+    v_total usage_totals;
+    v_amount numeric;
+begin
+    insert into usage_totals (user_id, period) values (p_user_id, p_period)
+        on conflict do nothing;
+    select * into v_total from usage_totals
+     where user_id = p_user_id and period = p_period for update;
+    v_amount := -usage_effective(v_total);
+    if v_amount = 0 then
+        return 0;
+    end if;
+    insert into usage_adjustments (user_id, period, amount_usd, reason, actor)
+    values (p_user_id, p_period, v_amount, p_reason, p_actor);
+    update usage_totals set adjusted_usd = adjusted_usd + v_amount, updated_at = now()
+     where user_id = p_user_id and period = p_period;
+    return v_amount;
+end;
+$$;
+
 -- A batch in one round trip: each event in its own subtransaction, so that one the database
 -- refuses is reported and the others are kept.
 create function record_usage_events(p_events jsonb, p_recorded_by text)
@@ -235,6 +262,8 @@ revoke all on function record_usage_event(text, text, text, text, text, integer,
 grant execute on function record_usage_event(text, text, text, text, text, integer, integer,
     numeric, integer, timestamptz, text) to service_role;
 revoke all on function record_usage_events(jsonb, text) from public, anon, authenticated;
+revoke all on function reset_usage(text, date, text, text) from public, anon, authenticated;
+grant execute on function reset_usage(text, date, text, text) to service_role;
 grant execute on function record_usage_events(jsonb, text) to service_role;
 
 -- Signed-in users read their own books.

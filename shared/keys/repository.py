@@ -149,6 +149,20 @@ class KeyRepository:
         budget = row["monthly_budget_usd"]
         return None if budget is None else Decimal(budget)  # type: ignore[arg-type]
 
+    async def adjustments_of(self, user_id: str | None, period: date) -> Decimal:
+        """Resets and corrections of the owner's usage this period (negative: budget given
+        back). System keys have none."""
+        if user_id is None:
+            return Decimal(0)
+        cursor = await self._conn.execute(
+            "select coalesce(sum(amount_usd), 0) as total from usage_adjustments"
+            " where user_id = %s and period = %s",
+            (user_id, period),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return Decimal(row["total"])  # type: ignore[arg-type]
+
     # ----- keys -----
 
     async def insert_pending_key(
@@ -189,11 +203,18 @@ class KeyRepository:
         return Decimal(row["spent"])  # type: ignore[arg-type]
 
     async def set_key_limit(
-        self, key_id: UUID, *, limit_usd: Decimal | None, spent_before_usd: Decimal
-    ) -> None:
-        await self._conn.execute(
-            "update api_keys set limit_usd = %s, spent_before_usd = %s where id = %s",
-            (limit_usd, spent_before_usd, key_id),
+        self,
+        key_id: UUID,
+        *,
+        limit_usd: Decimal | None,
+        spent_before_usd: Decimal,
+        period: date | None = None,
+    ) -> KeyRecord:
+        return await self._one(
+            KeyRecord,
+            "update api_keys set limit_usd = %s, spent_before_usd = %s,"
+            " limit_period = coalesce(%s, limit_period) where id = %s returning *",
+            (limit_usd, spent_before_usd, period, key_id),
         )
 
     async def record_created_key(

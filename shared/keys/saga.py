@@ -113,6 +113,7 @@ class KeyOperationSaga:
             budget = await self._store.budget_of(keys, owner)
             old = None if operation.old_key_id is None else await keys.get_key(operation.old_key_id)
             spent_through_revoked = await keys.last_spent_in_period(owner.key, period)
+            adjustments = await keys.adjustments_of(owner.user_id, period)
         old_usage: Decimal | None = None
         spent = spent_through_revoked
         if old is not None and budget is not None and old.openrouter_hash is not None:
@@ -122,7 +123,8 @@ class KeyOperationSaga:
         allowance = Decimal(0)
         new_limit: Decimal | None = None
         if budget is not None:
-            remaining = max(budget - spent, Decimal(0))
+            # Resets (negative adjustments) give budget back; `spent` stays OpenRouter's figure.
+            remaining = max(budget - max(spent + adjustments, Decimal(0)), Decimal(0))
             if old is not None and operation.grace_seconds > 0:
                 fraction = self._runtime.settings.rotation_grace_budget_fraction
                 allowance = (remaining * fraction).quantize(MICRO_DOLLAR, rounding=ROUND_DOWN)
@@ -409,7 +411,14 @@ class KeyOperationSaga:
                         allowance,
                     )
                     new_spent_before = (operation.spent_at_plan_usd or Decimal(0)) + grace_spend
-                    new_limit = max(operation.budget_usd - new_spent_before, Decimal(0))
+                    async with self._store.read() as keys:
+                        adjustments = await keys.adjustments_of(
+                            Owner.parse(new.owner).user_id, new.limit_period
+                        )
+                    new_limit = max(
+                        operation.budget_usd - max(new_spent_before + adjustments, Decimal(0)),
+                        Decimal(0),
+                    )
                     await client.update_key(new.openrouter_hash, limit=new_limit)
         except OpenRouterError as error:
             raise openrouter_failure(error, operation.id) from error

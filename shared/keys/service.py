@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from uuid import UUID, uuid4
 
 import psycopg
@@ -278,6 +279,56 @@ class KeyLifecycleService:
         return IssuedKey(key=key, operation=operation, secret=secret, previous_key=previous)
 
     # ----- advancing operations -----
+
+    # ----- budgets -----
+
+    async def apply_budget(
+        self, owner: Owner, *, actor: str, reason: str, request_id: str | None
+    ) -> KeyRecord | None:
+        """Set the current key's OpenRouter limit to what the owner may spend this month now:
+        the budget, less what earlier keys spent, plus what resets gave back. Used after a
+        tier change, a reset, and at the start of a month. Absolute values: safe to repeat."""
+        async with self._store.read() as keys:
+            key = await keys.current_key(owner.key)
+            operation = await keys.open_operation_of(owner.key)
+            if key is None:
+                return None
+            budget = await self._store.budget_of(keys, owner)
+            period = current_period()
+            adjustments = await keys.adjustments_of(owner.user_id, period)
+        if operation is not None:
+            raise Conflict(
+                f"a key operation for {owner.key} is in progress; retry when it is done",
+                code="operation_in_progress",
+                details={"operation_id": str(operation.id)},
+                headers={"Retry-After": "1"},
+            )
+        before = key.spent_before_usd if key.limit_period == period else Decimal(0)
+        limit = None if budget is None else max(budget - before - adjustments, Decimal(0))
+        if key.openrouter_hash is not None and (
+            limit != key.limit_usd or key.limit_period != period
+        ):
+            try:
+                await self._runtime.openrouter().update_key(key.openrouter_hash, limit=limit)
+            except OpenRouterError as error:
+                raise openrouter_failure(error, key.id) from error
+        async with self._store.transaction() as (keys, audit):
+            updated = await keys.set_key_limit(
+                key.id, limit_usd=limit, spent_before_usd=before, period=period
+            )
+            await audit.append(
+                actor=actor,
+                action="key.limit_applied",
+                target=f"key:{key.id}",
+                reason=reason,
+                request_id=request_id,
+                fingerprint=key.fingerprint,
+                details={
+                    "limit_usd": None if limit is None else str(limit),
+                    "previous_limit_usd": None if key.limit_usd is None else str(key.limit_usd),
+                },
+            )
+        return updated
 
     # ----- scheduled rotation -----
 

@@ -129,3 +129,49 @@ class UsageRepository:
             (user_id, period),
         )
         return [int(row["threshold"]) for row in await cursor.fetchall()]  # type: ignore[call-overload]
+
+    async def reset(self, user_id: str, period: date, *, reason: str, actor: str) -> Decimal:
+        cursor = await self._conn.execute(
+            "select reset_usage(%s, %s, %s, %s) as amount", (user_id, period, reason, actor)
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return Decimal(row["amount"])  # type: ignore[arg-type]
+
+    async def users_in_scope(
+        self, *, user_id: str | None, tier: str | None, everyone: bool
+    ) -> list[str]:
+        cursor = await self._conn.execute(
+            "select user_id from users where %s or user_id = %s or tier = %s order by user_id",
+            (everyone, user_id, tier),
+        )
+        return [str(row["user_id"]) for row in await cursor.fetchall()]
+
+    async def set_tier(self, user_id: str, tier: str, *, actor: str) -> tuple[str, str] | None:
+        """(previous tier, new tier), or None for an unknown user."""
+        cursor = await self._conn.execute(
+            "update users u set tier = %s, updated_at = now(), updated_by = %s"
+            " from (select user_id, tier as previous from users where user_id = %s for update) p"
+            " where u.user_id = p.user_id returning p.previous, u.tier",
+            (tier, actor, user_id),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else (str(row["previous"]), str(row["tier"]))
+
+    async def tiers(self) -> list[tuple[str, Decimal | None, str]]:
+        cursor = await self._conn.execute(
+            "select tier, monthly_budget_usd, description from subscription_tiers order by"
+            " monthly_budget_usd nulls last, tier"
+        )
+        return [
+            (str(r["tier"]), r["monthly_budget_usd"], str(r["description"]))  # type: ignore[misc]
+            for r in await cursor.fetchall()
+        ]
+
+    async def set_tier_budget(self, tier: str, budget: Decimal | None) -> bool:
+        cursor = await self._conn.execute(
+            "update subscription_tiers set monthly_budget_usd = %s, updated_at = now()"
+            " where tier = %s returning tier",
+            (budget, tier),
+        )
+        return await cursor.fetchone() is not None

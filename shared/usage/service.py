@@ -8,10 +8,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 
-from shared.errors import NotFound
-from shared.keys.domain import current_period
+from shared.audit.repository import AuditRepository
+from shared.errors import NotFound, ValidationFailed
+from shared.keys.domain import Owner, current_period
+from shared.keys.service import KeyLifecycleService
 from shared.runtime import Runtime
 from shared.usage.repository import BreakdownRow, PeriodTotal, RecordedEvent, UsageRepository
 from shared.usage.schemas import (
@@ -230,3 +233,96 @@ def _month(
         by_agent=_breakdown(rows, "agent_name"),
         thresholds_crossed=crossed,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcome:
+    user_id: str
+    amount_usd: Decimal
+    key_limit_usd: Decimal | None
+    key_updated: bool
+
+
+class BudgetService:
+    """Resets, tier changes and tier amounts: the ledger and the keys' OpenRouter limits."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def reset(
+        self,
+        *,
+        user_id: str | None,
+        tier: str | None,
+        everyone: bool,
+        reason: str,
+        actor: str,
+        request_id: str | None,
+    ) -> list[ResetOutcome]:
+        """Give users their whole budget back for this month: an adjustment in the ledger, and
+        the key's OpenRouter limit raised (its counter cannot be zeroed). Safe to repeat."""
+        period = current_period(None)
+        async with self._runtime.database().connection() as conn:
+            users = await UsageRepository(conn).users_in_scope(
+                user_id=user_id, tier=tier, everyone=everyone
+            )
+        if user_id is not None and not users:
+            raise NotFound(f"no user {user_id}", code="user_not_found")
+        keys = KeyLifecycleService(self._runtime)
+        outcomes = []
+        for user in users:
+            async with self._runtime.database().connection() as conn, conn.transaction():
+                amount = await UsageRepository(conn).reset(user, period, reason=reason, actor=actor)
+                if amount:
+                    await AuditRepository(conn).append(
+                        actor=actor,
+                        action="usage.reset",
+                        target=f"user:{user}",
+                        reason=reason,
+                        request_id=request_id,
+                        details={"amount_usd": str(amount), "period": period.isoformat()},
+                    )
+            key = await keys.apply_budget(
+                Owner.user(user),
+                actor=actor,
+                reason=f"usage reset: {reason}",
+                request_id=request_id,
+            )
+            outcomes.append(
+                ResetOutcome(
+                    user_id=user,
+                    amount_usd=amount,
+                    key_limit_usd=None if key is None else key.limit_usd,
+                    key_updated=key is not None,
+                )
+            )
+        return outcomes
+
+    async def change_tier(
+        self, user_id: str, tier: str, *, actor: str, reason: str | None, request_id: str | None
+    ) -> tuple[str, str, Decimal | None]:
+        """Move a user to a tier; their key's limit follows at once. Idempotent."""
+        try:
+            async with self._runtime.database().connection() as conn, conn.transaction():
+                changed = await UsageRepository(conn).set_tier(user_id, tier, actor=actor)
+                if changed is None:
+                    raise NotFound(f"no user {user_id}", code="user_not_found")
+                previous, current = changed
+                if previous != current:
+                    await AuditRepository(conn).append(
+                        actor=actor,
+                        action="user.tier_changed",
+                        target=f"user:{user_id}",
+                        reason=reason,
+                        request_id=request_id,
+                        details={"from": previous, "to": current},
+                    )
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise ValidationFailed(f"unknown tier {tier!r}", code="unknown_tier") from exc
+        key = await KeyLifecycleService(self._runtime).apply_budget(
+            Owner.user(user_id),
+            actor=actor,
+            reason=f"tier {previous} -> {current}",
+            request_id=request_id,
+        )
+        return previous, current, None if key is None else key.limit_usd

@@ -32,6 +32,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         "shared.access.endpoints:tokens_router",
         "shared.audit.endpoints:router",
         "shared.keys.endpoints:admin_router",
+        "shared.usage.admin_endpoints:router",
     ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS, "shared.emergency.endpoints:router"),

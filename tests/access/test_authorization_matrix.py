@@ -24,7 +24,7 @@ from shared.web.app_factory import RouteAccess, create_app
 from tests.access.signing import AuthServer, SigningKey
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN, CRON_SECRET
 
-PATH_EXAMPLES = {"user_id": "someone", "name": "main"}
+PATH_EXAMPLES = {"user_id": "someone", "name": "main", "tier": "free"}
 USER_A = str(uuid.uuid4())
 USER_B = str(uuid.uuid4())
 ADMIN_USER = str(uuid.uuid4())
@@ -137,7 +137,10 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
         for method in sorted(route.methods):
             for caller in callers:
                 response = await client.request(
-                    method, path, headers=caller.headers, json={} if method == "POST" else None
+                    method,
+                    path,
+                    headers=caller.headers,
+                    json={} if method in ("POST", "PUT") else None,
                 )
                 if route.rule.allows(caller.principal):
                     ok = response.status_code not in (401, 403) and response.status_code < 500
@@ -185,6 +188,10 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/advance-emergency-rotations"): "cron",
     ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
     ("POST", "/api/usage/log"): "services with usage:write",
+    ("POST", "/api/admin/reset-usage"): "admin",
+    ("GET", "/api/admin/tiers"): "admin",
+    ("PUT", "/api/admin/tiers/{tier}"): "admin",
+    ("PUT", "/api/users/{user_id}/tier"): "admin",
     ("GET", "/api/usage/{user_id}"): "users or services with usage:read",
     ("GET", "/api/usage/{user_id}/monthly"): "users or services with usage:read",
     ("POST", "/api/admin/emergency-rotate"): "admin",

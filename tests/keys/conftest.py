@@ -6,19 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-import pytest
-
 from shared.crypto.envelope import secret_context
 from shared.db.database import Database
 from shared.keys.repository import KeyRecord
-from shared.keys.service import KeyLifecycleService
 from shared.openrouter.emulator import Emulator
 from shared.runtime import Runtime
-
-
-@pytest.fixture
-def keys(runtime: Runtime) -> KeyLifecycleService:
-    return KeyLifecycleService(runtime)
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""Admin routes of budgets: reset usage, tier amounts, a user's tier."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Self
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from shared.access.rules import AdminCaller
+from shared.errors import NotFound
+from shared.keys.schemas import TierName, UserId
+from shared.observability import current_request_id
+from shared.usage.repository import UsageRepository
+from shared.usage.service import BudgetService
+from shared.web.deps import RuntimeDep
+
+router = APIRouter(tags=["budgets (admin)"])
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+
+
+class ResetUsageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason
+    user_id: UserId | None = None
+    tier: TierName | None = None
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> Self:
+        if sum((self.user_id is not None, self.tier is not None, self.all)) != 1:
+            raise ValueError("give exactly one of user_id, tier, or all=true")
+        return self
+
+
+class ResetUsageResult(BaseModel):
+    user_id: str
+    amount_usd: Decimal = Field(description="The adjustment entered (negative: budget given back).")
+    key_limit_usd: Decimal | None
+    key_updated: bool
+
+
+class ResetUsageResponse(BaseModel):
+    users: list[ResetUsageResult]
+
+
+class TierInfo(BaseModel):
+    tier: str
+    monthly_budget_usd: Decimal | None = Field(description="null: unlimited.")
+    description: str
+
+
+class TierList(BaseModel):
+    data: list[TierInfo]
+
+
+class TierBudgetUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    monthly_budget_usd: Annotated[Decimal, Field(ge=0, le=10_000_000, allow_inf_nan=False)] | None
+
+
+class UserTierChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier: TierName
+    reason: Reason | None = None
+
+
+class UserTierChanged(BaseModel):
+    user_id: str
+    previous_tier: str
+    tier: str
+    key_limit_usd: Decimal | None
+
+
+@router.post("/api/admin/reset-usage", response_model=ResetUsageResponse)
+async def reset_usage(
+    body: ResetUsageRequest, caller: AdminCaller, runtime: RuntimeDep
+) -> ResetUsageResponse:
+    """Give a user, a tier or everyone their whole budget back for this month.
+
+    Nothing is deleted: each reset is an adjustment in the ledger, and the key's OpenRouter
+    limit is raised accordingly. Repeating it is harmless.
+    """
+    outcomes = await BudgetService(runtime).reset(
+        user_id=body.user_id,
+        tier=body.tier,
+        everyone=body.all,
+        reason=body.reason,
+        actor=caller.actor,
+        request_id=current_request_id.get(),
+    )
+    return ResetUsageResponse(
+        users=[
+            ResetUsageResult(
+                user_id=o.user_id,
+                amount_usd=o.amount_usd,
+                key_limit_usd=o.key_limit_usd,
+                key_updated=o.key_updated,
+            )
+            for o in outcomes
+        ]
+    )
+
+
+@router.get("/api/admin/tiers", response_model=TierList)
+async def list_tiers(_: AdminCaller, runtime: RuntimeDep) -> TierList:
+    """The subscription tiers and their monthly budgets."""
+    async with runtime.database().connection() as conn:
+        tiers = await UsageRepository(conn).tiers()
+    return TierList(
+        data=[TierInfo(tier=t, monthly_budget_usd=b, description=d) for t, b, d in tiers]
+    )
+
+
+@router.put("/api/admin/tiers/{tier}", response_model=TierInfo)
+async def set_tier_budget(
+    tier: TierName, body: TierBudgetUpdate, caller: AdminCaller, runtime: RuntimeDep
+) -> TierInfo:
+    """Change a tier's monthly budget (null: unlimited). Keys follow at their next budget
+    application (tier change, reset, rotation, or the monthly job)."""
+    del caller
+    async with runtime.database().connection() as conn:
+        repository = UsageRepository(conn)
+        if not await repository.set_tier_budget(tier, body.monthly_budget_usd):
+            raise NotFound(f"no tier {tier}", code="tier_not_found")
+        tiers = {t: (b, d) for t, b, d in await repository.tiers()}
+    budget, description = tiers[tier]
+    return TierInfo(tier=tier, monthly_budget_usd=budget, description=description)
+
+
+@router.put("/api/users/{user_id}/tier", response_model=UserTierChanged)
+async def change_user_tier(
+    user_id: UserId, body: UserTierChange, caller: AdminCaller, runtime: RuntimeDep
+) -> UserTierChanged:
+    """Move a user to a tier (the subscription system calls this). Takes effect at once on
+    their budget and their key's OpenRouter limit; idempotent; audited."""
+    previous, tier, limit = await BudgetService(runtime).change_tier(
+        user_id,
+        body.tier,
+        actor=caller.actor,
+        reason=body.reason,
+        request_id=current_request_id.get(),
+    )
+    return UserTierChanged(user_id=user_id, previous_tier=previous, tier=tier, key_limit_usd=limit)
