@@ -25,3 +25,7 @@ advance_emergency_rotations = scheduled_handler(
 rotate_scheduled_keys = scheduled_handler(
     "rotate_scheduled_keys", jobs.rotate_scheduled_keys, lambda: app.state.runtime
 )
+
+open_usage_period = scheduled_handler(
+    "open_usage_period", jobs.open_usage_period, lambda: app.state.runtime
+)

@@ -88,6 +88,18 @@ create table alert_outbox (
 
 create index alert_outbox_due on alert_outbox (next_attempt_at) where delivered_at is null;
 
+-- The monthly job's runs: one row per period, so that it applies once however often it is
+-- invoked; the lease lets exactly one invocation work, and the checkpoint says how far it got.
+create table usage_period_runs (
+    period date primary key,
+    status text not null check (status in ('running', 'done')),
+    checkpoint_owner text,
+    keys_restored integer not null default 0,
+    lease_until timestamptz,
+    started_at timestamptz not null default now(),
+    completed_at timestamptz
+);
+
 -- The effective spend of a total row: events less resets.
 create function usage_effective(t usage_totals) returns numeric
 language sql immutable
@@ -252,11 +264,12 @@ alter table usage_totals enable row level security;
 alter table usage_breakdown enable row level security;
 alter table usage_threshold_crossings enable row level security;
 alter table alert_outbox enable row level security;
+alter table usage_period_runs enable row level security;
 
 revoke all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
-    usage_threshold_crossings, alert_outbox from anon, authenticated;
+    usage_threshold_crossings, alert_outbox, usage_period_runs from anon, authenticated;
 grant all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
-    usage_threshold_crossings, alert_outbox to service_role;
+    usage_threshold_crossings, alert_outbox, usage_period_runs to service_role;
 revoke all on function record_usage_event(text, text, text, text, text, integer, integer,
     numeric, integer, timestamptz, text) from public, anon, authenticated;
 grant execute on function record_usage_event(text, text, text, text, text, integer, integer,

@@ -48,3 +48,9 @@ async def advance_emergency_rotations(_: CronCaller, runtime: RuntimeDep) -> Adv
 async def rotate_scheduled_keys(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
     """Rotate system keys and monthly-policy user keys not yet rotated this month (hourly)."""
     return AdvanceResult(advanced=await service.rotate_scheduled_keys(runtime))
+
+
+@router.get("/open-usage-period", response_model=dict[str, object])
+async def open_usage_period(_: CronCaller, runtime: RuntimeDep) -> dict[str, object]:
+    """Open the new month and restore keys' monthly limits; once per month, resumable."""
+    return await service.open_usage_period(runtime)

@@ -54,3 +54,17 @@ async def rotate_scheduled_keys(runtime: Runtime) -> int:
     rotated = await KeyLifecycleService(runtime).rotate_scheduled_keys(time_budget_s=45)
     logger.info("scheduled rotations", extra={"rotated": rotated})
     return rotated
+
+
+async def open_usage_period(runtime: Runtime) -> dict[str, object]:
+    """On the 1st (and until done): open the month, restore every key's full monthly limit."""
+    from shared.usage.monthly import open_period
+
+    result = await open_period(runtime, time_budget_s=45)
+    summary: dict[str, object] = {
+        "period": result.period.isoformat(),
+        "status": result.status,
+        "keys_restored": result.keys_restored,
+    }
+    logger.info("monthly usage period", extra=summary)
+    return summary

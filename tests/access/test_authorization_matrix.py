@@ -187,6 +187,7 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/reconcile-keys"): "cron",
     ("GET", "/api/jobs/advance-emergency-rotations"): "cron",
     ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
+    ("GET", "/api/jobs/open-usage-period"): "cron",
     ("POST", "/api/usage/log"): "services with usage:write",
     ("POST", "/api/admin/reset-usage"): "admin",
     ("GET", "/api/admin/tiers"): "admin",
