@@ -606,6 +606,18 @@ create table usage_period_runs (
     completed_at timestamptz
 );
 
+-- Drift between OpenRouter's counters and the ledger, per user and month, as last measured by
+-- the drift job; only drift beyond the tolerance is kept.
+create table usage_drift (
+    user_id text not null references users (user_id),
+    period date not null,
+    openrouter_usd numeric not null,
+    ledger_usd numeric not null,
+    drift_usd numeric not null,
+    measured_at timestamptz not null default now(),
+    primary key (user_id, period)
+);
+
 -- The effective spend of a total row: events less resets.
 create function usage_effective(t usage_totals) returns numeric
 language sql immutable
@@ -771,11 +783,13 @@ alter table usage_breakdown enable row level security;
 alter table usage_threshold_crossings enable row level security;
 alter table alert_outbox enable row level security;
 alter table usage_period_runs enable row level security;
+alter table usage_drift enable row level security;
 
 revoke all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
-    usage_threshold_crossings, alert_outbox, usage_period_runs from anon, authenticated;
+    usage_threshold_crossings, alert_outbox, usage_period_runs, usage_drift from anon,
+    authenticated;
 grant all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
-    usage_threshold_crossings, alert_outbox, usage_period_runs to service_role;
+    usage_threshold_crossings, alert_outbox, usage_period_runs, usage_drift to service_role;
 revoke all on function record_usage_event(text, text, text, text, text, integer, integer,
     numeric, integer, timestamptz, text) from public, anon, authenticated;
 grant execute on function record_usage_event(text, text, text, text, text, integer, integer,
@@ -799,7 +813,7 @@ create policy usage_adjustments_own on usage_adjustments for select to authentic
 create policy usage_threshold_crossings_own on usage_threshold_crossings for select
     to authenticated using (user_id = auth.uid()::text);
 
-insert into schema_migrations (version, name, checksum) values ('0006', 'usage_ledger', '9efb35ca5673ab3900f4b1e5e6a4d282550437c53d96e88678d4255207147bca')
+insert into schema_migrations (version, name, checksum) values ('0006', 'usage_ledger', 'efda9f21af8e8ceadb6d7d5f6dd358b50cddcb55e3382eb39a5de93b724dd9d5')
 on conflict (version) do nothing;
 
 commit;

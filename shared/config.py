@@ -201,6 +201,11 @@ class Settings(BaseSettings):
         description="When set, every new system key is also written to AWS Secrets Manager as "
         "<prefix><system name> (JSON: key, key_id, openrouter_hash).",
     )
+    drift_tolerance_usd: Annotated[Decimal, Field(ge=0)] = Field(
+        default=Decimal("0.01"),
+        description="Per user and month, a difference between OpenRouter's counters and the "
+        "ledger beyond this is reported as drift.",
+    )
     system_key_monthly_budget_usd: Decimal | None = Field(
         default=None, description="Monthly limit of system keys (unset: unlimited)."
     )

@@ -29,3 +29,7 @@ rotate_scheduled_keys = scheduled_handler(
 open_usage_period = scheduled_handler(
     "open_usage_period", jobs.open_usage_period, lambda: app.state.runtime
 )
+
+measure_usage_drift = scheduled_handler(
+    "measure_usage_drift", jobs.measure_usage_drift, lambda: app.state.runtime
+)

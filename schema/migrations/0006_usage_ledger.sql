@@ -100,6 +100,18 @@ create table usage_period_runs (
     completed_at timestamptz
 );
 
+-- Drift between OpenRouter's counters and the ledger, per user and month, as last measured by
+-- the drift job; only drift beyond the tolerance is kept.
+create table usage_drift (
+    user_id text not null references users (user_id),
+    period date not null,
+    openrouter_usd numeric not null,
+    ledger_usd numeric not null,
+    drift_usd numeric not null,
+    measured_at timestamptz not null default now(),
+    primary key (user_id, period)
+);
+
 -- The effective spend of a total row: events less resets.
 create function usage_effective(t usage_totals) returns numeric
 language sql immutable
@@ -265,11 +277,13 @@ alter table usage_breakdown enable row level security;
 alter table usage_threshold_crossings enable row level security;
 alter table alert_outbox enable row level security;
 alter table usage_period_runs enable row level security;
+alter table usage_drift enable row level security;
 
 revoke all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
-    usage_threshold_crossings, alert_outbox, usage_period_runs from anon, authenticated;
+    usage_threshold_crossings, alert_outbox, usage_period_runs, usage_drift from anon,
+    authenticated;
 grant all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
-    usage_threshold_crossings, alert_outbox, usage_period_runs to service_role;
+    usage_threshold_crossings, alert_outbox, usage_period_runs, usage_drift to service_role;
 revoke all on function record_usage_event(text, text, text, text, text, integer, integer,
     numeric, integer, timestamptz, text) from public, anon, authenticated;
 grant execute on function record_usage_event(text, text, text, text, text, integer, integer,

@@ -54,3 +54,9 @@ async def rotate_scheduled_keys(_: CronCaller, runtime: RuntimeDep) -> AdvanceRe
 async def open_usage_period(_: CronCaller, runtime: RuntimeDep) -> dict[str, object]:
     """Open the new month and restore keys' monthly limits; once per month, resumable."""
     return await service.open_usage_period(runtime)
+
+
+@router.get("/measure-usage-drift", response_model=AdvanceResult)
+async def measure_usage_drift(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
+    """Record, per user, the drift between OpenRouter and the ledger (hourly)."""
+    return AdvanceResult(advanced=await service.measure_usage_drift(runtime))

@@ -68,3 +68,17 @@ async def open_usage_period(runtime: Runtime) -> dict[str, object]:
     }
     logger.info("monthly usage period", extra=summary)
     return summary
+
+
+async def measure_usage_drift(runtime: Runtime) -> int:
+    """Hourly: compare OpenRouter's counters with the ledger, per user, this month."""
+    from shared.keys.domain import current_period
+    from shared.usage.reports import measure_drift
+
+    remote = {k.hash: k.usage_monthly for k in await runtime.openrouter().list_all_keys()}
+    async with runtime.database().connection() as conn, conn.transaction():
+        drifting = await measure_drift(
+            conn, remote, current_period(), tolerance=runtime.settings.drift_tolerance_usd
+        )
+    logger.info("usage drift measured", extra={"users_drifting": drifting})
+    return drifting

@@ -33,6 +33,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         "shared.audit.endpoints:router",
         "shared.keys.endpoints:admin_router",
         "shared.usage.admin_endpoints:router",
+        "shared.usage.admin_reports:router",
     ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS, "shared.emergency.endpoints:router"),

@@ -1,0 +1,89 @@
+"""Admin reports: the month system-wide, the key list by cursor, drift against OpenRouter."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+
+from shared.jobs.service import measure_usage_drift
+from shared.keys.service import KeyLifecycleService, Owner
+from shared.openrouter.emulator import Emulator
+from shared.runtime import Runtime
+from shared.usage.service import UsageService
+from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
+
+
+def _event(user: str, generation: str, cost: str, agent: str, model: str) -> dict[str, object]:
+    return {
+        "user_id": user,
+        "generation_id": generation,
+        "model": model,
+        "cost_usd": cost,
+        "agent_name": agent,
+    }
+
+
+async def test_the_month_system_wide(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime, emulator: Emulator
+) -> None:
+    heavy = await keys.create_key(Owner.user("heavy"), actor="t", tier="free")
+    await keys.create_key(Owner.user("light"), actor="t", tier="standard")
+    assert heavy.secret is not None
+    await UsageService(runtime).log(
+        [
+            _event("heavy", "h1", "9", "compliance", "m1"),
+            _event("heavy", "h2", "2", "compliance", "m2"),
+            _event("light", "l1", "1", "marketing", "m1"),
+        ],
+        actor="platform",
+    )
+    # OpenRouter's cap stopped heavy at $10 (the ledger has 11); light's $1 never reached it
+    emulator.charge(heavy.secret, Decimal(10))
+    assert await measure_usage_drift(runtime) == 2
+
+    report = (await api.get("/api/admin/usage", headers=ADMIN)).json()
+
+    assert Decimal(report["spent_usd"]) == 12
+    assert [(t["name"], Decimal(t["cost_usd"])) for t in report["by_tier"]] == [
+        ("free", Decimal(11)),
+        ("standard", Decimal(1)),
+    ]
+    assert [a["name"] for a in report["by_agent"]] == ["compliance", "marketing"]
+    assert [u["user_id"] for u in report["top_users"]] == ["heavy", "light"]
+    assert [u["user_id"] for u in report["over_100_percent"]] == ["heavy"]
+    assert [u["user_id"] for u in report["over_80_percent"]] == ["heavy"]
+    assert sorted((d["user_id"], Decimal(d["drift_usd"])) for d in report["drift"]) == [
+        ("heavy", Decimal(-1)),
+        ("light", Decimal(-1)),
+    ]
+
+
+async def test_the_key_list_pages_by_cursor_and_filters(
+    api: httpx.AsyncClient, keys: KeyLifecycleService
+) -> None:
+    for i in range(5):
+        await keys.create_key(Owner.user(f"k{i}"), actor="t", tier="beta" if i % 2 else "free")
+    await keys.rotate_key(Owner.user("k0"), actor="t", grace_seconds=0)
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/api/admin/keys", headers=ADMIN, params=params)).json()
+        seen.extend(k["id"] for k in page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    beta = (await api.get("/api/admin/keys?tier=beta", headers=ADMIN)).json()["data"]
+    revoked = (await api.get("/api/admin/keys?status=revoked", headers=ADMIN)).json()["data"]
+    mine = (await api.get("/api/admin/keys?user_id=k0", headers=ADMIN)).json()["data"]
+    bad = await api.get("/api/admin/keys?cursor=garbage", headers=ADMIN)
+
+    assert len(seen) == len(set(seen)) == 6
+    assert {k["user_id"] for k in beta} == {"k1", "k3"}
+    assert [k["user_id"] for k in revoked] == ["k0"]
+    assert [k["state"] for k in mine] == ["current", "revoked"]
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
