@@ -201,6 +201,15 @@ class Settings(BaseSettings):
         description="When set, every new system key is also written to AWS Secrets Manager as "
         "<prefix><system name> (JSON: key, key_id, openrouter_hash).",
     )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="Threshold alerts (50, 80, 100 percent) are POSTed here as JSON. Unset: "
+        "they stay in the outbox and in the usage reports.",
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs each alert: X-OpenRouter-Agent-Signature: sha256=<HMAC of the body>.",
+    )
     drift_tolerance_usd: Annotated[Decimal, Field(ge=0)] = Field(
         default=Decimal("0.01"),
         description="Per user and month, a difference between OpenRouter's counters and the "
@@ -269,6 +278,7 @@ class Settings(BaseSettings):
             "SUPABASE_JWT_SECRET": self.supabase_jwt_secret,
             "CRON_SECRET": self.cron_secret,
             "BOOTSTRAP_ADMIN_TOKEN": self.bootstrap_admin_token,
+            "ALERT_WEBHOOK_SECRET": self.alert_webhook_secret,
         }
         for name, value in secrets.items():
             if (

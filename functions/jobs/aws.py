@@ -33,3 +33,5 @@ open_usage_period = scheduled_handler(
 measure_usage_drift = scheduled_handler(
     "measure_usage_drift", jobs.measure_usage_drift, lambda: app.state.runtime
 )
+
+deliver_alerts = scheduled_handler("deliver_alerts", jobs.deliver_alerts, lambda: app.state.runtime)

@@ -60,3 +60,9 @@ async def open_usage_period(_: CronCaller, runtime: RuntimeDep) -> dict[str, obj
 async def measure_usage_drift(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
     """Record, per user, the drift between OpenRouter and the ledger (hourly)."""
     return AdvanceResult(advanced=await service.measure_usage_drift(runtime))
+
+
+@router.get("/deliver-alerts", response_model=AdvanceResult)
+async def deliver_alerts(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
+    """Hand threshold alerts from the outbox to the webhook (every minute)."""
+    return AdvanceResult(advanced=await service.deliver_alerts(runtime))

@@ -82,3 +82,12 @@ async def measure_usage_drift(runtime: Runtime) -> int:
         )
     logger.info("usage drift measured", extra={"users_drifting": drifting})
     return drifting
+
+
+async def deliver_alerts(runtime: Runtime) -> int:
+    """Every minute: hand threshold alerts from the outbox to the webhook."""
+    from shared.usage.alerts import deliver_alerts as deliver
+
+    delivered = await deliver(runtime)
+    logger.info("alerts delivered", extra={"delivered": delivered})
+    return delivered

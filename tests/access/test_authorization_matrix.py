@@ -189,6 +189,7 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
     ("GET", "/api/jobs/open-usage-period"): "cron",
     ("GET", "/api/jobs/measure-usage-drift"): "cron",
+    ("GET", "/api/jobs/deliver-alerts"): "cron",
     ("GET", "/api/admin/usage"): "admin",
     ("GET", "/api/admin/keys"): "admin",
     ("POST", "/api/usage/log"): "services with usage:write",
