@@ -78,14 +78,24 @@ def _wrk_ms(value: str) -> float:
     return float(value)
 
 
-def wrk_load(url: str, *, seconds: int, concurrency: int) -> LoadResult:
-    """wrk (Debian's package), one thread, bounded in time. wrk reports no 95th percentile,
-    so the tail figure is its 99th, which is stricter."""
+def wrk_load(
+    url: str,
+    *,
+    seconds: int,
+    concurrency: int,
+    script: Path | None = None,
+    headers: tuple[str, ...] = (),
+) -> LoadResult:
+    """wrk (Debian's package), bounded in time; optional Lua script and headers. wrk reports
+    no 95th percentile, so the tail figure is its 99th, which is stricter."""
+    command = ["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{seconds}s"]
+    command.append("--latency")
+    if script is not None:
+        command += ["-s", str(script)]
+    for header in headers:
+        command += ["-H", header]
     output = subprocess.run(  # noqa: S603
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", url],  # noqa: S607
-        check=True,
-        capture_output=True,
-        text=True,
+        [*command, url], check=True, capture_output=True, text=True
     ).stdout
     percentiles: dict[str, float] = {}
     requests = errors = 0

@@ -237,37 +237,25 @@ begin
 end;
 $$;
 
--- A batch in one round trip: each event in its own subtransaction, so that one the database
--- refuses is reported and the others are kept.
+-- A batch in one round trip. No subtransaction per event: a thousand of them in one
+-- transaction overflow PostgreSQL's subtransaction cache and slow every concurrent snapshot.
+-- Events are validated before they get here; if the database still refuses one, the whole
+-- batch rolls back and the caller replays it event by event to say which.
 create function record_usage_events(p_events jsonb, p_recorded_by text)
 returns table (idx integer, status text, reason text, user_id text, period date,
                spent_usd numeric, budget_usd numeric, crossed integer[])
-language plpgsql
+language sql
 as $$
-#variable_conflict use_column
-declare
-    v_event jsonb;
-    v_index integer := 0;
-    v_result record;
-begin
-    for v_event in select value from jsonb_array_elements(p_events) loop
-        begin
-            select * into v_result from record_usage_event(
-                v_event ->> 'user_id', v_event ->> 'generation_id', v_event ->> 'model',
-                v_event ->> 'agent_name', v_event ->> 'endpoint',
-                (v_event ->> 'prompt_tokens')::integer, (v_event ->> 'completion_tokens')::integer,
-                (v_event ->> 'cost_usd')::numeric, (v_event ->> 'duration_ms')::integer,
-                (v_event ->> 'occurred_at')::timestamptz, p_recorded_by);
-            return query select v_index, v_result.status, null::text, v_event ->> 'user_id',
-                v_result.period, v_result.spent_usd, v_result.budget_usd, v_result.crossed;
-        exception when others then
-            return query select v_index, 'rejected'::text, sqlstate::text,
-                v_event ->> 'user_id', null::date, null::numeric, null::numeric,
-                '{}'::integer[];
-        end;
-        v_index := v_index + 1;
-    end loop;
-end;
+    select (e.ordinality - 1)::integer, r.status, null::text, e.value ->> 'user_id',
+           r.period, r.spent_usd, r.budget_usd, r.crossed
+      from jsonb_array_elements(p_events) with ordinality e
+      cross join lateral record_usage_event(
+          e.value ->> 'user_id', e.value ->> 'generation_id', e.value ->> 'model',
+          e.value ->> 'agent_name', e.value ->> 'endpoint',
+          (e.value ->> 'prompt_tokens')::integer, (e.value ->> 'completion_tokens')::integer,
+          (e.value ->> 'cost_usd')::numeric, (e.value ->> 'duration_ms')::integer,
+          (e.value ->> 'occurred_at')::timestamptz, p_recorded_by) r
+     order by e.ordinality;
 $$;
 
 alter table usage_events enable row level security;

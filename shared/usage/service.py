@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -99,10 +99,10 @@ class UsageService:
             accepted.append((index, event.model_copy(update={"occurred_at": occurred})))
 
         recorded: list[RecordedEvent] = []
-        async with self._runtime.database().connection() as conn, conn.transaction():
+        to_record: list[tuple[int, UsageEvent]] = []
+        async with self._runtime.database().connection() as conn:
             repository = UsageRepository(conn)
             known = await repository.existing_users({e.user_id for _, e in accepted})
-            to_record: list[tuple[int, UsageEvent]] = []
             for index, event in accepted:
                 if event.user_id in known:
                     to_record.append((index, event))
@@ -116,10 +116,9 @@ class UsageService:
             # Every writer takes its users' rows in the same order, so concurrent batches
             # wait for each other instead of deadlocking.
             to_record.sort(key=lambda item: (item[1].user_id, item[1].generation_id))
-            if to_record:
-                recorded = await repository.record_events(
-                    [event.model_dump(mode="json") for _, event in to_record], recorded_by=actor
-                )
+            payloads = [event.model_dump(mode="json") for _, event in to_record]
+            if payloads:
+                recorded = await self._record(repository, conn, payloads, actor)
         summaries: dict[str, UserUsageSummary] = {}
         for result in recorded:
             index, event = to_record[result.index]
@@ -149,6 +148,38 @@ class UsageService:
         return LogResult(
             outcomes=[o for o in outcomes if o is not None], users=list(summaries.values())
         )
+
+    @staticmethod
+    async def _record(
+        repository: UsageRepository, conn: Any, payloads: list[dict[str, Any]], actor: str
+    ) -> list[RecordedEvent]:
+        """The whole batch in one transaction; if the database refuses any event, each event
+        again in its own transaction, so that the good ones are kept and the bad one named."""
+        try:
+            async with conn.transaction():
+                return await repository.record_events(payloads, recorded_by=actor)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+            pass
+        recorded = []
+        for index, payload in enumerate(payloads):
+            try:
+                async with conn.transaction():
+                    [result] = await repository.record_events([payload], recorded_by=actor)
+                recorded.append(replace(result, index=index))
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+                recorded.append(
+                    RecordedEvent(
+                        index,
+                        "rejected",
+                        error.sqlstate or "refused",
+                        str(payload.get("user_id")),
+                        None,
+                        None,
+                        None,
+                        [],
+                    )
+                )
+        return recorded
 
     async def current(self, user_id: str) -> CurrentUsage:
         now = self._clock()

@@ -7,6 +7,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from shared.config import Settings
 from shared.db.database import Database, PoolLimits
 from shared.keys.repository import KeyRepository
 from shared.runtime import Runtime
+from shared.usage.repository import UsageRepository
 from shared.usage.service import UsageService
 
 Headers = dict[str, str]
@@ -243,3 +245,31 @@ async def test_thresholds_fire_once_each_under_concurrent_logging(
     async with database.connection() as conn:
         cursor = await conn.execute("select count(*) as n from alert_outbox")
         assert (await cursor.fetchone() or {})["n"] == 3
+
+
+async def test_an_event_the_database_refuses_is_named_and_the_rest_kept(
+    runtime: Runtime, make_users: Callable[..., Awaitable[None]], database: Database
+) -> None:
+    # GIVEN a batch in which one event got past validation but not past the database
+    await make_users("guarded")
+    now = datetime.now(UTC).isoformat()
+    payloads: list[dict[str, Any]] = [
+        {
+            **event("guarded", f"db-{i}", "1"),
+            "occurred_at": now,
+            "agent_name": None,
+            "endpoint": None,
+            "duration_ms": None,
+        }
+        for i in range(3)
+    ]
+    payloads[1]["cost_usd"] = "not a number"
+
+    async with database.connection() as conn:
+        results = await UsageService._record(UsageRepository(conn), conn, payloads, "test")
+
+    assert [r.status for r in results] == ["stored", "rejected", "stored"]
+    assert results[1].reason == "22P02"  # invalid text representation
+    async with database.connection() as conn:
+        cursor = await conn.execute("select count(*) as n from usage_events")
+        assert (await cursor.fetchone() or {})["n"] == 2
