@@ -4,7 +4,8 @@ and a million micro-dollar events summing to exactly one dollar.
     .venv/bin/python -m bench.usage_ingest [--seconds 6] [--million]
 
 Ceilings measured in the same run: the same HTTP stack (uvicorn + FastAPI) with a no-op POST
-route, and the SQL function record_usage_event called directly with the same concurrency. Load
+route, and the SQL function record_usage_events called directly (one event a call) with the
+same concurrency. Load
 comes from wrk (Debian's package) with a Lua script that makes every generation id unique.
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -42,7 +45,8 @@ end
 
 
 async def _sql_ceiling(dsn: str, concurrency: int, seconds: float) -> tuple[float, float]:
-    """record_usage_event called directly by `concurrency` connections: (calls/s, p99 ms)."""
+    """record_usage_events called directly, one event a call, by `concurrency` connections:
+    (calls/s, p99 ms)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -52,10 +56,19 @@ async def _sql_ceiling(dsn: str, concurrency: int, seconds: float) -> tuple[floa
             while time.perf_counter() < deadline:
                 i += 1
                 started = time.perf_counter()
+                event = {
+                    "user_id": f"bench-{(n + i) % USERS}",
+                    "model": "m",
+                    "generation_id": f"sql-{n}-{i}-{started}",
+                    "cost_usd": "0.000123",
+                    "agent_name": "bench",
+                    "prompt_tokens": 100,
+                    "completion_tokens": 20,
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                }
                 await conn.execute(
-                    "select * from record_usage_event(%s, %s, 'm', 'bench', null, 100, 20,"
-                    " 0.000123, null, now(), 'bench')",
-                    (f"bench-{(n + i) % USERS}", f"sql-{n}-{i}-{started}"),
+                    "select * from record_usage_events(%s::jsonb, 'bench')",
+                    (json.dumps([event]),),
                 )
                 latencies.append((time.perf_counter() - started) * 1000)
 

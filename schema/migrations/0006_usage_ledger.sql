@@ -117,99 +117,6 @@ create function usage_effective(t usage_totals) returns numeric
 language sql immutable
 as $$ select greatest(t.spent_usd + t.adjusted_usd, 0) $$;
 
--- Records one event: the event row, the total, the breakdown and any threshold crossing, in
--- one transaction (the caller's). A generation id seen before changes nothing.
-create function record_usage_event(
-    p_user_id text,
-    p_generation_id text,
-    p_model text,
-    p_agent_name text,
-    p_endpoint text,
-    p_prompt_tokens integer,
-    p_completion_tokens integer,
-    p_cost_usd numeric,
-    p_duration_ms integer,
-    p_occurred_at timestamptz,
-    p_recorded_by text
-)
-returns table (status text, period date, spent_usd numeric, budget_usd numeric,
-               crossed integer[])
-language plpgsql
-as $$
-#variable_conflict use_column
-declare
-    v_period date := date_trunc('month', p_occurred_at at time zone 'UTC')::date;
-    v_event_id bigint;
-    v_total usage_totals;
-    v_budget numeric;
-    v_crossed integer[] := '{}';
-    v_threshold integer;
-    v_inserted boolean;
-begin
-    -- Lock the user's book first: every writer waits on user rows, in the order the caller
-    -- sorted its events, and never on an event row while holding a user row (no deadlock).
-    insert into usage_totals (user_id, period) values (p_user_id, v_period)
-        on conflict do nothing;
-    select * into v_total from usage_totals
-     where user_id = p_user_id and period = v_period for update;
-
-    insert into usage_events (user_id, generation_id, period, model, agent_name, endpoint,
-                              prompt_tokens, completion_tokens, cost_usd, duration_ms,
-                              occurred_at, recorded_by)
-    values (p_user_id, p_generation_id, v_period, p_model, p_agent_name, p_endpoint,
-            p_prompt_tokens, p_completion_tokens, p_cost_usd, p_duration_ms,
-            p_occurred_at, p_recorded_by)
-    on conflict (generation_id) do nothing
-    returning id into v_event_id;
-
-    select t.monthly_budget_usd into v_budget
-      from users u join subscription_tiers t on t.tier = u.tier where u.user_id = p_user_id;
-
-    if v_event_id is null then
-        return query select 'duplicate'::text, v_period, usage_effective(v_total), v_budget,
-            v_crossed;
-        return;
-    end if;
-
-    update usage_totals set spent_usd = spent_usd + p_cost_usd, events = events + 1,
-                            updated_at = now()
-     where user_id = p_user_id and period = v_period
-    returning * into v_total;
-
-    insert into usage_breakdown as b (user_id, period, model, agent_name, cost_usd, events,
-                                      prompt_tokens, completion_tokens)
-    values (p_user_id, v_period, p_model, coalesce(p_agent_name, ''), p_cost_usd, 1,
-            p_prompt_tokens, p_completion_tokens)
-    on conflict (user_id, period, model, agent_name) do update
-        set cost_usd = b.cost_usd + excluded.cost_usd, events = b.events + 1,
-            prompt_tokens = b.prompt_tokens + excluded.prompt_tokens,
-            completion_tokens = b.completion_tokens + excluded.completion_tokens;
-
-    if v_budget is not null and v_budget > 0 then
-        foreach v_threshold in array array[50, 80, 100] loop
-            if usage_effective(v_total) * 100 >= v_budget * v_threshold then
-                insert into usage_threshold_crossings (user_id, period, threshold, spent_usd,
-                                                       budget_usd)
-                values (p_user_id, v_period, v_threshold, usage_effective(v_total), v_budget)
-                on conflict do nothing
-                returning true into v_inserted;
-                if v_inserted then
-                    v_crossed := v_crossed || v_threshold;
-                    insert into alert_outbox (kind, payload)
-                    values ('usage.threshold_crossed', jsonb_build_object(
-                        'user_id', p_user_id, 'period', v_period, 'threshold', v_threshold,
-                        'spent_usd', usage_effective(v_total)::text,
-                        'budget_usd', v_budget::text));
-                end if;
-                v_inserted := null;
-            end if;
-        end loop;
-    end if;
-
-    return query select 'stored'::text, v_period, usage_effective(v_total), v_budget, v_crossed;
-end;
-$$;
-
 -- A reset: an adjustment that brings this month's effective spend back to zero. Nothing is
 -- deleted; the adjustment is in the ledger's history. Returns the amount applied (0 when
 -- there was nothing to reset).
@@ -237,25 +144,142 @@ begin
 end;
 $$;
 
--- A batch in one round trip. No subtransaction per event: a thousand of them in one
--- transaction overflow PostgreSQL's subtransaction cache and slow every concurrent snapshot.
--- Events are validated before they get here; if the database still refuses one, the whole
--- batch rolls back and the caller replays it event by event to say which.
+-- Records a batch of events (one or a thousand) in set-based statements: each event row, the
+-- books, the breakdowns and any threshold crossing (with its alert) change together. A
+-- generation id seen before, in an earlier call or earlier in this batch, changes nothing.
+-- Events of unknown users are reported, not stored.
+--
+-- Concurrency: the users' book rows are locked first, in (user, period) order, so concurrent
+-- batches wait for each other instead of deadlocking, and totals are exact.
 create function record_usage_events(p_events jsonb, p_recorded_by text)
-returns table (idx integer, status text, reason text, user_id text, period date,
+returns table (idx integer, status text, user_id text, period date,
                spent_usd numeric, budget_usd numeric, crossed integer[])
-language sql
+language plpgsql
 as $$
-    select (e.ordinality - 1)::integer, r.status, null::text, e.value ->> 'user_id',
-           r.period, r.spent_usd, r.budget_usd, r.crossed
-      from jsonb_array_elements(p_events) with ordinality e
-      cross join lateral record_usage_event(
-          e.value ->> 'user_id', e.value ->> 'generation_id', e.value ->> 'model',
-          e.value ->> 'agent_name', e.value ->> 'endpoint',
-          (e.value ->> 'prompt_tokens')::integer, (e.value ->> 'completion_tokens')::integer,
-          (e.value ->> 'cost_usd')::numeric, (e.value ->> 'duration_ms')::integer,
-          (e.value ->> 'occurred_at')::timestamptz, p_recorded_by) r
-     order by e.ordinality;
+#variable_conflict use_column
+begin
+    insert into usage_totals (user_id, period)
+    select distinct e.value ->> 'user_id',
+           date_trunc('month', (e.value ->> 'occurred_at')::timestamptz at time zone 'UTC')::date
+      from jsonb_array_elements(p_events) e
+      join users u on u.user_id = e.value ->> 'user_id'
+     order by 1, 2
+    on conflict do nothing;
+
+    perform 1
+       from usage_totals t
+       join (select distinct e.value ->> 'user_id' as user_id,
+                    date_trunc('month', (e.value ->> 'occurred_at')::timestamptz
+                               at time zone 'UTC')::date as period
+               from jsonb_array_elements(p_events) e) k
+         on k.user_id = t.user_id and k.period = t.period
+      order by t.user_id, t.period
+        for update of t;
+
+    return query
+    with input as (
+        select (e.ordinality - 1)::integer as idx,
+               e.value ->> 'user_id' as user_id,
+               e.value ->> 'generation_id' as generation_id,
+               date_trunc('month', (e.value ->> 'occurred_at')::timestamptz
+                          at time zone 'UTC')::date as period,
+               e.value,
+               exists (select 1 from users u where u.user_id = e.value ->> 'user_id') as known,
+               row_number() over (partition by e.value ->> 'generation_id'
+                                  order by e.ordinality) as nth
+          from jsonb_array_elements(p_events) with ordinality e
+    ),
+    inserted as (
+        insert into usage_events (user_id, generation_id, period, model, agent_name, endpoint,
+                                  prompt_tokens, completion_tokens, cost_usd, duration_ms,
+                                  occurred_at, recorded_by)
+        select i.user_id, i.generation_id, i.period, i.value ->> 'model',
+               i.value ->> 'agent_name', i.value ->> 'endpoint',
+               coalesce((i.value ->> 'prompt_tokens')::integer, 0),
+               coalesce((i.value ->> 'completion_tokens')::integer, 0),
+               (i.value ->> 'cost_usd')::numeric, (i.value ->> 'duration_ms')::integer,
+               (i.value ->> 'occurred_at')::timestamptz, p_recorded_by
+          from input i
+         where i.known and i.nth = 1
+         order by i.idx
+        on conflict (generation_id) do nothing
+        returning usage_events.generation_id, usage_events.user_id, usage_events.period,
+                  usage_events.model, usage_events.agent_name, usage_events.cost_usd,
+                  usage_events.prompt_tokens, usage_events.completion_tokens
+    ),
+    totals as (
+        update usage_totals t
+           set spent_usd = t.spent_usd + a.cost, events = t.events + a.n, updated_at = now()
+          from (select user_id, period, sum(cost_usd) as cost, count(*) as n
+                  from inserted group by 1, 2) a
+         where t.user_id = a.user_id and t.period = a.period
+        returning t.user_id, t.period, greatest(t.spent_usd + t.adjusted_usd, 0) as effective
+    ),
+    -- PostgreSQL runs every data-modifying CTE to completion, read or not.
+    breakdown as (
+        insert into usage_breakdown as b (user_id, period, model, agent_name, cost_usd, events,
+                                          prompt_tokens, completion_tokens)
+        select user_id, period, model, coalesce(agent_name, ''), sum(cost_usd), count(*),
+               sum(prompt_tokens), sum(completion_tokens)
+          from inserted group by 1, 2, 3, 4
+        on conflict (user_id, period, model, agent_name) do update
+            set cost_usd = b.cost_usd + excluded.cost_usd, events = b.events + excluded.events,
+                prompt_tokens = b.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = b.completion_tokens + excluded.completion_tokens
+        returning 1
+    ),
+    budgets as (
+        select t.user_id, t.period, t.effective, s.monthly_budget_usd as budget
+          from totals t
+          join users u on u.user_id = t.user_id
+          join subscription_tiers s on s.tier = u.tier
+    ),
+    crossings as (
+        insert into usage_threshold_crossings (user_id, period, threshold, spent_usd, budget_usd)
+        select b.user_id, b.period, th, b.effective, b.budget
+          from budgets b cross join unnest(array[50, 80, 100]) th
+         where b.budget > 0 and b.effective * 100 >= b.budget * th
+        on conflict do nothing
+        returning usage_threshold_crossings.user_id, usage_threshold_crossings.period,
+                  usage_threshold_crossings.threshold, usage_threshold_crossings.spent_usd,
+                  usage_threshold_crossings.budget_usd
+    ),
+    alerts as (
+        insert into alert_outbox (kind, payload)
+        select 'usage.threshold_crossed',
+               jsonb_build_object('user_id', c.user_id, 'period', c.period,
+                                  'threshold', c.threshold, 'spent_usd', c.spent_usd::text,
+                                  'budget_usd', c.budget_usd::text)
+          from crossings c
+        returning 1
+    ),
+    after as (
+        select k.user_id, k.period,
+               coalesce(t.effective, greatest(u.spent_usd + u.adjusted_usd, 0)) as effective,
+               s.monthly_budget_usd as budget,
+               coalesce((select array_agg(c.threshold order by c.threshold) from crossings c
+                          where c.user_id = k.user_id and c.period = k.period),
+                        '{}') as crossed
+          from (select distinct user_id, period from input where known) k
+          left join totals t on t.user_id = k.user_id and t.period = k.period
+          left join usage_totals u on u.user_id = k.user_id and u.period = k.period
+          join users us on us.user_id = k.user_id
+          join subscription_tiers s on s.tier = us.tier
+    )
+    select i.idx,
+           case when not i.known then 'unknown_user'
+                when i.nth = 1 and exists (select 1 from inserted x
+                                           where x.generation_id = i.generation_id)
+                    then 'stored'
+                else 'duplicate' end,
+           i.user_id, i.period, a.effective, a.budget,
+           case when i.nth = 1 and exists (select 1 from inserted x
+                                           where x.generation_id = i.generation_id)
+                then a.crossed else '{}'::integer[] end
+      from input i
+      left join after a on a.user_id = i.user_id and a.period = i.period
+     order by i.idx;
+end;
 $$;
 
 alter table usage_events enable row level security;
@@ -272,10 +296,6 @@ revoke all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
     authenticated;
 grant all on usage_events, usage_adjustments, usage_totals, usage_breakdown,
     usage_threshold_crossings, alert_outbox, usage_period_runs, usage_drift to service_role;
-revoke all on function record_usage_event(text, text, text, text, text, integer, integer,
-    numeric, integer, timestamptz, text) from public, anon, authenticated;
-grant execute on function record_usage_event(text, text, text, text, text, integer, integer,
-    numeric, integer, timestamptz, text) to service_role;
 revoke all on function record_usage_events(jsonb, text) from public, anon, authenticated;
 revoke all on function reset_usage(text, date, text, text) from public, anon, authenticated;
 grant execute on function reset_usage(text, date, text, text) to service_role;

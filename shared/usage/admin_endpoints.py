@@ -74,7 +74,9 @@ class UserTierChanged(BaseModel):
     user_id: str
     previous_tier: str
     tier: str
-    key_limit_usd: Decimal | None
+    key_limit_usd: Decimal | None = Field(
+        description="The key's new OpenRouter limit; null when unlimited or not updated now."
+    )
 
 
 @router.post("/api/admin/reset-usage", response_model=ResetUsageResponse)

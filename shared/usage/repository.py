@@ -14,7 +14,7 @@ from shared.db.database import Connection
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
     index: int
-    status: str  # stored, duplicate or rejected
+    status: str  # stored, duplicate, unknown_user, or rejected (by the fallback)
     reason: str | None
     user_id: str | None
     period: date | None
@@ -49,12 +49,6 @@ class UsageRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def existing_users(self, user_ids: set[str]) -> set[str]:
-        cursor = await self._conn.execute(
-            "select user_id from users where user_id = any(%s)", (list(user_ids),)
-        )
-        return {str(row["user_id"]) for row in await cursor.fetchall()}
-
     async def record_events(
         self, events: list[dict[str, Any]], *, recorded_by: str
     ) -> list[RecordedEvent]:
@@ -66,7 +60,7 @@ class UsageRepository:
             RecordedEvent(
                 index=int(row["idx"]),  # type: ignore[call-overload]
                 status=str(row["status"]),
-                reason=None if row["reason"] is None else str(row["reason"]),
+                reason=None,
                 user_id=None if row["user_id"] is None else str(row["user_id"]),
                 period=row["period"],  # type: ignore[arg-type]
                 spent_usd=row["spent_usd"],  # type: ignore[arg-type]

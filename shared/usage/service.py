@@ -12,8 +12,9 @@ import psycopg
 from pydantic import ValidationError
 
 from shared.audit.repository import AuditRepository
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.keys.domain import Owner, current_period
+from shared.keys.repository import KeyRecord
 from shared.keys.service import KeyLifecycleService
 from shared.runtime import Runtime
 from shared.usage.repository import BreakdownRow, PeriodTotal, RecordedEvent, UsageRepository
@@ -98,30 +99,29 @@ class UsageService:
                 continue
             accepted.append((index, event.model_copy(update={"occurred_at": occurred})))
 
+        # Every writer takes its users' rows in the same order, so concurrent batches
+        # wait for each other instead of deadlocking.
+        to_record = sorted(accepted, key=lambda item: (item[1].user_id, item[1].generation_id))
         recorded: list[RecordedEvent] = []
-        to_record: list[tuple[int, UsageEvent]] = []
-        async with self._runtime.database().connection() as conn:
-            repository = UsageRepository(conn)
-            known = await repository.existing_users({e.user_id for _, e in accepted})
-            for index, event in accepted:
-                if event.user_id in known:
-                    to_record.append((index, event))
-                else:
-                    outcomes[index] = EventOutcome(
-                        index=index,
-                        generation_id=event.generation_id,
-                        status="rejected",
-                        reason="unknown_user: create the user's key (or user) first",
-                    )
-            # Every writer takes its users' rows in the same order, so concurrent batches
-            # wait for each other instead of deadlocking.
-            to_record.sort(key=lambda item: (item[1].user_id, item[1].generation_id))
-            payloads = [event.model_dump(mode="json") for _, event in to_record]
-            if payloads:
-                recorded = await self._record(repository, conn, payloads, actor)
+        if to_record:
+            async with self._runtime.database().connection() as conn:
+                recorded = await self._record(
+                    UsageRepository(conn),
+                    conn,
+                    [event.model_dump(mode="json") for _, event in to_record],
+                    actor,
+                )
         summaries: dict[str, UserUsageSummary] = {}
         for result in recorded:
             index, event = to_record[result.index]
+            if result.status == "unknown_user":
+                outcomes[index] = EventOutcome(
+                    index=index,
+                    generation_id=event.generation_id,
+                    status="rejected",
+                    reason="unknown_user: create the user's key (or user) first",
+                )
+                continue
             outcomes[index] = EventOutcome(
                 index=index,
                 generation_id=event.generation_id,
@@ -153,18 +153,17 @@ class UsageService:
     async def _record(
         repository: UsageRepository, conn: Any, payloads: list[dict[str, Any]], actor: str
     ) -> list[RecordedEvent]:
-        """The whole batch in one transaction; if the database refuses any event, each event
-        again in its own transaction, so that the good ones are kept and the bad one named."""
+        """The whole batch in one statement (one transaction); if the database refuses any
+        event, each event again on its own, so that the good ones are kept and the bad one
+        named."""
         try:
-            async with conn.transaction():
-                return await repository.record_events(payloads, recorded_by=actor)
+            return await repository.record_events(payloads, recorded_by=actor)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
             pass
         recorded = []
         for index, payload in enumerate(payloads):
             try:
-                async with conn.transaction():
-                    [result] = await repository.record_events([payload], recorded_by=actor)
+                [result] = await repository.record_events([payload], recorded_by=actor)
                 recorded.append(replace(result, index=index))
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
                 recorded.append(
@@ -313,12 +312,7 @@ class BudgetService:
                         request_id=request_id,
                         details={"amount_usd": str(amount), "period": period.isoformat()},
                     )
-            key = await keys.apply_budget(
-                Owner.user(user),
-                actor=actor,
-                reason=f"usage reset: {reason}",
-                request_id=request_id,
-            )
+            key = await _apply_budget(keys, user, actor, f"usage reset: {reason}", request_id)
             outcomes.append(
                 ResetOutcome(
                     user_id=user,
@@ -350,10 +344,25 @@ class BudgetService:
                     )
         except psycopg.errors.ForeignKeyViolation as exc:
             raise ValidationFailed(f"unknown tier {tier!r}", code="unknown_tier") from exc
-        key = await KeyLifecycleService(self._runtime).apply_budget(
-            Owner.user(user_id),
-            actor=actor,
-            reason=f"tier {previous} -> {current}",
-            request_id=request_id,
+        key = await _apply_budget(
+            KeyLifecycleService(self._runtime),
+            user_id,
+            actor,
+            f"tier {previous} -> {current}",
+            request_id,
         )
         return previous, current, None if key is None else key.limit_usd
+
+
+async def _apply_budget(
+    keys: KeyLifecycleService, user_id: str, actor: str, reason: str, request_id: str | None
+) -> KeyRecord | None:
+    """The user's key follows their new budget; None if it could not now (no key, or a key
+    operation in progress, which plans with the ledger's adjustments itself). Calling the
+    same reset or tier change again retries it, since both are idempotent."""
+    try:
+        return await keys.apply_budget(
+            Owner.user(user_id), actor=actor, reason=reason, request_id=request_id
+        )
+    except Conflict:
+        return None
