@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         description="An admin credential from the environment, to issue the first service "
         "token of a fresh deployment; at least 32 characters. Remove it afterwards.",
     )
+    service_token_cache_s: Annotated[float, Field(ge=0, le=300)] = Field(
+        default=10.0,
+        description="Seconds an instance remembers a verified service token (0: check every "
+        "request). A token revoked elsewhere works on other warm instances for at most this.",
+    )
     cors_allowed_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed by CORS (JSON list). Empty: CORS denied.",

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from shared.access.token_cache import ServiceTokenCache
 from shared.access.user_tokens import JwksCache, UserTokenVerifier
 from shared.config import Settings
 from shared.crypto.envelope import KeyProvider, KmsKeyProvider, LocalKeyProvider, SecretSealer
@@ -56,6 +57,7 @@ class Runtime:
         self._token_hmac_key: bytes | None = None
         self._sealer: SecretSealer | None = None
         self._publisher: SecretsManagerPublisher | None = None
+        self._token_cache: ServiceTokenCache | None = None
         self._user_token_verifier: UserTokenVerifier | None = None
         self._lock = threading.Lock()
 
@@ -177,6 +179,12 @@ class Runtime:
 
                 self._publisher = SecretsManagerPublisher(boto3.client("secretsmanager"), prefix)
             return self._publisher
+
+    def service_token_cache(self) -> ServiceTokenCache:
+        with self._lock:
+            if self._token_cache is None:
+                self._token_cache = ServiceTokenCache(self.settings.service_token_cache_s)
+            return self._token_cache
 
     def token_hmac_key(self) -> bytes:
         if self._token_hmac_key is None:

@@ -78,21 +78,26 @@ class AccessService:
     async def _authenticate_service_token(self, token: str) -> Principal:
         if not has_valid_checksum(token):
             raise TokenRejected("credential_invalid", "the service token is malformed")
-        record = await self._tokens().authenticate(
-            hash_service_token(token, self._runtime.token_hmac_key())
-        )
+        token_hash = hash_service_token(token, self._runtime.token_hmac_key())
+        cache = self._runtime.service_token_cache()
+        remembered = cache.get(token_hash)
+        if remembered is not None:
+            return remembered
+        record = await self._tokens().authenticate(token_hash)
         if record is None:
             raise TokenRejected(
                 "credential_invalid", "the service token is unknown, revoked or expired"
             )
         scopes = frozenset(Scope(s) for s in record.scopes)
-        return Principal(
+        principal = Principal(
             PrincipalKind.SERVICE,
             str(record.id),
             is_admin=Scope.ADMIN in scopes,
             scopes=scopes,
             name=record.name,
         )
+        cache.put(token_hash, principal)
+        return principal
 
     async def issue_token(
         self,
@@ -122,6 +127,7 @@ class AccessService:
         record = await self._tokens().revoke(token_id, revoked_by=revoked_by)
         if record is None:
             raise NotFound("no service token has this id", code="token_not_found")
+        self._runtime.service_token_cache().forget(str(token_id))
         return record
 
     async def consume_rate_limit(

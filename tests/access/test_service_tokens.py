@@ -196,3 +196,40 @@ async def test_the_cli_issues_lists_and_revokes(database_dsn: str, tmp_path: Pat
     missing = run("revoke", "00000000-0000-4000-8000-000000000000")
     assert revoked.returncode == 0 and f"revoked {token_id}" in revoked.stdout
     assert missing.returncode == 2 and "no service token" in missing.stderr
+
+
+async def test_a_token_revoked_elsewhere_is_refused_once_the_cache_lapses(
+    runtime: Runtime, database: Database
+) -> None:
+    """Another instance revoking a token: this one remembers it for SERVICE_TOKEN_CACHE_S."""
+    access = AccessService(runtime)
+    issued = await access.issue_token(
+        issued_by="test", name="cached", scopes=[Scope.KEYS_READ], expires_at=None
+    )
+    await access.authenticate(issued.token)
+    async with database.connection() as conn:  # what another instance's revoke does
+        await conn.execute("update service_tokens set revoked_at = now(), revoked_by = 'elsewhere'")
+    assert (await access.authenticate(issued.token)).id == str(issued.record.id)
+
+    uncached_runtime = Runtime(
+        runtime.settings.model_copy(update={"service_token_cache_s": 0}), database=database
+    )
+    uncached = AccessService(uncached_runtime)
+    with pytest.raises(TokenRejected):
+        await uncached.authenticate(issued.token)
+
+
+def test_the_token_cache_forgets_after_its_ttl() -> None:
+    from shared.access.token_cache import ServiceTokenCache
+
+    now = [0.0]
+    cache = ServiceTokenCache(10, clock=lambda: now[0])
+    principal = Principal(PrincipalKind.SERVICE, "t1")
+    cache.put(b"h", principal)
+    now[0] = 9.9
+    assert cache.get(b"h") == principal
+    now[0] = 10.1
+    assert cache.get(b"h") is None
+    cache.put(b"h", principal)
+    cache.forget("t1")
+    assert cache.get(b"h") is None
