@@ -217,11 +217,12 @@ def main() -> None:
             if options.million:
                 started = time.perf_counter()
                 million_rate = asyncio.run(
-                    _batches(url, token, 1000, 1000, "0.000001", "bench-2", "million")
+                    _batches(url, token, 1000, 1000, "0.000001", f"bench-{USERS}", "million")
                 )
                 with psycopg.connect(dsn) as conn:
                     total = conn.execute(
-                        "select spent_usd, events from usage_totals where user_id = 'bench-2'"
+                        "select spent_usd, events from usage_totals where user_id = %s",
+                        (f"bench-{USERS}",),
                     ).fetchone()
                 print(
                     f"1,000,000 events of $0.000001: total {total[0]} over {total[1]:,} "
