@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import selectors
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +146,45 @@ async def load(url: str, *, requests: int, concurrency: int, max_seconds: float)
         p50_ms=latencies[len(latencies) // 2] * 1000,
         p95_ms=latencies[int(len(latencies) * 0.95)] * 1000,
     )
+
+
+@contextmanager
+def running_servers(data_dir: Path, **env_overrides: str) -> Iterator[tuple[int, int]]:
+    """Our local server (embedded defaults, in data_dir) and the bare no-op FastAPI app, both
+    on loopback; yields (our port, no-op port) once ours is ready, and stops both after."""
+    port, noop_port = free_port(), free_port()
+    env = clean_env(LOCAL_DATA_DIR=str(data_dir), **{**env_overrides, "LOG_LEVEL": "INFO"})
+    ours = subprocess.Popen(  # noqa: S603
+        [PYTHON, "-m", "shared.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    noop = subprocess.Popen(  # noqa: S603
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "bench.noop_app:app",
+            "--port",
+            str(noop_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_line(ours, '"ready: ', timeout_s=60)
+        assert ours.stdout is not None
+        # Our server logs one line per request; drain them so its pipe never blocks it.
+        subprocess.Popen(["cat"], stdin=ours.stdout, stdout=subprocess.DEVNULL)  # noqa: S607
+        yield port, noop_port
+    finally:
+        for process in (ours, noop):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)

@@ -11,25 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
-from bench.common import (
-    PYTHON,
-    ROOT,
-    LoadResult,
-    clean_env,
-    free_port,
-    load,
-    wait_for_line,
-    wrk_load,
-)
+from bench.common import LoadResult, load, running_servers, wrk_load
 
 
 def _row(name: str, result: LoadResult, ceiling: LoadResult | None) -> str:
@@ -64,36 +53,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(scratch) / "local"
-        ours_port, noop_port = free_port(), free_port()
-        ours = subprocess.Popen(  # noqa: S603
-            [PYTHON, "-m", "shared.cli", "serve", "--port", str(ours_port)],
-            cwd=ROOT,
-            env=clean_env(LOCAL_DATA_DIR=str(data_dir), LOG_LEVEL="INFO"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        noop = subprocess.Popen(  # noqa: S603
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "bench.noop_app:app",
-                "--port",
-                str(noop_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_line(ours, '"ready: ', timeout_s=60)
-            assert ours.stdout is not None
-            # Our server logs one line per request; drain them so its pipe never blocks it.
-            subprocess.Popen(["cat"], stdin=ours.stdout, stdout=subprocess.DEVNULL)  # noqa: S607
+        with running_servers(data_dir) as (ours_port, noop_port):
 
             def measure(url: str) -> LoadResult:
                 if use_wrk:
@@ -113,10 +73,6 @@ def main() -> None:
             database = measure(f"http://127.0.0.1:{ours_port}/health/database")
             dsn = f"postgresql://postgres@/postgres?host={data_dir / 'pgdata'}"
             sql_ms = asyncio.run(bare_sql_ms(dsn, 500))
-        finally:
-            for process in (ours, noop):
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
 
     if use_wrk:
         print(

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.common import PYTHON, ROOT, clean_env, free_port, wait_for_line, wrk_load
+from bench.common import PYTHON, ROOT, clean_env, running_servers, wrk_load
 
 USERS = 100
 LUA = """
@@ -121,38 +120,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(scratch) / "local"
-        port, noop_port = free_port(), free_port()
         env = clean_env(
             LOCAL_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING", DATABASE_POOL_MAX_SIZE="16"
         )
-        server = subprocess.Popen(  # noqa: S603
-            [PYTHON, "-m", "shared.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env={**env, "LOG_LEVEL": "INFO"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        noop = subprocess.Popen(  # noqa: S603
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "bench.noop_app:app",
-                "--port",
-                str(noop_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_line(server, '"ready: ', timeout_s=60)
-            assert server.stdout is not None
-            subprocess.Popen(["cat"], stdin=server.stdout, stdout=subprocess.DEVNULL)  # noqa: S607
+        with running_servers(data_dir, DATABASE_POOL_MAX_SIZE="16") as (port, noop_port):
             dsn = f"postgresql://postgres@/postgres?host={data_dir / 'pgdata'}"
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(
@@ -228,10 +199,6 @@ def main() -> None:
                     f"1,000,000 events of $0.000001: total {total[0]} over {total[1]:,} "
                     f"events, {time.perf_counter() - started:.1f} s ({million_rate:,.0f}/s)"
                 )
-        finally:
-            for process in (server, noop):
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
 
 
 if __name__ == "__main__":
