@@ -42,9 +42,9 @@ class RequestIdFilter(logging.Filter):
 
 
 # serialize_stacktrace off: the plain traceback is already in "exception"; the structured copy
-# doubled every error line.
+# doubled every error line. (With our own formatter, the flag must be given to it.)
 logger = Logger(
-    service=SERVICE_NAME, logger_formatter=RedactingFormatter(), serialize_stacktrace=False
+    service=SERVICE_NAME, logger_formatter=RedactingFormatter(serialize_stacktrace=False)
 )
 logger.addFilter(RequestIdFilter())
 # Our lines are complete (JSON, redacted) when our handler writes them. Propagating the raw

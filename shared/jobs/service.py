@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from shared.access.service import AccessService
+from shared.emergency.service import EmergencyRotationService
+from shared.keys.domain import current_period
+from shared.keys.service import KeyLifecycleService
 from shared.observability import logger
 from shared.runtime import Runtime
+from shared.usage.alerts import deliver_alerts as deliver_to_webhook
+from shared.usage.monthly import open_period
+from shared.usage.reports import measure_drift
 
 
 async def prune_rate_limits(runtime: Runtime) -> int:
@@ -16,8 +22,6 @@ async def prune_rate_limits(runtime: Runtime) -> int:
 
 async def advance_key_operations(runtime: Runtime) -> int:
     """Resume crashed key operations and finish rotations whose grace period has ended."""
-    from shared.keys.service import KeyLifecycleService
-
     advanced = await KeyLifecycleService(runtime).advance_due_operations()
     logger.info("key operations advanced", extra={"advanced": advanced})
     return advanced
@@ -25,8 +29,6 @@ async def advance_key_operations(runtime: Runtime) -> int:
 
 async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
     """Daily: delete orphans at OpenRouter, replace keys that vanished there."""
-    from shared.keys.service import KeyLifecycleService
-
     report = await KeyLifecycleService(runtime).reconcile(actor="job:reconcile", request_id=None)
     summary = {
         "deleted_at_openrouter": len(report.deleted_at_openrouter),
@@ -40,8 +42,6 @@ async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
 
 async def advance_emergency_rotations(runtime: Runtime) -> int:
     """Continue running emergency rotations (every minute)."""
-    from shared.emergency.service import EmergencyRotationService
-
     running = await EmergencyRotationService(runtime).process_running(time_budget_s=45)
     logger.info("emergency rotations advanced", extra={"running": running})
     return running
@@ -49,8 +49,6 @@ async def advance_emergency_rotations(runtime: Runtime) -> int:
 
 async def rotate_scheduled_keys(runtime: Runtime) -> int:
     """Hourly: rotate what the monthly schedule covers and is not yet rotated this month."""
-    from shared.keys.service import KeyLifecycleService
-
     rotated = await KeyLifecycleService(runtime).rotate_scheduled_keys(time_budget_s=45)
     logger.info("scheduled rotations", extra={"rotated": rotated})
     return rotated
@@ -58,8 +56,6 @@ async def rotate_scheduled_keys(runtime: Runtime) -> int:
 
 async def open_usage_period(runtime: Runtime) -> dict[str, object]:
     """On the 1st (and until done): open the month, restore every key's full monthly limit."""
-    from shared.usage.monthly import open_period
-
     result = await open_period(runtime, time_budget_s=45)
     summary: dict[str, object] = {
         "period": result.period.isoformat(),
@@ -72,9 +68,6 @@ async def open_usage_period(runtime: Runtime) -> dict[str, object]:
 
 async def measure_usage_drift(runtime: Runtime) -> int:
     """Hourly: compare OpenRouter's counters with the ledger, per user, this month."""
-    from shared.keys.domain import current_period
-    from shared.usage.reports import measure_drift
-
     remote = {k.hash: k.usage_monthly for k in await runtime.openrouter().list_all_keys()}
     async with runtime.database().connection() as conn, conn.transaction():
         drifting = await measure_drift(
@@ -86,8 +79,6 @@ async def measure_usage_drift(runtime: Runtime) -> int:
 
 async def deliver_alerts(runtime: Runtime) -> int:
     """Every minute: hand threshold alerts from the outbox to the webhook."""
-    from shared.usage.alerts import deliver_alerts as deliver
-
-    delivered = await deliver(runtime)
+    delivered = await deliver_to_webhook(runtime)
     logger.info("alerts delivered", extra={"delivered": delivered})
     return delivered
