@@ -74,3 +74,48 @@ def test_serverless_declares_every_group_with_an_importable_handler() -> None:
         module_path, _, attribute = handler.rpartition(".")
         module = importlib.import_module(module_path.replace("/", "."))
         assert callable(getattr(module, attribute))
+
+
+def _eventbridge_as_cron(expression: str) -> str:
+    """An EventBridge schedule as the 5-field cron Vercel uses, for comparison."""
+    if expression.startswith("rate("):
+        amount, unit = expression[5:-1].split()
+        assert unit.startswith("minute"), expression
+        return "* * * * *" if amount == "1" else f"*/{amount} * * * *"
+    fields = expression[5:-1].split()
+    assert len(fields) == 6 and "?" in (fields[2], fields[4]), expression
+    minute, hour, day, month, weekday, _year = fields
+    if "/" in minute:  # 5/15 -> 5,20,35,50
+        start, step = (int(p) for p in minute.split("/"))
+        minute = ",".join(str(m) for m in range(start, 60, step))
+    return " ".join("*" if f == "?" else f for f in (minute, hour, day, month, weekday))
+
+
+def _valid_cron(expression: str) -> bool:
+    ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
+    fields = expression.split()
+    if len(fields) != 5:
+        return False
+    for field, (low, high) in zip(fields, ranges, strict=True):
+        for part in field.split(","):
+            base = part.split("/")[0]
+            if base == "*":
+                continue
+            if not base.isdigit() or not low <= int(base) <= high:
+                return False
+    return True
+
+
+def test_both_platforms_run_the_same_jobs_at_the_same_times() -> None:
+    vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
+    serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
+    on_vercel = {cron["path"].rpartition("/")[2]: cron["schedule"] for cron in vercel["crons"]}
+    on_aws = {
+        spec["handler"].rpartition(".")[2].replace("_", "-"): _eventbridge_as_cron(
+            next(e["schedule"] for e in spec["events"] if "schedule" in e)
+        )
+        for spec in serverless["functions"].values()
+        if any("schedule" in event for event in spec["events"])
+    }
+    assert all(_valid_cron(expression) for expression in on_vercel.values())
+    assert on_aws == on_vercel
