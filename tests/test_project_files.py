@@ -119,3 +119,73 @@ def test_both_platforms_run_the_same_jobs_at_the_same_times() -> None:
     }
     assert all(_valid_cron(expression) for expression in on_vercel.values())
     assert on_aws == on_vercel
+
+
+def _example_path(template: str) -> str:
+    return re.sub(r"\{\w+\}", "x1", template)
+
+
+def _served_by(group: str) -> set[tuple[str, str]]:
+    from shared.web.app_factory import create_app
+
+    return {(m, r.path) for r in create_app(group).state.access_rules for m in r.methods}
+
+
+def _route_regex(route_path: str) -> str:
+    """An HTTP API route (`/api/keys/{proxy+}`, `/health/{check}`) as a regular expression."""
+    parts = []
+    for segment in route_path.strip("/").split("/"):
+        if segment.endswith("+}"):
+            parts.append(".+")
+        elif segment.startswith("{"):
+            parts.append("[^/]+")
+        else:
+            parts.append(re.escape(segment))
+    return "^/" + "/".join(parts) + "$"
+
+
+def _aws_function_for(method: str, path: str, functions: dict[str, object]) -> str | None:
+    """The function API Gateway (HTTP API) sends a request to: an exact route beats a route
+    with a greedy {proxy+}; among those, the longest literal prefix wins."""
+    best: tuple[int, int, str] | None = None
+    for name, spec in functions.items():
+        for event in spec["events"]:  # type: ignore[index]
+            if "httpApi" not in event:
+                continue
+            route_method, route_path = event["httpApi"].split(" ", 1)
+            if route_method not in ("ANY", method):
+                continue
+            pattern = _route_regex(route_path)
+            if not re.match(pattern, path):
+                continue
+            greedy = "+}" in route_path
+            literal = len(route_path.split("{", 1)[0])
+            rank = (0 if greedy else 1, literal, name)
+            if best is None or rank[:2] > best[:2]:
+                best = rank
+    return None if best is None else best[2]
+
+
+def test_every_route_is_reachable_through_both_configurations() -> None:
+    from shared.web.app_factory import create_app
+
+    vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
+    serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
+    served = {group: _served_by(group) for group in GROUPS}
+    unreachable = []
+    for route in create_app().state.access_rules:
+        path = _example_path(route.path)
+        for method in route.methods:
+            on_vercel = next(
+                (
+                    r["dest"].split("/")[1]
+                    for r in vercel["routes"]
+                    if re.match(f"^{r['src']}$", path)
+                ),
+                None,
+            )
+            on_aws = _aws_function_for(method, path, serverless["functions"])
+            for platform, group in (("vercel", on_vercel), ("aws", on_aws)):
+                if group is None or (method, route.path) not in served.get(group, set()):
+                    unreachable.append(f"{platform}: {method} {route.path} -> {group}")
+    assert unreachable == []
