@@ -126,29 +126,30 @@ class Authorize:
                 details={"rule": self.rule.name},
             )
         if self.rate_limit is not None:
-            await self._enforce_rate_limit(runtime, service, principal)
+            await enforce_rate_limit(runtime, principal, self.rate_limit)
         return principal
 
-    async def _enforce_rate_limit(
-        self, runtime: Runtime, service: AccessService, principal: Principal
-    ) -> None:
-        assert self.rate_limit is not None
-        settings = runtime.settings
-        per_minute = {
-            RateLimitedAction.KEY_WRITE: settings.rate_limit_key_writes_per_minute,
-            RateLimitedAction.KEY_REVEAL: settings.rate_limit_key_reveals_per_minute,
-            RateLimitedAction.TOKEN_ISSUE: settings.rate_limit_token_issues_per_minute,
-        }[self.rate_limit]
-        decision = await service.consume_rate_limit(
-            self.rate_limit, principal, per_minute=per_minute
+
+async def enforce_rate_limit(
+    runtime: Runtime, principal: Principal, action: RateLimitedAction
+) -> None:
+    """Count one `action` for this credential; 429 with Retry-After once over the limit."""
+    settings = runtime.settings
+    per_minute = {
+        RateLimitedAction.KEY_WRITE: settings.rate_limit_key_writes_per_minute,
+        RateLimitedAction.KEY_REVEAL: settings.rate_limit_key_reveals_per_minute,
+        RateLimitedAction.TOKEN_ISSUE: settings.rate_limit_token_issues_per_minute,
+    }[action]
+    decision = await AccessService(runtime).consume_rate_limit(
+        action, principal, per_minute=per_minute
+    )
+    if not decision.allowed:
+        raise TooManyRequests(
+            f"at most {per_minute} {action} per minute for one credential",
+            code="rate_limited",
+            headers={"Retry-After": str(decision.retry_after_s)},
+            details={"retry_after_s": decision.retry_after_s},
         )
-        if not decision.allowed:
-            raise TooManyRequests(
-                f"at most {per_minute} {self.rate_limit} per minute for one credential",
-                code="rate_limited",
-                headers={"Retry-After": str(decision.retry_after_s)},
-                details={"retry_after_s": decision.retry_after_s},
-            )
 
 
 KEYS_WRITE = services_with(Scope.KEYS_WRITE)

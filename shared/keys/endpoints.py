@@ -15,9 +15,9 @@ from shared.access.rules import (
     KeyWriter,
     RateLimitedAction,
     RateLimitedKeyWriter,
+    enforce_rate_limit,
 )
-from shared.access.service import AccessService
-from shared.errors import Forbidden, NotFound, TooManyRequests
+from shared.errors import Forbidden, NotFound
 from shared.keys.repository import KeyRecord
 from shared.keys.schemas import (
     CreateKeyRequest,
@@ -71,17 +71,7 @@ async def _reveal_allowed(runtime: Runtime, caller: Principal) -> None:
             "only a service credential with the keys:reveal scope reads key material",
             code="reveal_not_allowed",
         )
-    decision = await AccessService(runtime).consume_rate_limit(
-        RateLimitedAction.KEY_REVEAL,
-        caller,
-        per_minute=runtime.settings.rate_limit_key_reveals_per_minute,
-    )
-    if not decision.allowed:
-        raise TooManyRequests(
-            "too many reveals for this credential",
-            code="rate_limited",
-            headers={"Retry-After": str(decision.retry_after_s)},
-        )
+    await enforce_rate_limit(runtime, caller, RateLimitedAction.KEY_REVEAL)
 
 
 async def _current(
