@@ -9,10 +9,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.access.rules import AdminCaller
-from shared.errors import NotFound
 from shared.keys.schemas import TierName, UserId
 from shared.observability import current_request_id
-from shared.usage.repository import UsageRepository
 from shared.usage.service import BudgetService
 from shared.web.deps import RuntimeDep
 
@@ -112,8 +110,7 @@ async def reset_usage(
 @router.get("/api/admin/tiers", response_model=TierList)
 async def list_tiers(_: AdminCaller, runtime: RuntimeDep) -> TierList:
     """The subscription tiers and their monthly budgets."""
-    async with runtime.database().connection() as conn:
-        tiers = await UsageRepository(conn).tiers()
+    tiers = await BudgetService(runtime).tiers()
     return TierList(
         data=[TierInfo(tier=t, monthly_budget_usd=b, description=d) for t, b, d in tiers]
     )
@@ -126,12 +123,9 @@ async def set_tier_budget(
     """Change a tier's monthly budget (null: unlimited). Keys follow at their next budget
     application (tier change, reset, rotation, or the monthly job)."""
     del caller
-    async with runtime.database().connection() as conn:
-        repository = UsageRepository(conn)
-        if not await repository.set_tier_budget(tier, body.monthly_budget_usd):
-            raise NotFound(f"no tier {tier}", code="tier_not_found")
-        tiers = {t: (b, d) for t, b, d in await repository.tiers()}
-    budget, description = tiers[tier]
+    _, budget, description = await BudgetService(runtime).set_tier_budget(
+        tier, body.monthly_budget_usd
+    )
     return TierInfo(tier=tier, monthly_budget_usd=budget, description=description)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.keys.schemas import UserId
+from shared.keys.schemas import KeyInfo, UserId
 
 MAX_BATCH_EVENTS = 1000
 # No single generation costs this much; a larger figure is a unit mistake, not a bill.
@@ -106,3 +106,44 @@ class MonthlyUsage(BaseModel):
     user_id: str
     data: list[MonthUsage]
     next_before: date | None
+
+
+class AdminKeyInfo(KeyInfo):
+    """A key in the admin list, with its owner's tier."""
+
+    tier: str | None
+
+
+class KeyPage(BaseModel):
+    data: list[AdminKeyInfo]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class UserShare(BaseModel):
+    user_id: str
+    tier: str
+    spent_usd: Decimal
+    limit_usd: Decimal | None
+    percent_used: Decimal | None
+
+
+class DriftRow(BaseModel):
+    user_id: str
+    openrouter_usd: Decimal
+    ledger_usd: Decimal
+    drift_usd: Decimal
+    measured_at: datetime
+
+
+class SystemUsage(BaseModel):
+    period: date
+    spent_usd: Decimal
+    events: int
+    users: int
+    by_tier: list[Breakdown]
+    by_model: list[Breakdown]
+    by_agent: list[Breakdown]
+    top_users: list[UserShare]
+    over_80_percent: list[UserShare]
+    over_100_percent: list[UserShare]
+    drift: list[DriftRow]

@@ -323,6 +323,21 @@ class BudgetService:
             )
         return outcomes
 
+    async def tiers(self) -> list[tuple[str, Decimal | None, str]]:
+        async with self._runtime.database().connection() as conn:
+            return await UsageRepository(conn).tiers()
+
+    async def set_tier_budget(
+        self, tier: str, budget: Decimal | None
+    ) -> tuple[str, Decimal | None, str]:
+        """A tier's new monthly budget (None: unlimited). Keys follow at their next budget
+        application (tier change, reset, rotation, or the monthly job)."""
+        async with self._runtime.database().connection() as conn:
+            repository = UsageRepository(conn)
+            if not await repository.set_tier_budget(tier, budget):
+                raise NotFound(f"no tier {tier}", code="tier_not_found")
+            return next(t for t in await repository.tiers() if t[0] == tier)
+
     async def change_tier(
         self, user_id: str, tier: str, *, actor: str, reason: str | None, request_id: str | None
     ) -> tuple[str, str, Decimal | None]:
