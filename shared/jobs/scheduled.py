@@ -14,6 +14,7 @@ from typing import Any, Literal
 from aws_lambda_powertools.logging import correlation_paths
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.metrics import flush_metrics
 from shared.observability import logger
 from shared.runtime import Runtime
 
@@ -50,7 +51,10 @@ def scheduled_handler(name: str, job: Job, runtime: Callable[[], Runtime]) -> Sc
             raise NotAScheduledEvent(f"{name} runs only from an EventBridge schedule") from exc
         if _loop is None or _loop.is_closed():
             _loop = asyncio.new_event_loop()
-        result = _loop.run_until_complete(job(runtime()))
+        try:
+            result = _loop.run_until_complete(job(runtime()))
+        finally:
+            flush_metrics()
         logger.info("scheduled job done", extra={"job": name, "scheduled_at": str(scheduled.time)})
         return {"job": name, "result": result}
 

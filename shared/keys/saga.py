@@ -35,6 +35,7 @@ from shared.keys.domain import (
 )
 from shared.keys.repository import KeyRecord, OperationRecord
 from shared.keys.store import KeyStore
+from shared.metrics import KEYS_CREATED, KEYS_ROTATED, count
 from shared.observability import logger
 from shared.openrouter.errors import (
     OpenRouterError,
@@ -316,6 +317,7 @@ class KeyOperationSaga:
             # A create raced another create of the same owner and lost: its key must not live.
             return await self._discard_losing_create(operation)
         self._checkpoint("after_activate")
+        count(KEYS_CREATED if operation.kind == "create" else KEYS_ROTATED)
         try:
             # Consumers need the new system key now, not after the grace period; if this
             # fails, completing the operation publishes it again.

@@ -28,6 +28,7 @@ from shared.keys.domain import (
 from shared.keys.repository import KeyRecord, OperationRecord
 from shared.keys.saga import KeyOperationSaga
 from shared.keys.store import KeyStore
+from shared.metrics import KEY_REVEALS, KEYS_REVOKED, count
 from shared.observability import logger
 from shared.openrouter.errors import OpenRouterError
 from shared.runtime import Runtime
@@ -88,6 +89,7 @@ class KeyLifecycleService:
                 request_id=request_id,
                 fingerprint=key.fingerprint,
             )
+        count(KEY_REVEALS)
         return secret
 
     # ----- starting operations -----
@@ -499,6 +501,7 @@ class KeyLifecycleService:
                 request_id=request_id,
                 fingerprint=key.fingerprint,
             )
+        count(KEYS_REVOKED)
         return revoked
 
     async def set_disabled(

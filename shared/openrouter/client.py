@@ -25,6 +25,7 @@ import httpx
 from pydantic import SecretStr
 
 from shared import __version__
+from shared.metrics import OPENROUTER_LATENCY, count_openrouter_error, milliseconds
 from shared.observability import logger
 from shared.openrouter.errors import (
     OpenRouterError,
@@ -180,6 +181,7 @@ class OpenRouterClient:
                         "error": type(exc).__name__,
                     },
                 )
+                count_openrouter_error(0)  # no status: the call got no response
                 if not retryable:
                     if sent:
                         raise OpenRouterOutcomeUnknown(
@@ -195,6 +197,9 @@ class OpenRouterClient:
                 continue
 
             elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+            milliseconds(OPENROUTER_LATENCY, elapsed_ms)
+            if response.status_code >= 400:
+                count_openrouter_error(response.status_code)
             logger.debug(
                 "openrouter call",
                 extra={

@@ -16,6 +16,12 @@ from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.keys.domain import Owner, current_period
 from shared.keys.repository import KeyRecord
 from shared.keys.service import KeyLifecycleService
+from shared.metrics import (
+    THRESHOLD_CROSSINGS,
+    USAGE_EVENTS_RECORDED,
+    USAGE_EVENTS_REJECTED,
+    count,
+)
 from shared.runtime import Runtime
 from shared.usage.repository import BreakdownRow, PeriodTotal, RecordedEvent, UsageRepository
 from shared.usage.schemas import (
@@ -145,9 +151,14 @@ class UsageService:
                 thresholds_crossed=crossed,
             )
         assert all(outcome is not None for outcome in outcomes)
-        return LogResult(
+        log_result = LogResult(
             outcomes=[o for o in outcomes if o is not None], users=list(summaries.values())
         )
+        count(USAGE_EVENTS_RECORDED, log_result.count("stored"))
+        count(USAGE_EVENTS_REJECTED, log_result.count("rejected"))
+        # Each event row repeats its user's crossings; the summaries hold each once.
+        count(THRESHOLD_CROSSINGS, sum(len(u.thresholds_crossed) for u in summaries.values()))
+        return log_result
 
     @staticmethod
     async def _record(

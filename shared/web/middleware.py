@@ -10,10 +10,13 @@ from typing import Any
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.metrics import REQUEST_LATENCY, flush_metrics, milliseconds
 from shared.observability import current_request_id, logger, new_request_id
 from shared.web.error_handlers import error_body, error_response
 
 REQUEST_ID_HEADER = "x-request-id"
+# Vercel's id for the invocation: the correlation id its own logs show.
+VERCEL_REQUEST_ID_HEADER = "x-vercel-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:=+/\-]{1,128}$")
 # An API that hands out secrets: nothing may be cached, sniffed or leaked through a referrer.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
@@ -30,6 +33,10 @@ def _incoming_request_id(scope: Scope) -> str:
             candidate: str = value.decode("latin-1")
             if _VALID_REQUEST_ID.match(candidate):
                 return candidate
+        if name == VERCEL_REQUEST_ID_HEADER.encode():
+            vercel_id: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(vercel_id):
+                return vercel_id
     aws_event: dict[str, Any] = scope.get("aws.event") or {}
     lambda_request_id = (aws_event.get("requestContext") or {}).get("requestId")
     if isinstance(lambda_request_id, str) and _VALID_REQUEST_ID.match(lambda_request_id):
@@ -85,6 +92,8 @@ class RequestContextMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )
+            milliseconds(REQUEST_LATENCY, (time.perf_counter() - started) * 1000)
+            flush_metrics()
             current_request_id.reset(token)
 
 

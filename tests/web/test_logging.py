@@ -41,3 +41,18 @@ def test_redact_masks_keys_and_bearer_tokens_wherever_they_stand() -> None:
 def test_redact_leaves_ordinary_text_alone() -> None:
     text = "rotated key 6f1c... for user 42 (sk-or is the prefix)"
     assert redact(text) == text
+
+
+async def test_vercel_s_request_id_is_the_correlation_id(
+    api: httpx.AsyncClient, log_stream: io.StringIO
+) -> None:
+    # GIVEN a request as Vercel forwards it, carrying its invocation id
+    vercel_id = "cdg1::iad1::abcde-1795723747597-0123456789ab"
+
+    # WHEN it is served
+    response = await api.get("/health", headers={"x-vercel-id": vercel_id})
+
+    # THEN the response and the log line carry Vercel's id, so both logs can be joined
+    assert response.headers["x-request-id"] == vercel_id
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert next(line for line in lines if line["message"] == "request")["request_id"] == vercel_id
