@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +31,56 @@ PLACEHOLDER_SECRETS = frozenset(
         "sk-or-v1-your-management-key",
     }
 )
+
+
+# The settings a secret in AWS Secrets Manager may hold (SECRETS_MANAGER_SECRET_ID): the
+# credentials, never ordinary configuration.
+SECRET_SETTINGS = frozenset(
+    {
+        "DATABASE_URL",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "OPENROUTER_MANAGEMENT_KEY",
+        "ENCRYPTION_MASTER_KEY",
+        "ENCRYPTION_PREVIOUS_MASTER_KEYS",
+        "SUPABASE_JWT_SECRET",
+        "CRON_SECRET",
+        "BOOTSTRAP_ADMIN_TOKEN",
+        "ALERT_WEBHOOK_SECRET",
+    }
+)
+
+
+class SecretsManagerSource(PydanticBaseSettingsSource):
+    """Secrets read at start-up from one JSON secret in AWS Secrets Manager.
+
+    On Lambda the environment then holds only the secret's name: a value resolved at deploy
+    time would sit in the function's configuration, readable by anyone allowed
+    lambda:GetFunctionConfiguration. Powertools Parameters caches the secret per container
+    (POWERTOOLS_PARAMETERS_MAX_AGE, 300 s by default). The environment still wins, so that one
+    value can be overridden in an emergency without editing the secret.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole secret at once
+
+    def __call__(self) -> dict[str, Any]:
+        secret_id = os.environ.get("SECRETS_MANAGER_SECRET_ID", "").strip()
+        if not secret_id:
+            return {}
+        # Imported only here: boto3 costs a cold start that functions without it do not pay.
+        from aws_lambda_powertools.utilities import parameters
+
+        values = parameters.get_secret(secret_id, transform="json")
+        if not isinstance(values, dict):
+            raise ValueError("SECRETS_MANAGER_SECRET_ID must name a JSON object of settings")
+        unknown = sorted(set(values) - SECRET_SETTINGS)
+        if unknown:
+            # A misspelt name would otherwise leave the setting unset without a word.
+            raise ValueError(
+                "the secret in SECRETS_MANAGER_SECRET_ID holds names that are not secret "
+                "settings: " + ", ".join(unknown)
+            )
+        return {name.lower(): value for name, value in values.items()}
 
 
 class Environment(StrEnum):
@@ -232,6 +288,30 @@ class Settings(BaseSettings):
     rate_limit_token_issues_per_minute: Annotated[int, Field(ge=1)] = Field(
         default=10, description="Service token issuances per credential per minute."
     )
+
+    secrets_manager_secret_id: str | None = Field(
+        default=None,
+        description="Name or ARN of a JSON secret in AWS Secrets Manager whose keys are the "
+        "secret settings (DATABASE_URL, OPENROUTER_MANAGEMENT_KEY, ...), read at start-up. "
+        "Variables set in the environment win.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            SecretsManagerSource(settings_cls),
+            file_secret_settings,
+        )
 
     @field_validator("*", mode="before")
     @classmethod
