@@ -52,9 +52,10 @@ def test_a_lambda_gets_its_secrets_from_secrets_manager_by_name(
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == SECRETS["DATABASE_URL"]
     assert settings.openrouter_management_key is not None
-    assert settings.openrouter_management_key.get_secret_value() == SECRETS[
-        "OPENROUTER_MANAGEMENT_KEY"
-    ]
+    assert (
+        settings.openrouter_management_key.get_secret_value()
+        == SECRETS["OPENROUTER_MANAGEMENT_KEY"]
+    )
     assert settings.cron_secret is not None
     assert settings.cron_secret.get_secret_value() == SECRETS["CRON_SECRET"]
     # and none of them shows in the settings' own text

@@ -189,3 +189,10 @@ def test_every_route_is_reachable_through_both_configurations() -> None:
                 if group is None or (method, route.path) not in served.get(group, set()):
                     unreachable.append(f"{platform}: {method} {route.path} -> {group}")
     assert unreachable == []
+
+
+def test_both_platforms_run_the_same_python() -> None:
+    # Vercel reads .python-version; Lambda reads the runtime in serverless.yml.
+    serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
+    vercel_python = (REPOSITORY_ROOT / ".python-version").read_text().strip()
+    assert serverless["provider"]["runtime"] == f"python{vercel_python}"
