@@ -20,6 +20,7 @@ from shared.crypto.envelope import KeyProvider, KmsKeyProvider, LocalKeyProvider
 from shared.crypto.master_key import MasterKey, decode_master_key, load_or_generate_master_key
 from shared.crypto.tokens import derive_token_hmac_key
 from shared.db.database import Database, DatabaseUnavailable, PoolLimits
+from shared.db.rpc import PostgresRpc, PostgrestRpc, StoreRpc
 from shared.keys.publisher import SecretsManagerPublisher
 from shared.observability import logger
 from shared.openrouter.client import OpenRouterClient
@@ -46,6 +47,7 @@ class Runtime:
         database: Database | None = None,
         openrouter: OpenRouterClient | None = None,
         emulator: Emulator | None = None,
+        store: StoreRpc | None = None,
     ) -> None:
         self.settings = settings
         self.started_at = datetime.now(UTC)
@@ -53,6 +55,7 @@ class Runtime:
         self._database = database
         self._openrouter = openrouter
         self._emulator = emulator
+        self._store = store
         self._master_key: MasterKey | None = None
         self._token_hmac_key: bytes | None = None
         self._sealer: SecretSealer | None = None
@@ -77,14 +80,43 @@ class Runtime:
                 self._database = Database(self._resolve_dsn(), pool_limits(self.settings))
             return self._database
 
+    @property
+    def uses_supabase_transport(self) -> bool:
+        settings = self.settings
+        return settings.supabase_url is not None and settings.supabase_service_role_key is not None
+
+    def store(self) -> StoreRpc:
+        """The store functions' transport: Supabase's REST gateway when SUPABASE_URL and
+        SUPABASE_SERVICE_ROLE_KEY are set, else the direct connection."""
+        with self._lock:
+            if self._store is None and self.uses_supabase_transport:
+                assert self.settings.supabase_url is not None
+                assert self.settings.supabase_service_role_key is not None
+                self._store = PostgrestRpc(
+                    self.settings.supabase_url,
+                    self.settings.supabase_service_role_key.get_secret_value(),
+                    # As long as a direct call may take: a connection, then a statement
+                    # (a statement timeout of 0 means none: 30 s then).
+                    timeout_s=self.settings.database_connect_timeout_s
+                    + (self.settings.database_statement_timeout_ms / 1000 or 30.0),
+                )
+            if self._store is not None:
+                return self._store
+        store = PostgresRpc(self.database())
+        with self._lock:
+            if self._store is None:
+                self._store = store
+            return self._store
+
     def _resolve_dsn(self) -> str:
         settings = self.settings
         if settings.database_url is not None:
             return settings.database_url.get_secret_value()
         if settings.supabase_url is not None:
             raise DatabaseUnavailable(
-                "the Supabase (PostgREST) transport is not available in this version; "
-                "set DATABASE_URL to the project's Postgres connection string",
+                "this function needs a direct Postgres connection (key lifecycle, admin and "
+                "jobs run multi-statement transactions); set DATABASE_URL to the Supabase "
+                "project's connection string",
                 code="database_not_configured",
             )
         if settings.is_production:

@@ -83,32 +83,10 @@ class ServiceTokenRepository:
             row = await cursor.fetchone()
         return None if row is None else ServiceTokenRecord.from_row(row)
 
-    async def authenticate(self, token_hash: bytes) -> ServiceTokenRecord | None:
-        async with self._database.connection() as conn:
-            cursor = await conn.execute(
-                "select * from authenticate_service_token(%s)", (token_hash,)
-            )
-            row = await cursor.fetchone()
-        return None if row is None else ServiceTokenRecord.from_row(row)
-
 
 class RateLimitRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
-
-    async def consume(self, bucket: str, *, limit: int, window_s: int) -> RateLimitDecision:
-        async with self._database.connection() as conn:
-            cursor = await conn.execute(
-                "select allowed, hits, retry_after_seconds from consume_rate_limit(%s, %s, %s)",
-                (bucket, limit, window_s),
-            )
-            row = await cursor.fetchone()
-        assert row is not None
-        return RateLimitDecision(
-            allowed=bool(row["allowed"]),
-            hits=cast(int, row["hits"]),
-            retry_after_s=cast(int, row["retry_after_seconds"]),
-        )
 
     async def prune(self) -> int:
         async with self._database.connection() as conn:

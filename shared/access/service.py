@@ -14,6 +14,7 @@ from shared.access.repository import (
     ServiceTokenRecord,
     ServiceTokenRepository,
 )
+from shared.access.store import AccessStore
 from shared.access.user_tokens import TokenRejected, claim_at
 from shared.crypto.tokens import (
     generate_service_token,
@@ -83,7 +84,7 @@ class AccessService:
         remembered = cache.get(token_hash)
         if remembered is not None:
             return remembered
-        record = await self._tokens().authenticate(token_hash)
+        record = await AccessStore(self._runtime.store()).authenticate(token_hash)
         if record is None:
             raise TokenRejected(
                 "credential_invalid", "the service token is unknown, revoked or expired"
@@ -133,7 +134,7 @@ class AccessService:
     async def consume_rate_limit(
         self, action: str, principal: Principal, *, per_minute: int
     ) -> RateLimitDecision:
-        return await RateLimitRepository(self._runtime.database()).consume(
+        return await AccessStore(self._runtime.store()).consume_rate_limit(
             f"{action}:{principal.rate_limit_identity}", limit=per_minute, window_s=60
         )
 

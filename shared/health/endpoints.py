@@ -38,7 +38,7 @@ async def liveness(request: Request, runtime: RuntimeDep, _: PublicCaller) -> Li
 @router.get("/database", response_model=DatabaseHealth, responses=_UNHEALTHY)
 async def database_health(runtime: RuntimeDep, _: PublicCaller) -> DatabaseHealth:
     """Database round trip, server version and applied migration version."""
-    return await service.check_database(service.database_of(runtime))
+    return await service.check_database(service.store_of(runtime))
 
 
 @router.get("/keys", response_model=KeysHealth, responses=_UNHEALTHY)

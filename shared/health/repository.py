@@ -1,13 +1,11 @@
-"""All SQL of the health group."""
+"""The health group's one question to the database, over the store functions."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import psycopg
-
-from shared.db.database import Database
+from shared.db.rpc import StoreRpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,27 +16,14 @@ class DatabaseProbe:
 
 
 class HealthRepository:
-    def __init__(self, database: Database) -> None:
-        self._database = database
+    def __init__(self, store: StoreRpc) -> None:
+        self._store = store
 
     async def probe(self) -> DatabaseProbe:
         """One round trip: server version and the newest applied migration."""
-        async with self._database.connection() as conn:
-            started = time.perf_counter()
-            try:
-                cursor = await conn.execute(
-                    "select current_setting('server_version') as server_version,"
-                    " (select max(version) from schema_migrations) as migration_version"
-                )
-            except psycopg.errors.UndefinedTable:
-                # A database that was never migrated: still reachable, at no version.
-                cursor = await conn.execute(
-                    "select current_setting('server_version') as server_version,"
-                    " null::text as migration_version"
-                )
-            row = await cursor.fetchone()
-            latency_ms = (time.perf_counter() - started) * 1000
-        assert row is not None
+        started = time.perf_counter()
+        row = await self._store.call("store_probe", {})
+        latency_ms = (time.perf_counter() - started) * 1000
         version = row["migration_version"]
         return DatabaseProbe(
             latency_ms=round(latency_ms, 2),

@@ -20,7 +20,7 @@ class Liveness(BaseModel):
 
 class DatabaseHealth(BaseModel):
     status: Literal["ok"] = "ok"
-    transport: Literal["postgres"] = "postgres"
+    transport: Literal["postgres", "supabase"]
     latency_ms: float
     server_version: str
     migration_version: str | None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
-from shared.db.database import Database
 from shared.db.migrations import MIGRATIONS_DIR, MigrationError, load_migrations
+from shared.db.rpc import StoreRefused, StoreRpc
 from shared.errors import ServiceUnavailable
 from shared.health.repository import HealthRepository
 from shared.health.schemas import CreditsSummary, DatabaseHealth, KeysHealth
@@ -34,9 +34,16 @@ def expected_migration_version() -> str | None:
     return migrations[-1].version if migrations else None
 
 
-async def check_database(database: Database) -> DatabaseHealth:
+async def check_database(store: StoreRpc) -> DatabaseHealth:
     try:
-        probe = await HealthRepository(database).probe()
+        probe = await HealthRepository(store).probe()
+    except StoreRefused as exc:
+        # No store functions: a database that was never migrated, or migrated before 0007.
+        raise CheckFailed(
+            "database",
+            "database_schema_outdated",
+            f"the store functions are missing ({exc.sqlstate}); run `openrouter-agent migrate`",
+        ) from exc
     except ServiceUnavailable as exc:
         reason = str((exc.details or {}).get("reason") or exc.message)
         raise CheckFailed("database", exc.code, reason) from exc
@@ -49,6 +56,7 @@ async def check_database(database: Database) -> DatabaseHealth:
             f"{expected}; run `openrouter-agent migrate`",
         )
     return DatabaseHealth(
+        transport="supabase" if store.transport == "supabase" else "postgres",
         latency_ms=probe.latency_ms,
         server_version=probe.server_version,
         migration_version=probe.migration_version,
@@ -56,10 +64,10 @@ async def check_database(database: Database) -> DatabaseHealth:
     )
 
 
-def database_of(runtime: Runtime) -> Database:
-    """The runtime's database, or a failed check when it cannot even be configured."""
+def store_of(runtime: Runtime) -> StoreRpc:
+    """The runtime's store, or a failed check when it cannot even be configured."""
     try:
-        return runtime.database()
+        return runtime.store()
     except ServiceUnavailable as exc:
         raise CheckFailed("database", exc.code, exc.message) from exc
 

@@ -12,6 +12,7 @@ import psycopg
 from pydantic import ValidationError
 
 from shared.audit.repository import AuditRepository
+from shared.db.rpc import StoreRefused
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.keys.domain import Owner, current_period
 from shared.keys.repository import KeyRecord
@@ -23,7 +24,7 @@ from shared.metrics import (
     count,
 )
 from shared.runtime import Runtime
-from shared.usage.repository import BreakdownRow, PeriodTotal, RecordedEvent, UsageRepository
+from shared.usage.repository import BreakdownRow, RecordedEvent, UsageRepository
 from shared.usage.schemas import (
     Breakdown,
     CurrentUsage,
@@ -33,6 +34,7 @@ from shared.usage.schemas import (
     UsageEvent,
     UserUsageSummary,
 )
+from shared.usage.store import PeriodBook, UsageStore
 
 # Late reports are normal (retries, queues); a month-old or future event is a bug upstream.
 MAX_EVENT_AGE = timedelta(days=35)
@@ -110,13 +112,11 @@ class UsageService:
         to_record = sorted(accepted, key=lambda item: (item[1].user_id, item[1].generation_id))
         recorded: list[RecordedEvent] = []
         if to_record:
-            async with self._runtime.database().connection() as conn:
-                recorded = await self._record(
-                    UsageRepository(conn),
-                    conn,
-                    [event.model_dump(mode="json") for _, event in to_record],
-                    actor,
-                )
+            recorded = await self._record(
+                UsageStore(self._runtime.store()),
+                [event.model_dump(mode="json") for _, event in to_record],
+                actor,
+            )
         summaries: dict[str, UserUsageSummary] = {}
         for result in recorded:
             index, event = to_record[result.index]
@@ -162,26 +162,29 @@ class UsageService:
 
     @staticmethod
     async def _record(
-        repository: UsageRepository, conn: Any, payloads: list[dict[str, Any]], actor: str
+        store: UsageStore, payloads: list[dict[str, Any]], actor: str
     ) -> list[RecordedEvent]:
         """The whole batch in one statement (one transaction); if the database refuses any
         event, each event again on its own, so that the good ones are kept and the bad one
         named."""
         try:
-            return await repository.record_events(payloads, recorded_by=actor)
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-            pass
+            return await store.record_events(payloads, recorded_by=actor)
+        except StoreRefused as error:
+            if not error.is_bad_data:
+                raise
         recorded = []
         for index, payload in enumerate(payloads):
             try:
-                [result] = await repository.record_events([payload], recorded_by=actor)
+                [result] = await store.record_events([payload], recorded_by=actor)
                 recorded.append(replace(result, index=index))
-            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+            except StoreRefused as error:
+                if not error.is_bad_data:
+                    raise
                 recorded.append(
                     RecordedEvent(
                         index,
                         "rejected",
-                        error.sqlstate or "refused",
+                        error.sqlstate,
                         str(payload.get("user_id")),
                         None,
                         None,
@@ -194,44 +197,26 @@ class UsageService:
     async def current(self, user_id: str) -> CurrentUsage:
         now = self._clock()
         period = current_period(now)
-        async with self._runtime.database().connection() as conn:
-            repository = UsageRepository(conn)
-            exists, budget, tier = await repository.budget_of(user_id)
-            if not exists:
-                raise NotFound(f"no user {user_id}", code="user_not_found")
-            total = await repository.total(user_id, period)
-            breakdown = (await repository.breakdown(user_id, [period]))[period]
-            crossed = await repository.thresholds_crossed(user_id, period)
-        month = _month(total, budget, breakdown, crossed)
+        books = await UsageStore(self._runtime.store()).month(user_id, period)
+        if books is None:
+            raise NotFound(f"no user {user_id}", code="user_not_found")
+        [book] = books.months
         return CurrentUsage(
-            **month.model_dump(),
+            **_month(book, books.budget_usd).model_dump(),
             user_id=user_id,
-            tier=tier or "free",
+            tier=books.tier,
             as_of=now,
-            forecast_month_end_usd=forecast_month_end(total.effective_usd, period, now),
+            forecast_month_end_usd=forecast_month_end(book.total.effective_usd, period, now),
         )
 
     async def monthly(self, user_id: str, *, limit: int, before: date | None) -> MonthlyUsage:
-        async with self._runtime.database().connection() as conn:
-            repository = UsageRepository(conn)
-            exists, budget, _ = await repository.budget_of(user_id)
-            if not exists:
-                raise NotFound(f"no user {user_id}", code="user_not_found")
-            totals = await repository.totals(user_id, limit=limit, before=before)
-            breakdowns = await repository.breakdown(user_id, [t.period for t in totals])
-            months = [
-                _month(
-                    t,
-                    budget,
-                    breakdowns[t.period],
-                    await repository.thresholds_crossed(user_id, t.period),
-                )
-                for t in totals
-            ]
+        books = await UsageStore(self._runtime.store()).history(user_id, limit=limit, before=before)
+        if books is None:
+            raise NotFound(f"no user {user_id}", code="user_not_found")
         return MonthlyUsage(
             user_id=user_id,
-            data=months,
-            next_before=totals[-1].period if len(totals) == limit else None,
+            data=[_month(book, books.budget_usd) for book in books.months],
+            next_before=books.months[-1].total.period if len(books.months) == limit else None,
         )
 
 
@@ -257,9 +242,8 @@ def _breakdown(rows: list[BreakdownRow], key: str) -> list[Breakdown]:
     ]
 
 
-def _month(
-    total: PeriodTotal, budget: Decimal | None, rows: list[BreakdownRow], crossed: list[int]
-) -> MonthUsage:
+def _month(book: PeriodBook, budget: Decimal | None) -> MonthUsage:
+    total, rows = book.total, book.breakdown
     spent = total.effective_usd
     return MonthUsage(
         period=total.period,
@@ -272,7 +256,7 @@ def _month(
         percent_used=percent_used(spent, budget),
         by_model=_breakdown(rows, "model"),
         by_agent=_breakdown(rows, "agent_name"),
-        thresholds_crossed=crossed,
+        thresholds_crossed=book.crossed,
     )
 
 

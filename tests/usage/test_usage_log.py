@@ -16,10 +16,11 @@ from shared.access.principals import Scope
 from shared.access.service import AccessService
 from shared.config import Settings
 from shared.db.database import Database, PoolLimits
+from shared.db.rpc import PostgresRpc
 from shared.keys.repository import KeyRepository
 from shared.runtime import Runtime
-from shared.usage.repository import UsageRepository
 from shared.usage.service import UsageService
+from shared.usage.store import UsageStore
 
 Headers = dict[str, str]
 
@@ -265,8 +266,7 @@ async def test_an_event_the_database_refuses_is_named_and_the_rest_kept(
     ]
     payloads[1]["cost_usd"] = "not a number"
 
-    async with database.connection() as conn:
-        results = await UsageService._record(UsageRepository(conn), conn, payloads, "test")
+    results = await UsageService._record(UsageStore(PostgresRpc(database)), payloads, "test")
 
     assert [r.status for r in results] == ["stored", "rejected", "stored"]
     assert results[1].reason == "22P02"  # invalid text representation
