@@ -138,10 +138,14 @@ class Settings(BaseSettings):
 
     supabase_url: str | None = Field(
         default=None,
-        description="Supabase project URL (the PostgREST transport is not available yet).",
+        description="Supabase project URL. With SUPABASE_SERVICE_ROLE_KEY, the hot path (usage, "
+        "token checks, rate limits, health) goes through its REST gateway; key lifecycle, admin "
+        "and jobs still need DATABASE_URL.",
     )
     supabase_service_role_key: SecretStr | None = Field(
-        default=None, description="Supabase service-role key used by the PostgREST transport."
+        default=None,
+        description="Supabase service-role key (legacy JWT or new sb_secret_ key) for the REST "
+        "gateway.",
     )
 
     openrouter_management_key: SecretStr | None = Field(
