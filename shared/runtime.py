@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import SecretStr
 
@@ -23,8 +23,10 @@ from shared.db.database import Database, DatabaseUnavailable, PoolLimits
 from shared.db.rpc import PostgresRpc, PostgrestRpc, StoreRpc
 from shared.keys.publisher import SecretsManagerPublisher
 from shared.observability import logger
-from shared.openrouter.client import OpenRouterClient
-from shared.openrouter.emulator import Emulator
+
+if TYPE_CHECKING:
+    from shared.openrouter.client import OpenRouterClient
+    from shared.openrouter.emulator import Emulator
 
 EMULATOR_BASE_URL = "http://openrouter-emulator.invalid/api/v1"
 
@@ -131,12 +133,17 @@ class Runtime:
         return server.dsn
 
     def emulator(self) -> Emulator:
+        from shared.openrouter.emulator import Emulator
+
         with self._lock:
             if self._emulator is None:
                 self._emulator = Emulator()
             return self._emulator
 
     def openrouter(self) -> OpenRouterClient:
+        # httpx and the client load with the first OpenRouter call, not with the function.
+        from shared.openrouter.client import OpenRouterClient
+
         settings = self.settings
         if self._openrouter is not None:
             return self._openrouter

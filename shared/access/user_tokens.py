@@ -13,14 +13,16 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
-
-import httpx
-import jwt
-from jwt import PyJWK
+from typing import TYPE_CHECKING, Any, cast
 
 from shared.errors import ServiceUnavailable, Unauthorized
 from shared.observability import logger
+
+if TYPE_CHECKING:
+    from jwt import PyJWK
+
+# PyJWT (which loads cryptography) and httpx are imported when the first user token arrives:
+# functions called by services alone never pay for them at a cold start.
 
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "RS256"})
 _REQUIRED_CLAIMS = ["exp", "sub", "aud"]
@@ -90,6 +92,8 @@ class JwksCache:
                 return
             self._last_attempt = now
             self.fetches += 1
+            import httpx
+
             try:
                 async with httpx.AsyncClient(timeout=self._timeout_s) as client:
                     response = await client.get(self._url)
@@ -107,13 +111,15 @@ class JwksCache:
 
 
 def _parse_jwks(document: object) -> dict[str, PyJWK]:
+    import jwt
+
     keys: dict[str, PyJWK] = {}
     entries = document.get("keys") if isinstance(document, Mapping) else None
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("kid"), str):
             continue
         try:
-            key = PyJWK(dict(entry))
+            key = jwt.PyJWK(dict(entry))
         except (jwt.PyJWKError, jwt.InvalidKeyError):
             continue  # a key type we do not use (e.g. a symmetric "oct" key) is skipped
         if key.algorithm_name in ASYMMETRIC_ALGORITHMS:
@@ -170,6 +176,8 @@ class UserTokenVerifier:
     async def verify(self, token: str) -> VerifiedUser:
         if not self.configured:
             raise TokenRejected("user_auth_not_configured", "user tokens are not accepted here")
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

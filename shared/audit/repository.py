@@ -3,11 +3,10 @@ row and the change it describes commit or roll back together."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from shared.db.database import Connection
 
@@ -52,8 +51,17 @@ class AuditRepository:
         await self._conn.execute(
             "insert into audit_log"
             " (actor, action, target, outcome, reason, request_id, fingerprint, details)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (actor, action, target, outcome, reason, request_id, fingerprint, Jsonb(details or {})),
+            " values (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
+            (
+                actor,
+                action,
+                target,
+                outcome,
+                reason,
+                request_id,
+                fingerprint,
+                json.dumps(details or {}),
+            ),
         )
 
     async def recent(self, *, limit: int, before_seq: int | None = None) -> list[AuditEvent]:

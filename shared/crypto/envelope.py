@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from shared.errors import InternalError
 
 _NONCE_BYTES = 12
@@ -52,6 +49,8 @@ class LocalKeyProvider:
     def __init__(self, master_key: bytes) -> None:
         if len(master_key) != 32:
             raise ValueError("the master key must be 32 bytes")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(master_key)
         # Names the master key without revealing it, so rows say which key wrapped them.
         self._name = "local:" + hashlib.sha256(b"key-id" + master_key).hexdigest()[:12]
@@ -71,6 +70,8 @@ class LocalKeyProvider:
         if not wrapped.startswith(_WRAP_VERSION):
             raise DecryptionFailed("unknown wrapping format")
         nonce, sealed = wrapped[1 : 1 + _NONCE_BYTES], wrapped[1 + _NONCE_BYTES :]
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(nonce, sealed, _aad(context))
         except InvalidTag as exc:
@@ -133,6 +134,8 @@ class SecretSealer:
         self._by_name = {p.name: p for p in (*previous, current)}
 
     def seal(self, secret: str, context: Mapping[str, str]) -> SealedSecret:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(_NONCE_BYTES)
         ciphertext = AESGCM(data_key).encrypt(nonce, secret.encode(), _aad(context))
@@ -148,6 +151,9 @@ class SecretSealer:
         if provider is None:
             raise DecryptionFailed(f"no configured key provider is {sealed.provider!r}")
         data_key = provider.unwrap(sealed.wrapped_data_key, context)
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             return AESGCM(data_key).decrypt(sealed.nonce, sealed.ciphertext, _aad(context)).decode()
         except InvalidTag as exc:

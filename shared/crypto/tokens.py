@@ -14,9 +14,6 @@ import secrets
 import string
 import zlib
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 SERVICE_TOKEN_PREFIX = "ora_st_"
 _ALPHABET = string.digits + string.ascii_letters
 _BODY_LENGTH = 37
@@ -61,6 +58,10 @@ def token_hint(token: str) -> str:
 
 def derive_token_hmac_key(master_key: bytes) -> bytes:
     """A key for token hashes only, derived from the master key (one secret to manage)."""
+    # Imported here, like every use of cryptography: a cold start loads it only when needed.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(
         algorithm=hashes.SHA256(),
         length=32,

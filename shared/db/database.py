@@ -12,15 +12,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-
-import psycopg
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from typing import TYPE_CHECKING, TypeAlias
 
 from shared.errors import ServiceUnavailable
 from shared.redaction import redact
 
-Connection = psycopg.AsyncConnection[dict[str, object]]
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+# The driver is imported when the first connection is made, not with this module: a function
+# answering without the database (a refused credential, a health summary, the Supabase
+# transport) never pays its ~60 ms of import.
+Connection: TypeAlias = "psycopg.AsyncConnection[dict[str, object]]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class Database:
             connection.prepare_threshold = None
 
     async def _get_pool(self) -> AsyncConnectionPool[Connection]:
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
         loop = asyncio.get_running_loop()
         if self._pool is not None and self._pool_loop is loop:
             return self._pool
@@ -91,6 +98,9 @@ class Database:
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection in autocommit mode; use `async with conn.transaction()` for more."""
         pool = await self._get_pool()
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
         try:
             async with pool.connection() as connection:
                 yield connection

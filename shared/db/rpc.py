@@ -21,14 +21,15 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
-
-import httpx
 
 from shared.db.database import Database, DatabaseUnavailable
 from shared.errors import ServiceUnavailable
 from shared.redaction import redact
+
+if TYPE_CHECKING:
+    import httpx
 
 _FUNCTION_NAME = re.compile(r"^store_[a-z0-9_]{1,60}$")
 # Connection exceptions, insufficient resources, operator intervention (statement timeout,
@@ -138,6 +139,8 @@ class PostgrestRpc:
 
     def _http(self) -> httpx.AsyncClient:
         # Made on first use (its TLS context costs ~60 ms) and reused while the container lives.
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(
                 base_url=self._base_url,
@@ -148,6 +151,8 @@ class PostgrestRpc:
         return self._client
 
     async def call(self, function: str, args: Mapping[str, Any]) -> Any:
+        import httpx
+
         try:
             response = await self._http().post(
                 _checked(function), content=encode_args(args).encode()

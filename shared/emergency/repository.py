@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
-
-from psycopg.types.json import Jsonb
 
 from shared.db.database import Connection
 from shared.keys.repository import KeyRecord
@@ -80,8 +79,8 @@ class EmergencyRepository:
     ) -> EmergencyRotationRecord:
         cursor = await self._conn.execute(
             "insert into emergency_rotations (requested_by, reason, scope, status, total,"
-            " request_id) values (%s, %s, %s, 'running', %s, %s) returning *",
-            (requested_by, reason, Jsonb(scope), len(keys), request_id),
+            " request_id) values (%s, %s, %s::jsonb, 'running', %s, %s) returning *",
+            (requested_by, reason, json.dumps(scope), len(keys), request_id),
         )
         row = await cursor.fetchone()
         assert row is not None

@@ -10,7 +10,6 @@ from shared.db.rpc import StoreRefused, StoreRpc
 from shared.errors import ServiceUnavailable
 from shared.health.repository import HealthRepository
 from shared.health.schemas import CreditsSummary, DatabaseHealth, KeysHealth
-from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.errors import OpenRouterError, OpenRouterUnauthorized
 from shared.runtime import Runtime
 
@@ -73,7 +72,7 @@ def store_of(runtime: Runtime) -> StoreRpc:
 
 
 async def check_openrouter_keys(runtime: Runtime) -> KeysHealth:
-    client: OpenRouterClient = runtime.openrouter()
+    client = runtime.openrouter()
     started = time.perf_counter()
     try:
         current = await client.get_current_key()

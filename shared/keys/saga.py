@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from uuid import UUID
 
-import psycopg
-
 from shared.crypto.envelope import fingerprint, secret_context
+from shared.db import sql_errors
 from shared.errors import BadGateway, Conflict, ServiceUnavailable
 from shared.keys.domain import (
     MICRO_DOLLAR,
@@ -313,7 +312,7 @@ class KeyOperationSaga:
                         "grace_seconds": operation.grace_seconds,
                     },
                 )
-        except psycopg.errors.UniqueViolation:
+        except sql_errors.UniqueViolation:
             # A create raced another create of the same owner and lost: its key must not live.
             return await self._discard_losing_create(operation)
         self._checkpoint("after_activate")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from shared.keys.repository import KeyRecord, OperationRecord
-from shared.keys.service import IssuedKey, Owner
+from shared.keys.domain import IssuedKey, Owner
+
+if TYPE_CHECKING:
+    from shared.keys.repository import KeyRecord, OperationRecord
 
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s/]+$")]
 SystemName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]

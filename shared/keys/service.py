@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID, uuid4
 
-import psycopg
-
 from shared.crypto.envelope import secret_context
+from shared.db import sql_errors
 from shared.errors import BadGateway, Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from shared.keys.domain import (
     Checkpoint,
@@ -237,11 +236,11 @@ class KeyLifecycleService:
                         "replaces": None if old_key is None else str(old_key.id),
                     },
                 )
-        except psycopg.errors.ForeignKeyViolation as exc:
+        except sql_errors.ForeignKeyViolation as exc:
             raise ValidationFailed(
                 f"unknown subscription tier {tier!r}", code="unknown_tier"
             ) from exc
-        except psycopg.errors.UniqueViolation as exc:
+        except sql_errors.UniqueViolation as exc:
             constraint = exc.diag.constraint_name
             async with self._store.read() as keys:
                 if constraint == "key_operations_idempotency" and idempotency_key is not None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from shared.access.rules import AdminCaller
 from shared.keys.schemas import TierName, UserId
 from shared.observability import current_request_id
-from shared.usage.service import BudgetService
+from shared.usage.budgets import BudgetService
 from shared.web.deps import RuntimeDep
 
 router = APIRouter(tags=["budgets (admin)"])

@@ -11,13 +11,14 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from shared.db.database import Connection
 from shared.observability import logger
 from shared.runtime import Runtime
+
+if TYPE_CHECKING:
+    import httpx
 
 SIGNATURE_HEADER = "X-OpenRouter-Agent-Signature"
 _MAX_BACKOFF_S = 3600
@@ -71,6 +72,8 @@ async def deliver_alerts(
     settings = runtime.settings
     if settings.alert_webhook_url is None:
         return 0
+    import httpx  # only the alert job sends webhooks; other functions never load it
+
     delivered = 0
     async with (
         httpx.AsyncClient(timeout=5.0, transport=transport) as client,

@@ -12,7 +12,6 @@ from fastapi import Depends, Request
 
 from shared.config import Settings
 from shared.db.database import Database
-from shared.openrouter.client import OpenRouterClient
 from shared.runtime import Runtime
 
 
@@ -32,10 +31,5 @@ async def get_database(runtime: RuntimeDep) -> Database:
     return runtime.database()
 
 
-async def get_openrouter(runtime: RuntimeDep) -> OpenRouterClient:
-    return runtime.openrouter()
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings_from_runtime)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
-OpenRouterDep = Annotated[OpenRouterClient, Depends(get_openrouter)]

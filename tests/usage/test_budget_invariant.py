@@ -22,7 +22,8 @@ from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator, EmulatorApiError
 from shared.runtime import EMULATOR_BASE_URL, Runtime
-from shared.usage.service import BudgetService, UsageService
+from shared.usage.budgets import BudgetService
+from shared.usage.service import UsageService
 from tests.conftest import TEMPLATE_DATABASE
 
 TIERS = {"free": Decimal(10), "standard": Decimal(50), "micro": Decimal(100)}

@@ -10,7 +10,8 @@ import pytest
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.emulator import Emulator, EmulatorApiError
 from shared.runtime import Runtime
-from shared.usage.service import BudgetService, UsageService
+from shared.usage.budgets import BudgetService
+from shared.usage.service import UsageService
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}

@@ -1,0 +1,135 @@
+"""Resets, tier changes and tier amounts: the ledger and the keys' OpenRouter limits.
+
+Apart from usage/service.py so that the usage function, which logs and reads, never loads the
+key lifecycle that these admin operations drive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from shared.audit.repository import AuditRepository
+from shared.db import sql_errors
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.keys.domain import Owner, current_period
+from shared.keys.repository import KeyRecord
+from shared.keys.service import KeyLifecycleService
+from shared.runtime import Runtime
+from shared.usage.repository import UsageRepository
+
+
+@dataclass(frozen=True, slots=True)
+class ResetOutcome:
+    user_id: str
+    amount_usd: Decimal
+    key_limit_usd: Decimal | None
+    key_updated: bool
+
+
+class BudgetService:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def reset(
+        self,
+        *,
+        user_id: str | None,
+        tier: str | None,
+        everyone: bool,
+        reason: str,
+        actor: str,
+        request_id: str | None,
+    ) -> list[ResetOutcome]:
+        """Give users their whole budget back for this month: an adjustment in the ledger, and
+        the key's OpenRouter limit raised (its counter cannot be zeroed). Safe to repeat."""
+        period = current_period(None)
+        async with self._runtime.database().connection() as conn:
+            users = await UsageRepository(conn).users_in_scope(
+                user_id=user_id, tier=tier, everyone=everyone
+            )
+        if user_id is not None and not users:
+            raise NotFound(f"no user {user_id}", code="user_not_found")
+        keys = KeyLifecycleService(self._runtime)
+        outcomes = []
+        for user in users:
+            async with self._runtime.database().connection() as conn, conn.transaction():
+                amount = await UsageRepository(conn).reset(user, period, reason=reason, actor=actor)
+                if amount:
+                    await AuditRepository(conn).append(
+                        actor=actor,
+                        action="usage.reset",
+                        target=f"user:{user}",
+                        reason=reason,
+                        request_id=request_id,
+                        details={"amount_usd": str(amount), "period": period.isoformat()},
+                    )
+            key = await _apply_budget(keys, user, actor, f"usage reset: {reason}", request_id)
+            outcomes.append(
+                ResetOutcome(
+                    user_id=user,
+                    amount_usd=amount,
+                    key_limit_usd=None if key is None else key.limit_usd,
+                    key_updated=key is not None,
+                )
+            )
+        return outcomes
+
+    async def tiers(self) -> list[tuple[str, Decimal | None, str]]:
+        async with self._runtime.database().connection() as conn:
+            return await UsageRepository(conn).tiers()
+
+    async def set_tier_budget(
+        self, tier: str, budget: Decimal | None
+    ) -> tuple[str, Decimal | None, str]:
+        """A tier's new monthly budget (None: unlimited). Keys follow at their next budget
+        application (tier change, reset, rotation, or the monthly job)."""
+        async with self._runtime.database().connection() as conn:
+            repository = UsageRepository(conn)
+            if not await repository.set_tier_budget(tier, budget):
+                raise NotFound(f"no tier {tier}", code="tier_not_found")
+            return next(t for t in await repository.tiers() if t[0] == tier)
+
+    async def change_tier(
+        self, user_id: str, tier: str, *, actor: str, reason: str | None, request_id: str | None
+    ) -> tuple[str, str, Decimal | None]:
+        """Move a user to a tier; their key's limit follows at once. Idempotent."""
+        try:
+            async with self._runtime.database().connection() as conn, conn.transaction():
+                changed = await UsageRepository(conn).set_tier(user_id, tier, actor=actor)
+                if changed is None:
+                    raise NotFound(f"no user {user_id}", code="user_not_found")
+                previous, current = changed
+                if previous != current:
+                    await AuditRepository(conn).append(
+                        actor=actor,
+                        action="user.tier_changed",
+                        target=f"user:{user_id}",
+                        reason=reason,
+                        request_id=request_id,
+                        details={"from": previous, "to": current},
+                    )
+        except sql_errors.ForeignKeyViolation as exc:
+            raise ValidationFailed(f"unknown tier {tier!r}", code="unknown_tier") from exc
+        key = await _apply_budget(
+            KeyLifecycleService(self._runtime),
+            user_id,
+            actor,
+            f"tier {previous} -> {current}",
+            request_id,
+        )
+        return previous, current, None if key is None else key.limit_usd
+
+
+async def _apply_budget(
+    keys: KeyLifecycleService, user_id: str, actor: str, reason: str, request_id: str | None
+) -> KeyRecord | None:
+    """The user's key follows their new budget; None if it could not now (no key, or a key
+    operation in progress, which plans with the ledger's adjustments itself). Calling the
+    same reset or tier change again retries it, since both are idempotent."""
+    try:
+        return await keys.apply_budget(
+            Owner.user(user_id), actor=actor, reason=reason, request_id=request_id
+        )
+    except Conflict:
+        return None
