@@ -1,10 +1,10 @@
-"""Cold start and time-to-ready, against this machine's ceilings measured in the same run.
+"""The local server's time-to-ready, against the bare interpreter measured in the same run.
 
     .venv/bin/python -m bench.startup [--runs 7]
 
-Prints: the bare interpreter and a bare `import fastapi, mangum` process (the ceiling every
-Lambda function pays), each function's Lambda module import, and `openrouter-agent serve` from
-launch to its ready line on an existing and on a fresh data folder.
+Prints `openrouter-agent serve` from launch to its ready line on a fresh data folder (initdb,
+migrations, a master key) and on an existing one. The functions' cold starts are measured by
+bench/cold_start.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from bench.common import PYTHON, ROOT, clean_env, free_port, median_process_seconds, wait_for_line
-from shared.web.app_factory import GROUPS
 
 
 def serve_ready_seconds(data_dir: Path) -> float:
@@ -43,15 +42,7 @@ def main() -> None:
     env = clean_env()
 
     bare = median_process_seconds([PYTHON, "-c", "pass"], runs, env)
-    ceiling = median_process_seconds([PYTHON, "-c", "import fastapi, mangum"], runs, env)
     print(f"machine: python -c pass                      {bare * 1000:7.0f} ms (median of {runs})")
-    print(f"ceiling: import fastapi, mangum (process)    {ceiling * 1000:7.0f} ms")
-    for group in GROUPS:
-        seconds = median_process_seconds([PYTHON, "-c", f"import functions.{group}.aws"], runs, env)
-        print(
-            f"function {group:<10} Lambda module import       {seconds * 1000:7.0f} ms"
-            f"  ({seconds / ceiling:.2f} x ceiling)"
-        )
 
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(scratch) / "local"

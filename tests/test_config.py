@@ -79,3 +79,40 @@ def test_a_bad_configured_master_key_is_refused(value: str, tmp_path: Path) -> N
     )
     with pytest.raises(MasterKeyError):
         load_or_generate_master_key(settings)
+
+
+def test_settings_come_from_code_then_environment_then_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a .env file in the working directory and an environment that overrides part of it
+    (tmp_path / ".env").write_text(
+        "# local set-up\n"
+        "export PORT=4000\n"
+        "LOG_LEVEL='DEBUG'\n"
+        'CORS_ALLOWED_ORIGINS=["https://a.example"]\n'
+        "HOST=0.0.0.0 # every interface\n"
+        "OPENROUTER_TIMEOUT_S=\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PORT", "5000")
+    monkeypatch.setenv("KMS_KEY_ID", "")
+
+    # WHEN settings are read, one value also given by the code
+    settings = Settings(log_level="WARNING")
+
+    # THEN the code wins, then the environment, then the file; empty means unset
+    assert settings.log_level == "WARNING"
+    assert settings.port == 5000
+    assert settings.host == "0.0.0.0"  # noqa: S104 - the value under test, never bound
+    assert settings.cors_allowed_origins == ["https://a.example"]
+    assert settings.openrouter_timeout_s == 10.0
+    assert settings.kms_key_id is None
+
+
+def test_a_list_that_is_not_json_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCRYPTION_PREVIOUS_MASTER_KEYS", "not-json-and-secret-looking")
+    with pytest.raises(
+        ValueError, match="ENCRYPTION_PREVIOUS_MASTER_KEYS must be a JSON list"
+    ) as e:
+        Settings()
+    assert "secret-looking" not in str(e.value)

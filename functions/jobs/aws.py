@@ -1,10 +1,13 @@
 """The jobs function for AWS Lambda: the HTTP routes (API Gateway) and one plain handler per
 scheduled job (EventBridge invokes those directly)."""
 
-from functions.jobs.index import app
-from shared.jobs import service as jobs
-from shared.jobs.scheduled import scheduled_handler
-from shared.web.lambda_adapter import lambda_handler_for
+from shared.coldstart import loading
+
+with loading():
+    from functions.jobs.index import app
+    from shared.jobs import service as jobs
+    from shared.jobs.scheduled import scheduled_handler
+    from shared.web.lambda_adapter import lambda_handler_for
 
 handler = lambda_handler_for(app)
 

@@ -1,6 +1,9 @@
 """The usage function for AWS Lambda behind API Gateway (HTTP API, payload 2.0)."""
 
-from functions.usage.index import app
-from shared.web.lambda_adapter import lambda_handler_for
+from shared.coldstart import loading
+
+with loading():
+    from functions.usage.index import app
+    from shared.web.lambda_adapter import lambda_handler_for
 
 handler = lambda_handler_for(app)

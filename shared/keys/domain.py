@@ -6,15 +6,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from shared.errors import ServiceUnavailable
-from shared.keys.repository import KeyRecord, OperationRecord
 from shared.openrouter.errors import (
     OpenRouterError,
     OpenRouterOutcomeUnknown,
     OpenRouterRateLimited,
 )
+
+if TYPE_CHECKING:
+    from shared.keys.repository import KeyRecord, OperationRecord
 
 Checkpoint = Callable[[str], None]
 MICRO_DOLLAR = Decimal("0.000001")
