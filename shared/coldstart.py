@@ -13,6 +13,10 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 @contextmanager
@@ -25,3 +29,12 @@ def loading() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+def load_app(group: str) -> FastAPI:
+    """The app of one endpoint group, for a Vercel function module (`app = load_app(...)`:
+    Vercel finds the app by that top-level assignment)."""
+    with loading():
+        from shared.web.app_factory import create_app
+
+        return create_app(group)

@@ -1,5 +1,5 @@
 """The admin function for Vercel (or any ASGI server): the app of the admin group."""
 
-from shared.web.app_factory import create_app
+from shared.coldstart import load_app
 
-app = create_app("admin")
+app = load_app("admin")

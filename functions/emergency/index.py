@@ -1,5 +1,5 @@
 """The emergency function for Vercel (or any ASGI server): the app of the emergency group."""
 
-from shared.web.app_factory import create_app
+from shared.coldstart import load_app
 
-app = create_app("emergency")
+app = load_app("emergency")

@@ -1,5 +1,5 @@
 """The health function for Vercel (or any ASGI server): the app of the health group."""
 
-from shared.web.app_factory import create_app
+from shared.coldstart import load_app
 
-app = create_app("health")
+app = load_app("health")

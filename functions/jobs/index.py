@@ -1,5 +1,5 @@
 """The jobs function for Vercel (or any ASGI server): the app of the jobs group."""
 
-from shared.web.app_factory import create_app
+from shared.coldstart import load_app
 
-app = create_app("jobs")
+app = load_app("jobs")

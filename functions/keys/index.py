@@ -1,5 +1,5 @@
 """The keys function for Vercel (or any ASGI server): the app of the keys group."""
 
-from shared.web.app_factory import create_app
+from shared.coldstart import load_app
 
-app = create_app("keys")
+app = load_app("keys")

@@ -1,5 +1,5 @@
 """The usage function for Vercel (or any ASGI server): the app of the usage group."""
 
-from shared.web.app_factory import create_app
+from shared.coldstart import load_app
 
-app = create_app("usage")
+app = load_app("usage")
