@@ -22,7 +22,7 @@ from shared.runtime import Runtime
 from shared.web.error_handlers import install_error_handlers
 from shared.web.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 
-LIVENESS = "shared.health.endpoints:liveness_router"
+LIVENESS = "shared.health.liveness:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
     "health": (LIVENESS, "shared.health.endpoints:router"),
     "keys": (LIVENESS, "shared.access.endpoints:whoami_router", "shared.keys.endpoints:router"),
