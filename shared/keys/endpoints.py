@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 from uuid import UUID
 
@@ -10,7 +9,6 @@ from fastapi import APIRouter, Header, Query
 
 from shared.access.principals import Principal, PrincipalKind, Scope
 from shared.access.rules import (
-    AdminCaller,
     KeyReader,
     KeyWriter,
     RateLimitedAction,
@@ -27,7 +25,6 @@ from shared.keys.schemas import (
     KeyIssuedResponse,
     OperationInfo,
     Reason,
-    ReconcileResult,
     RotateKeyRequest,
     SystemName,
     UserId,
@@ -211,15 +208,3 @@ async def enable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> Ke
         request_id=current_request_id.get(),
     )
     return KeyInfo.of(key)
-
-
-admin_router = APIRouter(prefix="/api/admin/keys", tags=["keys (admin)"])
-
-
-@admin_router.post("/reconcile", response_model=ReconcileResult)
-async def reconcile_keys(caller: AdminCaller, runtime: RuntimeDep) -> ReconcileResult:
-    """Make OpenRouter and the database agree: delete orphans, replace keys gone missing."""
-    report = await KeyLifecycleService(runtime).reconcile(
-        actor=caller.actor, request_id=current_request_id.get()
-    )
-    return ReconcileResult(**asdict(report))

@@ -31,7 +31,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         LIVENESS,
         "shared.access.endpoints:tokens_router",
         "shared.audit.endpoints:router",
-        "shared.keys.endpoints:admin_router",
+        "shared.keys.admin_endpoints:router",
         "shared.usage.admin_endpoints:router",
         "shared.usage.admin_reports:router",
     ),
