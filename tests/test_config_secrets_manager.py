@@ -26,17 +26,22 @@ SECRETS: dict[str, Any] = {
 }
 
 
+def clear_parameter_cache() -> None:
+    """Powertools' per-container cache, emptied as a new container would start."""
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
+
+
 @pytest.fixture
 def secrets_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     for name in ("DATABASE_URL", "OPENROUTER_MANAGEMENT_KEY", "CRON_SECRET", "APP_ENV"):
         monkeypatch.delenv(name, raising=False)
-    parameters.clear_caches()
+    clear_parameter_cache()
     with mock_aws():
         client = boto3.client("secretsmanager")
         client.create_secret(Name=SECRET_ID, SecretString=json.dumps(SECRETS))
         yield client
-    parameters.clear_caches()
+    clear_parameter_cache()
 
 
 def test_a_lambda_gets_its_secrets_from_secrets_manager_by_name(
@@ -77,7 +82,7 @@ def test_the_secret_is_cached_per_container(
 
     # THEN the cached value is used (no second call), until the cache is refreshed
     assert first.cron_secret == second.cron_secret
-    parameters.clear_caches()
+    clear_parameter_cache()
     third = Settings()
     assert third.cron_secret is not None
     assert third.cron_secret.get_secret_value() == "x" * 40
