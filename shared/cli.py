@@ -124,6 +124,9 @@ def serve(
     from shared.web.app_factory import create_app
 
     launched_at = _launched_at()
+    # EMF lines are for CloudWatch; on a local server they would only double every request's
+    # log. POWERTOOLS_METRICS_DISABLED=false shows them.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     settings = get_settings()
     configure_logging(settings.log_level)
     dsn, embedded = _resolve_database(settings, None)
