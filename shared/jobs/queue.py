@@ -1,0 +1,172 @@
+"""Working through a bulk job in pieces: claim items, run them with bounded concurrency until
+the invocation's time budget is spent, hand back what was not started.
+
+Several invocations may work on one job at once (cron ticks overlapping, a self-invocation):
+the database hands each item to one worker at a time (schema/migrations/0008_work_queue.sql).
+A handler must be idempotent per item, since an item whose worker died is run again; the key
+sagas are (a rotation replays by its idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+from shared.errors import AppError
+from shared.jobs.repository import ClaimedItem, JobProgress, WorkQueueRepository
+from shared.observability import logger
+from shared.redaction import redact
+from shared.runtime import Runtime
+
+ItemHandler = Callable[[str], Awaitable[None]]
+
+
+class RetryItemLater(Exception):
+    """Raised by a handler for an item that should be tried again after a while."""
+
+    def __init__(self, reason: str, *, after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.after_s = after_s
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    concurrency: int = 8
+    time_budget_s: float = 45.0
+    # Longer than the budget, so an item is never taken from a live worker; a dead worker's
+    # items come back after it.
+    lease_margin_s: float = 30.0
+    retry_base_s: float = 30.0
+    retry_max_s: float = 3600.0
+
+
+@dataclass(slots=True)
+class WorkReport:
+    worker: str
+    done: int = 0
+    failed: int = 0
+    parked: int = 0
+    lost: int = 0  # completed after the lease ran out: another worker owns the item now
+    released: int = 0
+    finished: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def retry_delay(attempts: int, settings: QueueSettings) -> float:
+    return float(min(settings.retry_base_s * 2.0 ** max(attempts - 1, 0), settings.retry_max_s))
+
+
+async def work_through(
+    runtime: Runtime,
+    job_id: UUID,
+    handler: ItemHandler,
+    settings: QueueSettings,
+    *,
+    worker: str | None = None,
+) -> WorkReport:
+    """Run the job's due items until none is left or the time budget is spent."""
+    report = WorkReport(worker=worker or f"worker-{uuid.uuid4().hex[:12]}")
+    deadline = time.monotonic() + settings.time_budget_s
+    lease_s = int(settings.time_budget_s + settings.lease_margin_s)
+    database = runtime.database()
+    buffer: list[ClaimedItem] = []
+    claim_lock = asyncio.Lock()
+    exhausted = False
+
+    async def next_item() -> ClaimedItem | None:
+        nonlocal exhausted
+        async with claim_lock:
+            if not buffer and not exhausted and time.monotonic() < deadline:
+                async with database.connection() as conn:
+                    buffer.extend(
+                        await WorkQueueRepository(conn).claim(
+                            job_id,
+                            worker=report.worker,
+                            limit=settings.concurrency * 2,
+                            lease_s=lease_s,
+                        )
+                    )
+                exhausted = not buffer
+            return buffer.pop(0) if buffer and time.monotonic() < deadline else None
+
+    async def run(claimed: ClaimedItem) -> None:
+        try:
+            await handler(claimed.item)
+        except Exception as error:
+            after = error.after_s if isinstance(error, RetryItemLater) else None
+            if isinstance(error, AppError):
+                message = f"{error.code}: {error.message}"
+            else:
+                message = str(error) if isinstance(error, RetryItemLater) else repr(error)
+            message = redact(message)  # kept in the database and the logs
+            async with database.connection() as conn:
+                status = await WorkQueueRepository(conn).fail(
+                    job_id,
+                    claimed.item,
+                    worker=report.worker,
+                    error=message,
+                    retry_s=after if after is not None else retry_delay(claimed.attempts, settings),
+                )
+            report.failed += 1
+            report.parked += status == "parked"
+            report.lost += status is None
+            if len(report.errors) < 10:
+                report.errors.append(f"{claimed.item}: {message}"[:300])
+            return
+        async with database.connection() as conn:
+            completed = await WorkQueueRepository(conn).complete(
+                job_id, claimed.item, worker=report.worker
+            )
+        report.done += completed
+        report.lost += not completed
+
+    async def lane() -> None:
+        while (claimed := await next_item()) is not None:
+            await run(claimed)
+
+    await asyncio.gather(*(lane() for _ in range(settings.concurrency)))
+    async with database.connection() as conn:
+        repository = WorkQueueRepository(conn)
+        if buffer:
+            report.released = len(buffer)
+            await repository.release(job_id, [c.item for c in buffer], worker=report.worker)
+        report.finished = await repository.finish_if_drained(job_id)
+    logger.info(
+        "work queue invocation",
+        extra={
+            "job_id": str(job_id),
+            "worker": report.worker,
+            "done": report.done,
+            "failed": report.failed,
+            "parked": report.parked,
+            "released": report.released,
+            "finished": report.finished,
+        },
+    )
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    progress: JobProgress
+    rate_per_s: Decimal | None
+    eta: datetime | None
+
+
+def job_status(progress: JobProgress, *, now: datetime) -> JobStatus:
+    """Done items per second since the first was done, and when the rest should be."""
+    rate: Decimal | None = None
+    eta: datetime | None = None
+    first, last = progress.first_done_at, progress.last_done_at
+    if first is not None and last is not None and progress.done > 1 and last > first:
+        seconds = Decimal(str((last - first).total_seconds()))
+        rate = (Decimal(progress.done - 1) / seconds).quantize(Decimal("0.01"))
+        if progress.status == "running" and rate > 0:
+            eta = now + timedelta(seconds=float(progress.remaining / rate))
+    return JobStatus(progress=progress, rate_per_s=rate, eta=eta)

@@ -1,0 +1,165 @@
+"""All SQL of the work queue (schema/migrations/0008_work_queue.sql)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from shared.db.database import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class WorkJob:
+    id: UUID
+    kind: str
+    name: str
+    status: str
+    params: dict[str, Any]
+    max_attempts: int
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    id: UUID
+    kind: str
+    name: str
+    status: str
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+    total: int
+    done: int
+    parked: int
+    retrying: int
+    in_flight: int
+    first_done_at: datetime | None
+    last_done_at: datetime | None
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done - self.parked
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    item: str
+    attempts: int
+
+
+class WorkQueueRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def ensure_job(
+        self,
+        kind: str,
+        name: str,
+        *,
+        created_by: str,
+        params: dict[str, Any] | None = None,
+        max_attempts: int = 5,
+    ) -> tuple[WorkJob, bool]:
+        """The job of this kind and name, created if new; (job, created)."""
+        cursor = await self._conn.execute(
+            "insert into work_jobs (kind, name, params, max_attempts, created_by)"
+            " values (%s, %s, %s::jsonb, %s, %s) on conflict (kind, name) do nothing"
+            " returning *",
+            (kind, name, json.dumps(params or {}), max_attempts, created_by),
+        )
+        row = await cursor.fetchone()
+        if row is not None:
+            return WorkJob(**row), True  # type: ignore[arg-type]
+        cursor = await self._conn.execute(
+            "select * from work_jobs where kind = %s and name = %s", (kind, name)
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return WorkJob(**row), False  # type: ignore[arg-type]
+
+    async def get_job(self, job_id: UUID) -> WorkJob | None:
+        cursor = await self._conn.execute("select * from work_jobs where id = %s", (job_id,))
+        row = await cursor.fetchone()
+        return None if row is None else WorkJob(**row)  # type: ignore[arg-type]
+
+    async def enqueue(self, job_id: UUID, items: list[str]) -> int:
+        """Add items; an item already in the job is not added twice. The number added."""
+        cursor = await self._conn.execute(
+            "insert into work_items (job_id, item) select %s, unnest(%s::text[])"
+            " on conflict do nothing",
+            (job_id, items),
+        )
+        return cursor.rowcount
+
+    async def claim(
+        self, job_id: UUID, *, worker: str, limit: int, lease_s: int
+    ) -> list[ClaimedItem]:
+        cursor = await self._conn.execute(
+            "select item, attempts from claim_work_items(%s, %s, %s, %s)",
+            (job_id, worker, limit, lease_s),
+        )
+        return [ClaimedItem(str(r["item"]), int(r["attempts"])) for r in await cursor.fetchall()]  # type: ignore[call-overload]
+
+    async def complete(self, job_id: UUID, item: str, *, worker: str) -> bool:
+        cursor = await self._conn.execute(
+            "select complete_work_item(%s, %s, %s) as done", (job_id, item, worker)
+        )
+        row = await cursor.fetchone()
+        return bool(row and row["done"])
+
+    async def fail(
+        self, job_id: UUID, item: str, *, worker: str, error: str, retry_s: float
+    ) -> str | None:
+        cursor = await self._conn.execute(
+            "select fail_work_item(%s, %s, %s, %s, %s) as status",
+            (job_id, item, worker, error, retry_s),
+        )
+        row = await cursor.fetchone()
+        return None if row is None or row["status"] is None else str(row["status"])
+
+    async def release(self, job_id: UUID, items: list[str], *, worker: str) -> None:
+        """Hand back claimed items this worker did not start: no attempt is counted."""
+        await self._conn.execute(
+            "update work_items set lease_until = null, attempts = attempts - 1"
+            " where job_id = %s and item = any(%s) and leased_by = %s and status = 'pending'"
+            " and lease_until >= now()",
+            (job_id, items, worker),
+        )
+
+    async def finish_if_drained(self, job_id: UUID) -> bool:
+        """Mark the job done once no item is pending; true if this call did."""
+        cursor = await self._conn.execute(
+            "update work_jobs set status = 'done', finished_at = now()"
+            " where id = %s and status = 'running' and not exists"
+            " (select 1 from work_items where job_id = %s and status = 'pending')"
+            " returning id",
+            (job_id, job_id),
+        )
+        return await cursor.fetchone() is not None
+
+    async def progress(self, job_id: UUID) -> JobProgress | None:
+        cursor = await self._conn.execute(
+            "select * from work_job_progress where id = %s", (job_id,)
+        )
+        row = await cursor.fetchone()
+        return None if row is None else JobProgress(**row)  # type: ignore[arg-type]
+
+    async def recent(self, *, kind: str | None, limit: int) -> list[JobProgress]:
+        cursor = await self._conn.execute(
+            "select * from work_job_progress where %s::text is null or kind = %s"
+            " order by created_at desc limit %s",
+            (kind, kind, limit),
+        )
+        return [JobProgress(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
+
+    async def running(self, kind: str) -> list[WorkJob]:
+        cursor = await self._conn.execute(
+            "select * from work_jobs where kind = %s and status = 'running' order by created_at",
+            (kind,),
+        )
+        return [WorkJob(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
