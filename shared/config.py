@@ -182,6 +182,11 @@ class Settings(BaseModel):
     openrouter_max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
         default=3, description="Retries of GET/PATCH/DELETE on 429, 5xx and network errors."
     )
+    openrouter_max_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=32,
+        description="OpenRouter calls one process makes at once; a 429 halves it for a while "
+        "and pauses new calls for its Retry-After.",
+    )
     openrouter_max_retry_after_s: Annotated[float, Field(gt=0)] = Field(
         default=30.0, description="Longest Retry-After the client will wait in one request."
     )

@@ -143,6 +143,7 @@ class Runtime:
     def openrouter(self) -> OpenRouterClient:
         # httpx and the client load with the first OpenRouter call, not with the function.
         from shared.openrouter.client import OpenRouterClient
+        from shared.openrouter.limiter import AdaptiveLimiter
 
         settings = self.settings
         if self._openrouter is not None:
@@ -165,6 +166,7 @@ class Runtime:
                     timeout_s=settings.openrouter_timeout_s,
                     max_retries=settings.openrouter_max_retries,
                     max_retry_after_s=settings.openrouter_max_retry_after_s,
+                    limiter=AdaptiveLimiter(settings.openrouter_max_concurrency),
                     transport=transport,
                 )
             return self._openrouter

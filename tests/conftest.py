@@ -136,13 +136,19 @@ async def database(database_dsn: str) -> AsyncIterator[Database]:
 
 
 class RecordingSleep:
-    """Stands in for asyncio.sleep in the client: records each wait instead of waiting."""
+    """Stands in for asyncio.sleep in the client: records each wait instead of waiting, and
+    moves a virtual clock on by it (the client's limiter reads that clock)."""
 
     def __init__(self) -> None:
         self.waits: list[float] = []
+        self.now = 1_000.0
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -164,6 +170,7 @@ async def openrouter(
         base_url=EMULATOR_BASE_URL,
         transport=emulator.transport(),
         sleep=recording_sleep,
+        clock=recording_sleep.clock,
     )
     yield client
     await client.aclose()

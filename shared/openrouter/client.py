@@ -36,6 +36,7 @@ from shared.openrouter.errors import (
     OpenRouterUnavailable,
     error_for_status,
 )
+from shared.openrouter.limiter import AdaptiveLimiter
 from shared.openrouter.models import (
     ApiKey,
     CreatedKey,
@@ -112,6 +113,8 @@ class OpenRouterClient:
         backoff_max_s: float = 8.0,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
         self._management_key = management_key
         self._base_url = base_url.rstrip("/")
@@ -122,6 +125,9 @@ class OpenRouterClient:
         self._backoff_max_s = backoff_max_s
         self._transport = transport
         self._sleep = sleep
+        # Every call of this client (of the process, in practice) shares one limit, which a
+        # 429 lowers for all: a bulk job slows down as a whole.
+        self.limiter = limiter or AdaptiveLimiter(32, sleep=sleep, clock=clock)
         self._http: httpx.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
 
@@ -167,7 +173,9 @@ class OpenRouterClient:
         while True:
             started = time.perf_counter()
             try:
-                response = await self._client().request(method, path, params=params, json=body)
+                async with self.limiter.slot():
+                    started = time.perf_counter()  # the call's own time, not the queue's
+                    response = await self._client().request(method, path, params=params, json=body)
             except httpx.TransportError as exc:
                 sent = not isinstance(
                     exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
@@ -210,6 +218,10 @@ class OpenRouterClient:
                     "duration_ms": elapsed_ms,
                 },
             )
+            if response.status_code == 429:
+                self.limiter.throttled(parse_retry_after(response.headers))
+            elif response.status_code < 400:
+                self.limiter.succeeded()
             if response.status_code < 400:
                 try:
                     return _decode_json(response)
@@ -238,7 +250,12 @@ class OpenRouterClient:
                 raise error
             if retry_after is not None and retry_after > self._max_retry_after_s:
                 raise error  # waiting that long would outlive a function invocation
-            await self._sleep(retry_after if retry_after is not None else self._backoff(attempt))
+            if response.status_code != 429:
+                # A 429 needs no wait here: the limiter pauses every call for its Retry-After,
+                # this retry included.
+                await self._sleep(
+                    retry_after if retry_after is not None else self._backoff(attempt)
+                )
             attempt += 1
 
     @staticmethod

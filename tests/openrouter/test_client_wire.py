@@ -25,7 +25,10 @@ MINIMAL_KEY = {"hash": "h1", "name": "n", "created_at": "2025-02-19T20:52:27.363
 @pytest.fixture
 async def client(recording_sleep: RecordingSleep) -> AsyncIterator[OpenRouterClient]:
     c = OpenRouterClient(
-        management_key=SecretStr(MANAGEMENT_KEY), base_url=BASE, sleep=recording_sleep
+        management_key=SecretStr(MANAGEMENT_KEY),
+        base_url=BASE,
+        sleep=recording_sleep,
+        clock=recording_sleep.clock,
     )
     yield c
     await c.aclose()
