@@ -278,6 +278,15 @@ class Settings(BaseModel):
         description="Keys under our prefix unknown to the database are deleted by the reconciler "
         "only when at least this old (a create may still be in flight).",
     )
+    job_time_budget_s: Annotated[float, Field(gt=0, le=840)] = Field(
+        default=45.0,
+        description="Seconds one invocation of a bulk job works before it stops cleanly and "
+        "leaves the rest to the next (under Vercel's 60 s; up to 14 min on Lambda).",
+    )
+    job_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=16,
+        description="Items of a bulk job (a key rotation each) one invocation works on at once.",
+    )
     emergency_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
         default=8, description="Keys an emergency rotation works on at once."
     )

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
+from shared.config import Settings
 from shared.errors import AppError
 from shared.jobs.repository import ClaimedItem, JobProgress, WorkQueueRepository
 from shared.observability import logger
@@ -44,6 +45,10 @@ class QueueSettings:
     lease_margin_s: float = 30.0
     retry_base_s: float = 30.0
     retry_max_s: float = 3600.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> QueueSettings:
+        return cls(concurrency=settings.job_concurrency, time_budget_s=settings.job_time_budget_s)
 
 
 @dataclass(slots=True)

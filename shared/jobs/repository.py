@@ -116,7 +116,7 @@ class WorkQueueRepository:
         self, job_id: UUID, item: str, *, worker: str, error: str, retry_s: float
     ) -> str | None:
         cursor = await self._conn.execute(
-            "select fail_work_item(%s, %s, %s, %s, %s) as status",
+            "select fail_work_item(%s, %s, %s, %s, %s::numeric) as status",
             (job_id, item, worker, error, retry_s),
         )
         row = await cursor.fetchone()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from shared.access.service import AccessService
 from shared.emergency.service import EmergencyRotationService
+from shared.jobs.queue import QueueSettings
+from shared.keys import scheduled_rotation
 from shared.keys.domain import current_period
 from shared.keys.service import KeyLifecycleService
 from shared.observability import logger
@@ -42,21 +44,25 @@ async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
 
 async def advance_emergency_rotations(runtime: Runtime) -> int:
     """Continue running emergency rotations (every minute)."""
-    running = await EmergencyRotationService(runtime).process_running(time_budget_s=45)
+    running = await EmergencyRotationService(runtime).process_running(
+        time_budget_s=runtime.settings.job_time_budget_s
+    )
     logger.info("emergency rotations advanced", extra={"running": running})
     return running
 
 
 async def rotate_scheduled_keys(runtime: Runtime) -> int:
     """Hourly: rotate what the monthly schedule covers and is not yet rotated this month."""
-    rotated = await KeyLifecycleService(runtime).rotate_scheduled_keys(time_budget_s=45)
-    logger.info("scheduled rotations", extra={"rotated": rotated})
-    return rotated
+    report = await scheduled_rotation.rotate_scheduled_keys(
+        runtime, QueueSettings.of(runtime.settings)
+    )
+    logger.info("scheduled rotations", extra={"rotated": report.done, "failed": report.failed})
+    return report.done
 
 
 async def open_usage_period(runtime: Runtime) -> dict[str, object]:
     """On the 1st (and until done): open the month, restore every key's full monthly limit."""
-    result = await open_period(runtime, time_budget_s=45)
+    result = await open_period(runtime, time_budget_s=runtime.settings.job_time_budget_s)
     summary: dict[str, object] = {
         "period": result.period.isoformat(),
         "status": result.status,

@@ -294,18 +294,19 @@ class KeyRepository:
             (provider, limit),
         )
 
-    async def due_for_scheduled_rotation(self, period: date, *, limit: int) -> list[KeyRecord]:
-        """Current keys that the monthly schedule must rotate and has not yet this month."""
-        return await self._many(
-            KeyRecord,
-            "select k.* from api_keys k left join users u on u.user_id = k.user_id"
+    async def enqueue_due_for_scheduled_rotation(self, job_id: UUID, period: date) -> int:
+        """Put every owner whose current key the monthly schedule covers (system keys, users
+        on the monthly policy) and that was activated before `period` into the job, in one
+        statement however many there are. The number added."""
+        cursor = await self._conn.execute(
+            "insert into work_items (job_id, item)"
+            " select %s, k.owner from api_keys k left join users u on u.user_id = k.user_id"
             " where k.state = 'current' and k.activated_at < %s"
             " and (k.owner like 'system:%%' or u.rotation_policy = 'monthly')"
-            " and not exists (select 1 from key_operations o where o.owner = k.owner"
-            "  and o.status in ('started', 'planned', 'key_created', 'activated'))"
-            " order by k.activated_at limit %s",
-            (period, limit),
+            " on conflict do nothing",
+            (job_id, period),
         )
+        return cursor.rowcount
 
     async def known_openrouter_names(self) -> dict[str, KeyRecord]:
         keys = await self._many(KeyRecord, "select * from api_keys", ())

@@ -7,14 +7,13 @@ for retried requests, and reports their results.
 from __future__ import annotations
 
 import contextlib
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID, uuid4
 
 from shared.crypto.envelope import secret_context
 from shared.db import sql_errors
-from shared.errors import BadGateway, Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from shared.errors import BadGateway, Conflict, NotFound, ValidationFailed
 from shared.keys.domain import (
     Checkpoint,
     IssuedKey,
@@ -28,7 +27,6 @@ from shared.keys.repository import KeyRecord, OperationRecord
 from shared.keys.saga import KeyOperationSaga
 from shared.keys.store import KeyStore
 from shared.metrics import KEY_REVEALS, KEYS_REVOKED, count
-from shared.observability import logger
 from shared.openrouter.errors import OpenRouterError
 from shared.runtime import Runtime
 
@@ -330,40 +328,6 @@ class KeyLifecycleService:
                 },
             )
         return updated
-
-    # ----- scheduled rotation -----
-
-    async def rotate_scheduled_keys(self, *, time_budget_s: float, batch: int = 50) -> int:
-        """Rotate every key the monthly schedule covers (system keys, users on the monthly
-        policy) that was not yet rotated this UTC month; stop when the time budget is spent.
-        The next run continues: what is done is no longer selected."""
-        deadline = time.monotonic() + time_budget_s
-        rotated = 0
-        while time.monotonic() < deadline:
-            async with self._store.read() as keys:
-                due = await keys.due_for_scheduled_rotation(current_period(), limit=batch)
-            if not due:
-                break
-            progress = 0
-            for key in due:
-                if time.monotonic() >= deadline:
-                    break
-                try:
-                    await self.rotate_key(
-                        Owner.parse(key.owner),
-                        actor="job:scheduled-rotation",
-                        reason="scheduled monthly rotation",
-                    )
-                    rotated += 1
-                    progress += 1
-                except (Conflict, ServiceUnavailable, BadGateway, NotFound) as exc:
-                    logger.warning(
-                        "scheduled rotation skipped",
-                        extra={"key_id": str(key.id), "error_code": exc.code},
-                    )
-            if progress == 0:
-                break  # everything left failed this round; the next run retries
-        return rotated
 
     # ----- master key rotation -----
 

@@ -11,6 +11,8 @@ from moto import mock_aws
 
 from shared.config import Settings
 from shared.db.database import Database
+from shared.jobs.queue import QueueSettings
+from shared.keys.scheduled_rotation import rotate_scheduled_keys
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator
@@ -27,7 +29,7 @@ async def _age_keys(database: Database) -> None:
 
 
 async def test_the_schedule_rotates_system_keys_and_monthly_users_once_a_month(
-    keys: KeyLifecycleService, database: Database, emulator: Emulator
+    keys: KeyLifecycleService, database: Database, runtime: Runtime
 ) -> None:
     system = await keys.create_key(Owner.system("formul8-main"), actor="t")
     monthly = await keys.create_key(Owner.user("m"), actor="t", rotation_policy="monthly")
@@ -35,10 +37,11 @@ async def test_the_schedule_rotates_system_keys_and_monthly_users_once_a_month(
     never = await keys.create_key(Owner.user("n"), actor="t", rotation_policy="never")
     await _age_keys(database)
 
-    first = await keys.rotate_scheduled_keys(time_budget_s=30)
-    second = await keys.rotate_scheduled_keys(time_budget_s=30)
+    first = await rotate_scheduled_keys(runtime, QueueSettings(time_budget_s=30))
+    second = await rotate_scheduled_keys(runtime, QueueSettings(time_budget_s=30))
 
-    assert (first, second) == (2, 0)
+    assert (first.done, first.finished) == (2, True)
+    assert (second.done, second.finished) == (0, True)
     assert (await keys.current_key(Owner.system("formul8-main"))).id != system.key.id
     assert (await keys.current_key(Owner.user("m"))).id != monthly.key.id
     assert (await keys.current_key(Owner.user("o"))).id == on_demand.key.id
@@ -46,15 +49,42 @@ async def test_the_schedule_rotates_system_keys_and_monthly_users_once_a_month(
 
 
 async def test_the_schedule_stops_at_its_time_budget_and_the_next_run_continues(
-    keys: KeyLifecycleService, database: Database
+    keys: KeyLifecycleService, database: Database, runtime: Runtime
 ) -> None:
     for i in range(3):
         await keys.create_key(Owner.system(f"svc-{i}"), actor="t")
     await _age_keys(database)
 
-    assert await keys.rotate_scheduled_keys(time_budget_s=0) == 0
-    assert await keys.rotate_scheduled_keys(time_budget_s=30, batch=1) == 3
-    assert await keys.rotate_scheduled_keys(time_budget_s=30) == 0
+    spent = await rotate_scheduled_keys(runtime, QueueSettings(time_budget_s=0))
+    assert (spent.done, spent.finished) == (0, False)
+    following = await rotate_scheduled_keys(runtime, QueueSettings(time_budget_s=30))
+    assert (following.done, following.finished) == (3, True)
+
+
+async def test_an_item_run_again_does_not_rotate_twice(
+    keys: KeyLifecycleService, database: Database, runtime: Runtime, emulator: Emulator
+) -> None:
+    # GIVEN a month's job whose one item was done, but whose completion was lost (its worker
+    # died after the rotation and before marking it done)
+    await keys.create_key(Owner.user("m"), actor="t", rotation_policy="monthly")
+    await _age_keys(database)
+    await rotate_scheduled_keys(runtime, QueueSettings(time_budget_s=30))
+    rotated = await keys.current_key(Owner.user("m"))
+    async with database.connection() as conn:
+        await conn.execute(
+            "update work_items set status = 'pending', finished_at = null, lease_until = null"
+        )
+        await conn.execute("update work_jobs set status = 'running', finished_at = null")
+    creates_before = sum(1 for m, p in emulator.requests if m == "POST" and p.endswith("/keys"))
+    assert creates_before == 2  # the key, and its scheduled replacement
+
+    # WHEN the item runs again
+    again = await rotate_scheduled_keys(runtime, QueueSettings(time_budget_s=30))
+
+    # THEN it is done without a second rotation: same key, no new key at OpenRouter
+    assert again.done == 1
+    assert (await keys.current_key(Owner.user("m"))).id == rotated.id
+    assert sum(1 for m, p in emulator.requests if m == "POST" and p.endswith("/keys")) == 2
 
 
 @pytest.fixture
