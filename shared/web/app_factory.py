@@ -34,6 +34,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         "shared.keys.admin_endpoints:router",
         "shared.usage.admin_endpoints:router",
         "shared.usage.admin_reports:router",
+        "shared.jobs.admin_endpoints:router",
     ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS, "shared.emergency.endpoints:router"),

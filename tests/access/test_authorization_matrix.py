@@ -195,6 +195,8 @@ EXPECTED_RULES = {
     ("POST", "/api/usage/log"): "services with usage:write",
     ("POST", "/api/admin/reset-usage"): "admin",
     ("GET", "/api/admin/tiers"): "admin",
+    ("GET", "/api/admin/jobs"): "admin",
+    ("GET", "/api/admin/jobs/{job_id}"): "admin",
     ("PUT", "/api/admin/tiers/{tier}"): "admin",
     ("PUT", "/api/users/{user_id}/tier"): "admin",
     ("GET", "/api/usage/{user_id}"): "users or services with usage:read",
