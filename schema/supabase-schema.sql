@@ -1078,4 +1078,16 @@ grant execute on function claim_work_items(uuid, text, integer, integer),
 insert into schema_migrations (version, name, checksum) values ('0008', 'work_queue', 'bfcff0be8c3981bc53e946c6f4a4ef9c1acb65972af75527c5e9de83d9d32f55')
 on conflict (version) do nothing;
 
+-- ===== migration 0009_monthly_job_on_work_queue.sql =====
+
+-- The monthly job runs on the work queue now (a job named by its period, see 0008); its own
+-- run table, with one lease for the whole month's work, is no longer written or read.
+drop table usage_period_runs;
+
+-- The monthly job's bulk statement finds current keys not yet in the new period.
+create index api_keys_current_by_period on api_keys (limit_period) where state = 'current';
+
+insert into schema_migrations (version, name, checksum) values ('0009', 'monthly_job_on_work_queue', 'bdd205b8a4943a89d8a7f23387729354d4f6d408bf38f56c6a56c3cf4508477b')
+on conflict (version) do nothing;
+
 commit;

@@ -35,12 +35,14 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE_NAME)
 
 
 def count(name: str, value: int = 1) -> None:
-    if value > 0:
+    # Checked here too: Powertools prints a disabled set anyway once it holds 100 values.
+    if value > 0 and not is_metrics_disabled():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
 def milliseconds(name: str, value: float) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(value, 3))
+    if not is_metrics_disabled():
+        metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(value, 3))
 
 
 def count_openrouter_error(status: int) -> None:
@@ -59,10 +61,5 @@ def count_openrouter_error(status: int) -> None:
 
 def flush_metrics() -> None:
     """Print what was counted since the last flush as one EMF line; nothing when nothing was."""
-    if not metrics.metric_set:
-        return
-    if is_metrics_disabled():
-        # Powertools keeps a disabled set, and prints it anyway once it holds 100 values.
-        metrics.clear_metrics()
-        return
-    metrics.flush_metrics()
+    if metrics.metric_set and not is_metrics_disabled():
+        metrics.flush_metrics()

@@ -132,15 +132,16 @@ class WorkQueueRepository:
         )
 
     async def finish_if_drained(self, job_id: UUID) -> bool:
-        """Mark the job done once no item is pending; true if this call did."""
-        cursor = await self._conn.execute(
+        """Mark the job done once no item is pending; whether it is done now."""
+        await self._conn.execute(
             "update work_jobs set status = 'done', finished_at = now()"
             " where id = %s and status = 'running' and not exists"
-            " (select 1 from work_items where job_id = %s and status = 'pending')"
-            " returning id",
+            " (select 1 from work_items where job_id = %s and status = 'pending')",
             (job_id, job_id),
         )
-        return await cursor.fetchone() is not None
+        cursor = await self._conn.execute("select status from work_jobs where id = %s", (job_id,))
+        row = await cursor.fetchone()
+        return row is not None and row["status"] == "done"
 
     async def progress(self, job_id: UUID) -> JobProgress | None:
         cursor = await self._conn.execute(

@@ -62,10 +62,11 @@ async def rotate_scheduled_keys(runtime: Runtime) -> int:
 
 async def open_usage_period(runtime: Runtime) -> dict[str, object]:
     """On the 1st (and until done): open the month, restore every key's full monthly limit."""
-    result = await open_period(runtime, time_budget_s=runtime.settings.job_time_budget_s)
+    result = await open_period(runtime, QueueSettings.of(runtime.settings))
     summary: dict[str, object] = {
         "period": result.period.isoformat(),
         "status": result.status,
+        "keys_rolled_over": result.keys_rolled_over,
         "keys_restored": result.keys_restored,
     }
     logger.info("monthly usage period", extra=summary)

@@ -308,6 +308,37 @@ class KeyRepository:
         )
         return cursor.rowcount
 
+    async def roll_over_unchanged_limits(
+        self, period: date, *, system_budget_usd: Decimal | None
+    ) -> int:
+        """Move every current key whose OpenRouter limit is already its full budget for
+        `period` into that period, in one statement: OpenRouter resets the key's usage each
+        month by itself, so these keys need no call. Keys with an operation in progress, or
+        whose owner has resets in `period`, are left to the per-key restore."""
+        cursor = await self._conn.execute(
+            "update api_keys k set limit_period = %(period)s, spent_before_usd = 0"
+            " where k.state = 'current' and k.limit_period < %(period)s"
+            " and k.limit_usd is not distinct from (case when k.user_id is null"
+            "  then %(system)s::numeric else (select t.monthly_budget_usd from users u"
+            "  join subscription_tiers t on t.tier = u.tier where u.user_id = k.user_id) end)"
+            " and not exists (select 1 from key_operations o where o.owner = k.owner"
+            "  and o.status in ('started', 'planned', 'key_created', 'activated'))"
+            " and not exists (select 1 from usage_adjustments a"
+            "  where a.user_id = k.user_id and a.period = %(period)s)",
+            {"period": period, "system": system_budget_usd},
+        )
+        return cursor.rowcount
+
+    async def enqueue_limits_to_restore(self, job_id: UUID, period: date) -> int:
+        """Put every owner whose current key is not yet in `period` into the job."""
+        cursor = await self._conn.execute(
+            "insert into work_items (job_id, item)"
+            " select %s, owner from api_keys where state = 'current' and limit_period < %s"
+            " on conflict do nothing",
+            (job_id, period),
+        )
+        return cursor.rowcount
+
     async def known_openrouter_names(self) -> dict[str, KeyRecord]:
         keys = await self._many(KeyRecord, "select * from api_keys", ())
         return {key.openrouter_name: key for key in keys}

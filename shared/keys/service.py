@@ -304,9 +304,8 @@ class KeyLifecycleService:
             )
         before = key.spent_before_usd if key.limit_period == period else Decimal(0)
         limit = None if budget is None else max(budget - before - adjustments, Decimal(0))
-        if key.openrouter_hash is not None and (
-            limit != key.limit_usd or key.limit_period != period
-        ):
+        # A new period alone needs no call: OpenRouter resets the usage of a monthly limit.
+        if key.openrouter_hash is not None and limit != key.limit_usd:
             try:
                 await self._runtime.openrouter().update_key(key.openrouter_hash, limit=limit)
             except OpenRouterError as error:
