@@ -101,16 +101,15 @@ async def run(options: argparse.Namespace, data_dir: Path) -> None:
     this_month = current_period()
     last_month = (this_month - timedelta(days=1)).replace(day=1)
     started = time.perf_counter()
+    values = {
+        "users": options.users,
+        "events": options.events,
+        "this_month": this_month,
+        "last_month": last_month,
+    }
     async with database.connection() as conn:
-        await conn.execute(
-            SEED.encode(),
-            {
-                "users": options.users,
-                "events": options.events,
-                "this_month": this_month,
-                "last_month": last_month,
-            },
-        )
+        for statement in filter(str.strip, SEED.split(";")):
+            await conn.execute(statement.encode(), values)
         await conn.execute("vacuum analyze")
     seeded_s = time.perf_counter() - started
 

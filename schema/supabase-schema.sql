@@ -1094,4 +1094,15 @@ create index api_keys_newest_first on api_keys (created_at desc, id desc);
 insert into schema_migrations (version, name, checksum) values ('0009', 'monthly_job_and_indexes_for_scale', '755889fa29788f53023ed2c90794ea6d13c670c44b81bd4847b54b83dc5c115c')
 on conflict (version) do nothing;
 
+-- ===== migration 0010_usage_report_indexes.sql =====
+
+-- The system-wide month report at 100,000 users: its top users and the users over 80 and 100
+-- percent of their budget are read from this index (the month's books by effective spend,
+-- highest first) instead of sorting every user's book.
+create index usage_totals_by_effective_spend
+    on usage_totals (period, (greatest(spent_usd + adjusted_usd, 0)) desc, user_id);
+
+insert into schema_migrations (version, name, checksum) values ('0010', 'usage_report_indexes', 'e256bc9b1da4304c8b39b64fcab56e180e0e518e64b58fb1a4cf06fe9ff3734c')
+on conflict (version) do nothing;
+
 commit;

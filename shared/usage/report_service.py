@@ -43,24 +43,26 @@ def _shares(rows: list[dict[str, Any]]) -> list[UserShare]:
 async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
     async with runtime.database().connection() as conn:
         reports = ReportRepository(conn)
-        totals = await reports.month_totals(month)
-        return SystemUsage(
-            period=month,
-            spent_usd=totals["spent"],
-            events=totals["events"],
-            users=totals["users"],
-            by_tier=_breakdown(await reports.by_tier(month)),
-            by_model=_breakdown(await reports.by_model(month)),
-            by_agent=_breakdown(await reports.by_agent(month)),
-            top_users=_shares(await reports.users_by_share(month, min_percent=None, limit=10)),
-            over_80_percent=_shares(
-                await reports.users_by_share(month, min_percent=Decimal(80), limit=1000)
-            ),
-            over_100_percent=_shares(
-                await reports.users_by_share(month, min_percent=Decimal(100), limit=1000)
-            ),
-            drift=[DriftRow(**row) for row in await reports.drift(month)],
-        )
+        tiers = await reports.tier_totals(month)
+        breakdowns = await reports.model_and_agent_totals(month)
+        top = await reports.top_users(month, limit=10)
+        over_80 = await reports.users_over(month, percent=Decimal(80), limit=1000)
+        over_100 = await reports.users_over(month, percent=Decimal(100), limit=1000)
+        drift = await reports.drift(month)
+    [everyone] = [row for row in tiers if row["name"] is None]
+    return SystemUsage(
+        period=month,
+        spent_usd=everyone["cost_usd"],
+        events=everyone["events"],
+        users=everyone["users"],
+        by_tier=_breakdown([row for row in tiers if row["name"] is not None]),
+        by_model=_breakdown([row for row in breakdowns if row["kind"] == "model"][:50]),
+        by_agent=_breakdown([row for row in breakdowns if row["kind"] == "agent"][:50]),
+        top_users=_shares(top),
+        over_80_percent=_shares(over_80),
+        over_100_percent=_shares(over_100),
+        drift=[DriftRow(**row) for row in drift],
+    )
 
 
 async def keys_page(

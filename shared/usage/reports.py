@@ -37,7 +37,9 @@ class ReportRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    async def _rows(
+        self, query: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> list[dict[str, Any]]:
         cursor = await self._conn.execute(query.encode(), params)
         return list(await cursor.fetchall())
 
@@ -73,49 +75,56 @@ class ReportRepository:
         )
         return [(KeyRecord.from_row(row), row["tier"]) for row in rows]
 
-    async def month_totals(self, period: date) -> dict[str, Any]:
-        [row] = await self._rows(
-            "select coalesce(sum(usage_effective(t)), 0) as spent, coalesce(sum(t.events), 0)"
-            " as events, count(*) as users from usage_totals t where t.period = %s",
-            (period,),
-        )
-        return row
-
-    async def by_tier(self, period: date) -> list[dict[str, Any]]:
+    async def tier_totals(self, period: date) -> list[dict[str, Any]]:
+        """Spend, events and users per tier, and (name null) all tiers: one pass."""
         return await self._rows(
-            "select u.tier as name, sum(usage_effective(t)) as cost_usd, sum(t.events) as events"
+            "select u.tier as name, coalesce(sum(greatest(t.spent_usd + t.adjusted_usd, 0)), 0)"
+            " as cost_usd, coalesce(sum(t.events), 0) as events, count(t.user_id) as users"
             " from usage_totals t join users u on u.user_id = t.user_id where t.period = %s"
-            " group by u.tier order by cost_usd desc, name",
+            " group by rollup (u.tier) order by cost_usd desc, name",
             (period,),
         )
 
-    async def by_model(self, period: date) -> list[dict[str, Any]]:
+    async def model_and_agent_totals(self, period: date) -> list[dict[str, Any]]:
+        """Spend and events per model and per agent (`kind` says which): one pass."""
         return await self._rows(
-            "select model as name, sum(cost_usd) as cost_usd, sum(events) as events"
-            " from usage_breakdown where period = %s group by 1 order by 2 desc, 1 limit 50",
+            "select case when grouping(model) = 0 then 'model' else 'agent' end as kind,"
+            " coalesce(model, agent_name) as name, sum(cost_usd) as cost_usd,"
+            " sum(events) as events from usage_breakdown where period = %s"
+            " group by grouping sets ((model), (agent_name)) order by kind, cost_usd desc, name",
             (period,),
         )
 
-    async def by_agent(self, period: date) -> list[dict[str, Any]]:
+    async def top_users(self, period: date, *, limit: int) -> list[dict[str, Any]]:
+        """Users by spend this period, highest first (an index walk, not a sort)."""
         return await self._rows(
-            "select agent_name as name, sum(cost_usd) as cost_usd, sum(events) as events"
-            " from usage_breakdown where period = %s group by 1 order by 2 desc, 1 limit 50",
-            (period,),
-        )
-
-    async def users_by_share(
-        self, period: date, *, min_percent: Decimal | None, limit: int
-    ) -> list[dict[str, Any]]:
-        """Users by spend (desc); with min_percent, only those at or over that share."""
-        return await self._rows(
-            "select t.user_id, u.tier, usage_effective(t) as spent_usd,"
+            "select t.user_id, u.tier, greatest(t.spent_usd + t.adjusted_usd, 0) as spent_usd,"
             " s.monthly_budget_usd as limit_usd from usage_totals t"
             " join users u on u.user_id = t.user_id"
-            " join subscription_tiers s on s.tier = u.tier"
-            " where t.period = %s and (%s::numeric is null or (s.monthly_budget_usd is not null"
-            "  and usage_effective(t) * 100 >= s.monthly_budget_usd * %s::numeric))"
-            " order by usage_effective(t) desc, t.user_id limit %s",
-            (period, min_percent, min_percent, limit),
+            " join subscription_tiers s on s.tier = u.tier where t.period = %s"
+            " order by greatest(t.spent_usd + t.adjusted_usd, 0) desc, t.user_id limit %s",
+            (period, limit),
+        )
+
+    async def users_over(
+        self, period: date, *, percent: Decimal, limit: int
+    ) -> list[dict[str, Any]]:
+        """Users at or over `percent` of their budget, highest spend first. Only books at or
+        over that share of the smallest budget are read (an index range), then each is held
+        to its own tier's budget."""
+        return await self._rows(
+            "select t.user_id, u.tier, greatest(t.spent_usd + t.adjusted_usd, 0) as spent_usd,"
+            " s.monthly_budget_usd as limit_usd from usage_totals t"
+            " join users u on u.user_id = t.user_id"
+            " join subscription_tiers s on s.tier = u.tier where t.period = %(period)s"
+            " and greatest(t.spent_usd + t.adjusted_usd, 0) * 100 >= %(percent)s *"
+            "  (select min(monthly_budget_usd) from subscription_tiers)"
+            " and s.monthly_budget_usd is not null"
+            " and greatest(t.spent_usd + t.adjusted_usd, 0) * 100"
+            "  >= s.monthly_budget_usd * %(percent)s"
+            " order by greatest(t.spent_usd + t.adjusted_usd, 0) desc, t.user_id"
+            " limit %(limit)s",
+            {"period": period, "percent": percent, "limit": limit},
         )
 
     async def drift(self, period: date) -> list[dict[str, Any]]:

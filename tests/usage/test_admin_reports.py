@@ -87,3 +87,28 @@ async def test_the_key_list_pages_by_cursor_and_filters(
     assert [k["user_id"] for k in revoked] == ["k0"]
     assert [k["state"] for k in mine] == ["current", "revoked"]
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
+
+
+async def test_users_over_a_share_are_held_to_their_own_tier(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime
+) -> None:
+    # GIVEN $9 spent by a free user (90 % of $10), $42.50 by a standard one (85 % of $50) and
+    # $12 by a micro one (12 % of $100, though over the smallest budget)
+    for user, tier in (("f", "free"), ("s", "standard"), ("m", "micro")):
+        await keys.create_key(Owner.user(user), actor="t", tier=tier)
+    await UsageService(runtime).log(
+        [
+            _event("f", "f1", "9", "a", "m1"),
+            _event("s", "s1", "42.5", "a", "m1"),
+            _event("m", "m1", "12", "a", "m1"),
+        ],
+        actor="platform",
+    )
+
+    report = (await api.get("/api/admin/usage", headers=ADMIN)).json()
+
+    # THEN each is held to their own budget
+    assert [u["user_id"] for u in report["over_80_percent"]] == ["s", "f"]
+    assert report["over_100_percent"] == []
+    assert [u["user_id"] for u in report["top_users"]] == ["s", "m", "f"]
+    assert report["users"] == 3 and Decimal(report["spent_usd"]) == Decimal("63.5")
