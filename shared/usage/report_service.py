@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -41,14 +42,25 @@ def _shares(rows: list[dict[str, Any]]) -> list[UserShare]:
 
 
 async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
-    async with runtime.database().connection() as conn:
-        reports = ReportRepository(conn)
-        tiers = await reports.tier_totals(month)
-        breakdowns = await reports.model_and_agent_totals(month)
-        top = await reports.top_users(month, limit=10)
-        over_80 = await reports.users_over(month, percent=Decimal(80), limit=1000)
-        over_100 = await reports.users_over(month, percent=Decimal(100), limit=1000)
-        drift = await reports.drift(month)
+    database = runtime.database()
+
+    async def totals() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with database.connection() as conn:
+            reports = ReportRepository(conn)
+            return await reports.tier_totals(month), await reports.drift(month)
+
+    async def shares() -> tuple[list[dict[str, Any]], ...]:
+        async with database.connection() as conn:
+            reports = ReportRepository(conn)
+            return (
+                await reports.model_and_agent_totals(month),
+                await reports.top_users(month, limit=10),
+                await reports.users_over(month, percent=Decimal(80), limit=1000),
+                await reports.users_over(month, percent=Decimal(100), limit=1000),
+            )
+
+    # The two scans of the month's books run side by side, on two connections.
+    (tiers, drift), (breakdowns, top, over_80, over_100) = await asyncio.gather(totals(), shares())
     [everyone] = [row for row in tiers if row["name"] is None]
     return SystemUsage(
         period=month,
