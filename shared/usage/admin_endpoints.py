@@ -2,79 +2,25 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Annotated, Self
-
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.access.rules import AdminCaller
 from shared.keys.schemas import TierName, UserId
 from shared.observability import current_request_id
 from shared.usage.budgets import BudgetService
+from shared.usage.schemas import (
+    ResetUsageRequest,
+    ResetUsageResponse,
+    ResetUsageResult,
+    TierBudgetUpdate,
+    TierInfo,
+    TierList,
+    UserTierChange,
+    UserTierChanged,
+)
 from shared.web.deps import RuntimeDep
 
 router = APIRouter(tags=["budgets (admin)"])
-
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
-
-
-class ResetUsageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: Reason
-    user_id: UserId | None = None
-    tier: TierName | None = None
-    all: bool = False
-
-    @model_validator(mode="after")
-    def _one_scope(self) -> Self:
-        if sum((self.user_id is not None, self.tier is not None, self.all)) != 1:
-            raise ValueError("give exactly one of user_id, tier, or all=true")
-        return self
-
-
-class ResetUsageResult(BaseModel):
-    user_id: str
-    amount_usd: Decimal = Field(description="The adjustment entered (negative: budget given back).")
-    key_limit_usd: Decimal | None
-    key_updated: bool
-
-
-class ResetUsageResponse(BaseModel):
-    users: list[ResetUsageResult]
-
-
-class TierInfo(BaseModel):
-    tier: str
-    monthly_budget_usd: Decimal | None = Field(description="null: unlimited.")
-    description: str
-
-
-class TierList(BaseModel):
-    data: list[TierInfo]
-
-
-class TierBudgetUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    monthly_budget_usd: Annotated[Decimal, Field(ge=0, le=10_000_000, allow_inf_nan=False)] | None
-
-
-class UserTierChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tier: TierName
-    reason: Reason | None = None
-
-
-class UserTierChanged(BaseModel):
-    user_id: str
-    previous_tier: str
-    tier: str
-    key_limit_usd: Decimal | None = Field(
-        description="The key's new OpenRouter limit; null when unlimited or not updated now."
-    )
 
 
 @router.post("/api/admin/reset-usage", response_model=ResetUsageResponse)

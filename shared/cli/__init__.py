@@ -1,0 +1,208 @@
+"""The `openrouter-agent` command: the local server, migrations, the emulator, and the
+operator's tools (keys, usage, tiers, tokens, jobs, audit). Exit codes: shared/cli/support.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.cli.audit import app as audit_app
+from shared.cli.jobs import app as jobs_app
+from shared.cli.keys import app as keys_app
+from shared.cli.keys import reconcile
+from shared.cli.support import DsnOption, log_to_stderr, resolve_database
+from shared.cli.tokens import app as tokens_app
+from shared.cli.usage import app as usage_app
+from shared.cli.usage import reset_usage, tiers_app
+from shared.config import get_settings
+from shared.db.database import Database
+from shared.db.migrations import (
+    MIGRATIONS_DIR,
+    SUPABASE_SCHEMA_FILE,
+    MigrationError,
+    MigrationRunner,
+    load_migrations,
+    render_supabase_schema,
+)
+from shared.errors import AppError
+from shared.observability import configure_logging, logger
+from shared.redaction import redact
+from shared.runtime import Runtime, pool_limits
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.add_typer(keys_app, name="keys")
+app.add_typer(usage_app, name="usage")
+app.add_typer(tiers_app, name="tiers")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(audit_app, name="audit")
+app.command("reset-usage")(reset_usage)
+app.command("reconcile")(reconcile)
+
+# scripts/run exports this so "ready in" covers the whole command, bootstrap included.
+LAUNCHED_AT_ENV = "OPENROUTER_AGENT_LAUNCHED_AT"
+
+
+def _launched_at() -> float:
+    try:
+        return float(os.environ[LAUNCHED_AT_ENV])
+    except (KeyError, ValueError):
+        import psutil
+
+        return float(psutil.Process().create_time())
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal it caught after a graceful shutdown; with the default SIGTERM
+    # action the process would die before our cleanup runs.
+    raise SystemExit(128 + signum)
+
+
+async def _migrate(database: Database) -> list[str]:
+    try:
+        applied = await MigrationRunner(database).migrate(load_migrations(MIGRATIONS_DIR))
+    finally:
+        await database.close()
+    return [m.file_name for m in applied]
+
+
+@app.command()
+def migrate(
+    dsn: DsnOption = None,
+    bundle: Annotated[
+        bool, typer.Option(help="Write the single-file Supabase schema instead of migrating.")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="Where --bundle writes.")] = SUPABASE_SCHEMA_FILE,
+) -> None:
+    """Apply pending migrations (idempotent), or regenerate the Supabase schema file."""
+    if bundle:
+        output.write_text(render_supabase_schema(load_migrations(MIGRATIONS_DIR)))
+        typer.echo(f"wrote {output}")
+        return
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    log_to_stderr()
+    target, embedded = resolve_database(settings, dsn)
+    try:
+        applied = asyncio.run(_migrate(Database(target, pool_limits(settings))))
+    except MigrationError as exc:
+        typer.echo(f"migrate: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except AppError as exc:
+        typer.echo(f"migrate: {exc.message} ({redact(str(exc.details or ''))})", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: PORT (3001).")] = None,
+) -> None:
+    """Start every endpoint group on one local server, on embedded defaults where unset."""
+    import uvicorn
+
+    from shared.web.app_factory import create_app
+
+    launched_at = _launched_at()
+    # EMF lines are for CloudWatch; on a local server they would only double every request's
+    # log. POWERTOOLS_METRICS_DISABLED=false shows them.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    dsn, embedded = resolve_database(settings, None)
+    database = Database(dsn, pool_limits(settings))
+    if settings.should_auto_migrate:
+        applied = asyncio.run(_migrate(database))
+        logger.info("migrations applied at start", extra={"applied": applied})
+    runtime = Runtime(settings, database=database)
+    master_key = runtime.master_key()
+    if master_key.source != "environment":
+        logger.warning(
+            "using a local encryption master key (no ENCRYPTION_MASTER_KEY); fine for "
+            "development, never for production",
+            extra={
+                "path": str(settings.local_data_dir / "master.key"),
+                "source": master_key.source,
+            },
+        )
+    if settings.uses_openrouter_emulator:
+        logger.info("OpenRouter emulator in process (no OPENROUTER_MANAGEMENT_KEY)")
+    else:
+        logger.info("OpenRouter at " + settings.openrouter_base_url)
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime=runtime),
+            host=host or settings.host,
+            port=port or settings.port,
+            access_log=False,  # our middleware writes one structured line per request
+            log_level=settings.log_level.lower(),
+        )
+    )
+
+    async def run() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            url = f"http://{host or settings.host}:{port or settings.port}"
+            logger.info(
+                f"ready: {url} (docs at {url}/docs)",
+                extra={"ready_in_s": round(time.time() - launched_at, 2)},
+            )
+        await serving
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            logger.info("embedded PostgreSQL stopped")
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 3002,
+    latency_ms: Annotated[float, typer.Option(help="Added to every request.")] = 0.0,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Write the emulator's management key to this file.")
+    ] = None,
+) -> None:
+    """Serve the OpenRouter emulator on loopback for other programs to use."""
+    import uvicorn
+
+    from shared.openrouter.emulator import Emulator
+
+    emulated = Emulator(latency_s=latency_ms / 1000, connection_faults="stall")
+    if key_file is not None:
+        key_file.write_text(emulated.management_key + "\n")
+        key_file.chmod(0o600)
+        typer.echo(f"management key written to {key_file}")
+    else:
+        typer.echo("management key: pass --key-file to receive it (it is not printed)")
+    typer.echo(f"OpenRouter emulator: http://{host}:{port}/api/v1")
+    # info level: uvicorn's "Uvicorn running on ..." line tells scripts the port is open.
+    uvicorn.run(emulated, host=host, port=port, log_level="info", access_log=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

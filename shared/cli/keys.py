@@ -1,0 +1,280 @@
+"""`openrouter-agent keys`: create, rotate (also in an emergency), revoke, show, list, rewrap;
+and `openrouter-agent reconcile`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Annotated
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
+from shared.emergency.endpoints import EmergencyDryRun, EmergencyRotationInfo
+from shared.emergency.service import EmergencyRotationService, EmergencyScope, EmergencyStatus
+from shared.keys.domain import Owner
+from shared.keys.schemas import (
+    CurrentKeyResponse,
+    KeyInfo,
+    KeyIssuedResponse,
+    OperationInfo,
+    ReconcileResult,
+)
+from shared.keys.service import KeyLifecycleService
+from shared.runtime import Runtime
+from shared.usage import report_service
+from shared.usage.schemas import KeyPage
+
+app = typer.Typer(no_args_is_help=True, help="Keys: create, rotate, revoke, show, list.")
+
+UserOption = Annotated[str | None, typer.Option("--user", help="A user's id.")]
+SystemOption = Annotated[str | None, typer.Option("--system", help="A system key's name.")]
+
+
+def _owner(user: str | None, system: str | None) -> Owner:
+    if (user is None) == (system is None):
+        raise typer.BadParameter("give exactly one of --user and --system")
+    return Owner.user(user) if user is not None else Owner.system(system or "")
+
+
+def _print_issued(issued: KeyIssuedResponse, verb: str) -> None:
+    typer.echo(f"{verb} {issued.key.id} for {issued.key.owner}", err=True)
+    if issued.secret is not None:
+        typer.echo(issued.secret)  # on its own line, once, as `tokens issue` does
+
+
+@app.command("create")
+def create(
+    user: UserOption = None,
+    system: SystemOption = None,
+    tier: Annotated[str | None, typer.Option(help="The user's tier (default: free).")] = None,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Create a key; its secret is printed once, on its own line."""
+    owner = _owner(user, system)
+    issued = run(
+        dsn,
+        lambda r: KeyLifecycleService(r).create_key(owner, actor=operator(), tier=tier),
+        calls_openrouter=True,
+    )
+    response = KeyIssuedResponse.of(issued)
+    if as_json:
+        emit_json(response)
+    else:
+        _print_issued(response, "created")
+
+
+@app.command("rotate")
+def rotate(
+    user: UserOption = None,
+    system: SystemOption = None,
+    grace_seconds: Annotated[int | None, typer.Option(min=0, max=86_400)] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    emergency: Annotated[
+        bool, typer.Option(help="Disable at once, then replace, every key in the scope.")
+    ] = False,
+    all_keys: Annotated[bool, typer.Option("--all", help="Emergency scope: every key.")] = False,
+    tier: Annotated[list[str] | None, typer.Option(help="Emergency scope: a tier.")] = None,
+    key: Annotated[list[UUID] | None, typer.Option(help="Emergency scope: a key id.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Emergency: list the scope only.")] = False,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Rotate one owner's key; or, with --emergency, every key in a scope, with progress."""
+    if emergency:
+        scope = EmergencyScope(
+            everything=all_keys,
+            user_ids=(user,) if user else (),
+            tiers=tuple(tier or ()),
+            key_ids=tuple(key or ()),
+        )
+        if all_keys == bool(scope.user_ids or scope.tiers or scope.key_ids):
+            raise typer.BadParameter("give --all, or at least one of --user, --tier, --key")
+        if reason is None or len(reason.strip()) < 3:
+            raise typer.BadParameter("an emergency rotation needs --reason")
+        _emergency(scope, reason.strip(), dry_run=dry_run, as_json=as_json, dsn=dsn)
+        return
+    owner = _owner(user, system)
+    issued = run(
+        dsn,
+        lambda r: KeyLifecycleService(r).rotate_key(
+            owner, actor=operator(), grace_seconds=grace_seconds, reason=reason
+        ),
+        calls_openrouter=True,
+    )
+    response = KeyIssuedResponse.of(issued)
+    if as_json:
+        emit_json(response)
+    else:
+        _print_issued(response, "rotated to")
+
+
+def _emergency(
+    scope: EmergencyScope, reason: str, *, dry_run: bool, as_json: bool, dsn: str | None
+) -> None:
+    if dry_run:
+        keys = run(dsn, lambda r: EmergencyRotationService(r).keys_in_scope(scope))
+        result = EmergencyDryRun(total=len(keys), keys=[KeyInfo.of(k) for k in keys])
+        if as_json:
+            emit_json(result)
+        else:
+            typer.echo(f"{result.total} keys in scope (nothing changed):")
+            for info in result.keys:
+                typer.echo(f"  {info.id}  {info.owner}")
+        return
+
+    async def rotate_all(runtime: Runtime) -> EmergencyStatus:
+        service = EmergencyRotationService(runtime)
+        status = await service.start(
+            scope, reason=reason, actor=operator(), request_id=None, time_budget_s=0
+        )
+        # This command works the job itself, a few seconds at a time, drawing its progress;
+        # if it is interrupted, the every-minute job carries on from where it stopped.
+        columns = (
+            TextColumn("[bold]emergency rotation"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), disable=as_json) as progress:
+            task = progress.add_task("keys", total=status.rotation.total, failed=0)
+            while status.rotation.status == "running":
+                await service.process(status.rotation.id, time_budget_s=2.0)
+                status = await service.status(status.rotation.id)
+                progress.update(
+                    task, completed=status.count("replaced"), failed=status.count("failed")
+                )
+                if status.count("pending") + status.count("disabled") == 0:
+                    break
+                await asyncio.sleep(0)
+        return status
+
+    final = EmergencyRotationInfo.of(run(dsn, rotate_all, calls_openrouter=True))
+    if as_json:
+        emit_json(final)
+    else:
+        typer.echo(
+            f"emergency rotation {final.id}: {final.replaced} replaced, {final.failed} failed,"
+            f" {final.pending + final.disabled} left (status {final.status})"
+        )
+    if final.failed:
+        raise typer.Exit(1)
+
+
+@app.command("revoke")
+def revoke(
+    key_id: UUID,
+    reason: Annotated[str | None, typer.Option()] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Delete a key at OpenRouter and mark it revoked; doing it again changes nothing."""
+    key = run(
+        dsn,
+        lambda r: KeyLifecycleService(r).revoke_key(
+            key_id, actor=operator(), reason=reason, request_id=None
+        ),
+        calls_openrouter=True,
+    )
+    typer.echo(f"revoked {key.id} ({key.owner})")
+
+
+@app.command("show")
+def show(
+    user: UserOption = None,
+    system: SystemOption = None,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """An owner's current key (metadata, never the secret) and its rotation in progress."""
+    owner = _owner(user, system)
+
+    async def current(runtime: Runtime) -> CurrentKeyResponse:
+        service = KeyLifecycleService(runtime)
+        key = await service.current_key(owner)
+        operation = await service.open_operation(owner)
+        return CurrentKeyResponse(
+            key=KeyInfo.of(key),
+            secret=None,
+            rotation=None if operation is None else OperationInfo.of(operation),
+        )
+
+    response = run(dsn, current)
+    if as_json:
+        emit_json(response)
+        return
+    key = response.key
+    typer.echo(f"{key.id}  {key.owner}  {key.state}  limit {key.limit_usd or 'unlimited'}")
+    typer.echo(f"created {key.created_at}  activated {key.activated_at}")
+    if response.rotation is not None:
+        typer.echo(f"operation in progress: {response.rotation.id} ({response.rotation.status})")
+
+
+@app.command("list")
+def list_keys(
+    status: Annotated[str | None, typer.Option(help="pending, current, previous, ...")] = None,
+    tier: Annotated[str | None, typer.Option()] = None,
+    user: UserOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="From a previous page's next_cursor.")] = None,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Keys newest first, a page at a time."""
+    page: KeyPage = run(
+        dsn,
+        lambda r: report_service.keys_page(
+            r, cursor=cursor, limit=limit, status=status, tier=tier, user_id=user
+        ),
+    )
+    if as_json:
+        emit_json(page)
+        return
+    table = Table("key", "owner", "tier", "state", "limit", "created")
+    for info in page.data:
+        table.add_row(
+            str(info.id),
+            info.owner,
+            info.tier or "",
+            info.state,
+            "unlimited" if info.limit_usd is None else str(info.limit_usd),
+            info.created_at.isoformat(timespec="seconds"),
+        )
+    Console().print(table)
+    if page.next_cursor:
+        typer.echo(f"next page: --cursor {page.next_cursor}")
+
+
+@app.command("rewrap")
+def rewrap(dsn: DsnOption = None) -> None:
+    """Re-wrap every data key under the current master key (or KMS key).
+
+    Run after setting a new ENCRYPTION_MASTER_KEY (or KMS_KEY_ID) with the old master key in
+    ENCRYPTION_PREVIOUS_MASTER_KEYS; afterwards the old key can be dropped.
+    """
+    count = run(dsn, lambda r: KeyLifecycleService(r).rewrap_all(actor=operator()))
+    typer.echo(f"re-wrapped {count} data keys")
+
+
+def reconcile(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
+    """Make OpenRouter and the database agree: delete orphans, replace keys gone missing."""
+    report = run(
+        dsn,
+        lambda r: KeyLifecycleService(r).reconcile(actor=operator(), request_id=None),
+        calls_openrouter=True,
+    )
+    result = ReconcileResult(**asdict(report))
+    if as_json:
+        emit_json(result)
+        return
+    typer.echo(
+        f"deleted at OpenRouter: {len(result.deleted_at_openrouter)}; "
+        f"revoked as missing: {len(result.revoked_missing)}; "
+        f"re-provisioned: {len(result.reprovisioned)}; "
+        f"too young to judge: {result.too_young_to_judge}"
+    )

@@ -1,0 +1,197 @@
+"""`openrouter-agent usage report`, `reset-usage`, and `tiers list / set / user`."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
+from shared.keys.domain import current_period
+from shared.usage import report_service
+from shared.usage.budgets import BudgetService
+from shared.usage.schemas import (
+    Breakdown,
+    CurrentUsage,
+    ResetUsageResponse,
+    ResetUsageResult,
+    SystemUsage,
+    TierInfo,
+    TierList,
+    UserShare,
+    UserTierChanged,
+)
+from shared.usage.service import UsageService
+
+app = typer.Typer(no_args_is_help=True, help="Usage: a user's month, or the month system-wide.")
+tiers_app = typer.Typer(no_args_is_help=True, help="Subscription tiers and their budgets.")
+
+
+def _money(value: Decimal | None) -> str:
+    return "unlimited" if value is None else f"${value:,.2f}"
+
+
+def _breakdown_table(title: str, rows: list[Breakdown]) -> Table:
+    table = Table("name", "cost", "events", title=title)
+    for row in rows:
+        table.add_row(row.name, _money(row.cost_usd), f"{row.events:,}")
+    return table
+
+
+def _shares_table(title: str, rows: list[UserShare]) -> Table:
+    table = Table("user", "tier", "spent", "limit", "%", title=title)
+    for row in rows:
+        percent = "" if row.percent_used is None else f"{row.percent_used}"
+        table.add_row(row.user_id, row.tier, _money(row.spent_usd), _money(row.limit_usd), percent)
+    return table
+
+
+@app.command("report")
+def report(
+    user: Annotated[str | None, typer.Option("--user", help="One user's month.")] = None,
+    period: Annotated[
+        str | None, typer.Option(help="YYYY-MM (system-wide only); default this month.")
+    ] = None,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """A user's month (spent, limit, remaining, by model and agent, forecast), or the month
+    system-wide (by tier, model and agent; top users; users over 80 and 100 %; drift)."""
+    console = Console()
+    if user is not None:
+        mine: CurrentUsage = run(dsn, lambda r: UsageService(r).current(user))
+        if as_json:
+            emit_json(mine)
+            return
+        console.print(
+            f"[bold]{mine.user_id}[/] ({mine.tier}) {mine.period:%Y-%m}: spent "
+            f"{_money(mine.spent_usd)} of {_money(mine.limit_usd)}, remaining "
+            f"{_money(mine.remaining_usd)}; forecast {_money(mine.forecast_month_end_usd)}"
+        )
+        console.print(_breakdown_table("by model", mine.by_model))
+        console.print(_breakdown_table("by agent", mine.by_agent))
+        return
+    try:
+        month = current_period() if period is None else date.fromisoformat(f"{period}-01")
+    except ValueError as error:
+        raise typer.BadParameter("--period is YYYY-MM") from error
+    system: SystemUsage = run(dsn, lambda r: report_service.system_usage(r, month))
+    if as_json:
+        emit_json(system)
+        return
+    console.print(
+        f"[bold]{system.period:%Y-%m}[/]: {_money(system.spent_usd)} over "
+        f"{system.events:,} events by {system.users:,} users"
+    )
+    console.print(_breakdown_table("by tier", system.by_tier))
+    console.print(_breakdown_table("by model", system.by_model))
+    console.print(_breakdown_table("by agent", system.by_agent))
+    console.print(_shares_table("top users", system.top_users))
+    console.print(_shares_table("over 80 %", system.over_80_percent))
+    console.print(_shares_table("over 100 %", system.over_100_percent))
+
+
+def reset_usage(
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit trail.")],
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    tier: Annotated[str | None, typer.Option("--tier")] = None,
+    all_users: Annotated[bool, typer.Option("--all")] = False,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Give users their whole budget back this month (an adjustment; nothing deleted)."""
+    if sum((user is not None, tier is not None, all_users)) != 1:
+        raise typer.BadParameter("give exactly one of --user, --tier, --all")
+    if len(reason.strip()) < 3:
+        raise typer.BadParameter("--reason needs at least 3 characters")
+    outcomes = run(
+        dsn,
+        lambda r: BudgetService(r).reset(
+            user_id=user,
+            tier=tier,
+            everyone=all_users,
+            reason=reason.strip(),
+            actor=operator(),
+            request_id=None,
+        ),
+        calls_openrouter=True,
+    )
+    response = ResetUsageResponse(
+        users=[
+            ResetUsageResult(
+                user_id=o.user_id,
+                amount_usd=o.amount_usd,
+                key_limit_usd=o.key_limit_usd,
+                key_updated=o.key_updated,
+            )
+            for o in outcomes
+        ]
+    )
+    if as_json:
+        emit_json(response)
+        return
+    for result in response.users:
+        key = "key limit " + _money(result.key_limit_usd) if result.key_updated else "key later"
+        typer.echo(f"{result.user_id}: adjusted {result.amount_usd}; {key}")
+
+
+@tiers_app.command("list")
+def tiers_list(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
+    """The tiers and their monthly budgets."""
+    rows = run(dsn, lambda r: BudgetService(r).tiers())
+    tiers = TierList(
+        data=[TierInfo(tier=t, monthly_budget_usd=b, description=d) for t, b, d in rows]
+    )
+    if as_json:
+        emit_json(tiers)
+        return
+    table = Table("tier", "monthly budget", "description")
+    for tier in tiers.data:
+        table.add_row(tier.tier, _money(tier.monthly_budget_usd), tier.description)
+    Console().print(table)
+
+
+@tiers_app.command("set")
+def tiers_set(
+    tier: str,
+    budget: Annotated[str, typer.Argument(help="USD per month, or 'unlimited'.")],
+    dsn: DsnOption = None,
+) -> None:
+    """Change a tier's monthly budget; keys follow at their next budget application."""
+    try:
+        amount = None if budget == "unlimited" else Decimal(budget)
+    except InvalidOperation as error:
+        raise typer.BadParameter("the budget is a number of USD, or 'unlimited'") from error
+    if amount is not None and not (0 <= amount <= 10_000_000):
+        raise typer.BadParameter("the budget is between 0 and 10,000,000 USD")
+    name, new_budget, _ = run(dsn, lambda r: BudgetService(r).set_tier_budget(tier, amount))
+    typer.echo(f"{name}: {_money(new_budget)} a month")
+
+
+@tiers_app.command("user")
+def tiers_user(
+    user_id: str,
+    tier: str,
+    reason: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Move a user to a tier; their key's limit follows at once."""
+    previous, current, limit = run(
+        dsn,
+        lambda r: BudgetService(r).change_tier(
+            user_id, tier, actor=operator(), reason=reason, request_id=None
+        ),
+        calls_openrouter=True,
+    )
+    changed = UserTierChanged(
+        user_id=user_id, previous_tier=previous, tier=current, key_limit_usd=limit
+    )
+    if as_json:
+        emit_json(changed)
+        return
+    typer.echo(f"{user_id}: {previous} -> {current}; key limit {_money(limit)}")
