@@ -104,9 +104,19 @@ def exit_code_for(error: AppError) -> int:
     return EXIT_INVALID
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written (a test runner swaps it per command)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def log_to_stderr() -> None:
     """Commands print their results on stdout (a token, JSON): the logs must not mix in."""
-    logger.registered_handler.setStream(sys.stderr)  # type: ignore[attr-defined]
+    logger.registered_handler.setStream(_CurrentStderr())  # type: ignore[attr-defined]
 
 
 def run(

@@ -195,7 +195,7 @@ async def test_the_cli_issues_lists_and_revokes(database_dsn: str, tmp_path: Pat
     revoked = run("revoke", token_id)
     missing = run("revoke", "00000000-0000-4000-8000-000000000000")
     assert revoked.returncode == 0 and f"revoked {token_id}" in revoked.stdout
-    assert missing.returncode == 2 and "no service token" in missing.stderr
+    assert missing.returncode == 3 and "no service token" in missing.stderr  # not found
 
 
 async def test_a_token_revoked_elsewhere_is_refused_once_the_cache_lapses(

@@ -1,0 +1,194 @@
+"""The operator's commands through typer's runner: every command, its --json, its exit codes.
+
+Commands run against this test's database (--dsn) and the test's OpenRouter emulator, through
+the same services as the functions; only the runtime's construction is pointed at them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner, Result
+
+from shared.cli import app, support
+from shared.config import Settings
+from shared.db.database import Database
+from shared.openrouter.client import OpenRouterClient
+from shared.openrouter.emulator import Emulator
+from shared.runtime import Runtime
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(
+    settings: Settings,
+    database_dsn: str,
+    emulator: Emulator,
+    openrouter: OpenRouterClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Invoke:
+    def build_runtime(_: Settings, database: Database) -> Runtime:
+        return Runtime(settings, database=database, openrouter=openrouter, emulator=emulator)
+
+    monkeypatch.setattr(support, "build_runtime", build_runtime)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, [*args, "--dsn", database_dsn])
+
+    return invoke
+
+
+def as_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def sql(dsn: str, statement: str) -> None:
+    async def execute() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(statement.encode())
+
+    asyncio.run(execute())
+
+
+def test_keys_create_show_rotate_list_and_revoke(cli: Invoke, emulator: Emulator) -> None:
+    # WHEN an operator creates a user's key
+    created = cli("keys", "create", "--user", "alice", "--tier", "micro")
+
+    # THEN the secret is the last line of stdout, alone, and the key exists at OpenRouter
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[-1]
+    assert secret.startswith("sk-or-v1-") and len(emulator.user_keys()) == 1
+
+    # AND show, rotate, list and revoke all work on it, in JSON too
+    shown = as_json(cli("keys", "show", "--user", "alice", "--json"))
+    assert shown["key"]["owner"] == "user:alice" and shown["secret"] is None
+    rotated = as_json(cli("keys", "rotate", "--user", "alice", "--grace-seconds", "0", "--json"))
+    assert rotated["previous_key"]["id"] == shown["key"]["id"]
+    listed = as_json(cli("keys", "list", "--user", "alice", "--json"))
+    assert [k["state"] for k in listed["data"]] == ["current", "revoked"]
+    table = cli("keys", "list")
+    assert table.exit_code == 0 and "user:alice" in table.stdout
+    revoked = cli("keys", "revoke", rotated["key"]["id"], "--reason", "leaving")
+    again = cli("keys", "revoke", rotated["key"]["id"])
+    assert revoked.exit_code == 0 and again.exit_code == 0
+    assert emulator.user_keys() == []
+
+
+def test_exit_codes_say_what_went_wrong(cli: Invoke) -> None:
+    assert cli("keys", "create", "--user", "bob").exit_code == 0
+    assert cli("keys", "create", "--user", "bob").exit_code == support.EXIT_CONFLICT
+    assert cli("keys", "show", "--user", "nobody").exit_code == support.EXIT_NOT_FOUND
+    assert cli("keys", "create").exit_code == support.EXIT_INVALID  # neither --user nor --system
+    assert cli("tiers", "set", "free", "lots").exit_code == support.EXIT_INVALID
+    assert cli("tiers", "set", "platinum", "5").exit_code == support.EXIT_NOT_FOUND
+    missing = cli("jobs", "show", "00000000-0000-0000-0000-000000000000")
+    assert missing.exit_code == support.EXIT_NOT_FOUND
+    assert "job_not_found" in missing.stderr
+
+
+def test_an_emergency_rotation_from_the_command_line(cli: Invoke, emulator: Emulator) -> None:
+    # GIVEN three users' keys
+    for user in ("u1", "u2", "u3"):
+        assert cli("keys", "create", "--user", user).exit_code == 0
+    old = {k.hash for k in emulator.user_keys()}
+
+    # WHEN an operator first lists the scope, then rotates it for real
+    dry = as_json(
+        cli("keys", "rotate", "--emergency", "--all", "--reason", "leak", "--dry-run", "--json")
+    )
+    done = as_json(cli("keys", "rotate", "--emergency", "--all", "--reason", "leak", "--json"))
+    refused = cli("keys", "rotate", "--emergency", "--all")  # no reason
+
+    # THEN the dry run changed nothing, and the real one replaced every key
+    assert dry["total"] == 3 and len(dry["keys"]) == 3
+    assert (done["total"], done["replaced"], done["failed"], done["status"]) == (
+        3,
+        3,
+        0,
+        "completed",
+    )
+    assert {k.hash for k in emulator.user_keys()}.isdisjoint(old)
+    assert refused.exit_code == support.EXIT_INVALID
+
+
+def test_usage_report_reset_and_tiers(cli: Invoke, runtime: Runtime) -> None:
+    # GIVEN a user with spend this month
+    from shared.usage.service import UsageService
+
+    assert cli("keys", "create", "--user", "carol", "--tier", "standard").exit_code == 0
+    asyncio.run(
+        UsageService(runtime).log(
+            [{"user_id": "carol", "generation_id": "g1", "model": "m", "cost_usd": "40"}],
+            actor="t",
+        )
+    )
+
+    # WHEN the operator reads the month, resets it, and changes the tiers
+    mine = as_json(cli("usage", "report", "--user", "carol", "--json"))
+    system = as_json(cli("usage", "report", "--json"))
+    tables = cli("usage", "report")
+    reset = as_json(cli("reset-usage", "--user", "carol", "--reason", "goodwill", "--json"))
+    moved = as_json(cli("tiers", "user", "carol", "micro", "--json"))
+    assert cli("tiers", "set", "standard", "60").exit_code == 0
+    tiers = as_json(cli("tiers", "list", "--json"))
+    after = as_json(cli("usage", "report", "--user", "carol", "--json"))
+
+    # THEN each says what the services say
+    assert (mine["spent_usd"], mine["limit_usd"]) == ("40", "50")
+    assert system["users"] == 1 and [u["user_id"] for u in system["over_80_percent"]] == ["carol"]
+    assert "over 80 %" in tables.stdout and "carol" in tables.stdout
+    assert reset["users"][0]["amount_usd"] == "-40" and reset["users"][0]["key_updated"]
+    assert (moved["previous_tier"], moved["tier"]) == ("standard", "micro")
+    assert {t["tier"]: t["monthly_budget_usd"] for t in tiers["data"]}["standard"] == "60"
+    assert (after["spent_usd"], after["limit_usd"]) == ("0", "100")
+
+
+def test_tokens_jobs_audit_and_reconcile(cli: Invoke, database_dsn: str) -> None:
+    # Tokens: issued once on stdout, listed without the token, revoked
+    issued = cli("tokens", "issue", "--name", "ops", "--scope", "admin")
+    assert issued.exit_code == 0
+    token = issued.stdout.strip()
+    listed = as_json(cli("tokens", "list", "--json"))
+    assert [t["name"] for t in listed] == ["ops"] and token not in json.dumps(listed)
+    assert cli("tokens", "revoke", listed[0]["id"]).exit_code == 0
+
+    # Jobs: the month's scheduled rotation shows up with its progress
+    assert cli("keys", "create", "--system", "formul8").exit_code == 0
+    sql(
+        database_dsn,
+        "update api_keys set activated_at = date_trunc('month', now()) - interval '1 day'",
+    )
+    from shared.cli.support import run
+    from shared.jobs.queue import QueueSettings
+    from shared.keys.scheduled_rotation import rotate_scheduled_keys
+
+    run(database_dsn, lambda r: rotate_scheduled_keys(r, QueueSettings()))
+    jobs = as_json(cli("jobs", "list", "--json"))["data"]
+    assert [(j["kind"], j["done"], j["status"]) for j in jobs] == [
+        ("scheduled_rotation", 1, "done")
+    ]
+    assert as_json(cli("jobs", "show", jobs[0]["id"], "--json"))["total"] == 1
+
+    # Reconcile: nothing to mend
+    mended = as_json(cli("reconcile", "--json"))
+    assert mended["deleted_at_openrouter"] == [] and mended["revoked_missing"] == []
+
+    # Audit: intact, then broken by someone who disabled the guard
+    assert as_json(cli("audit", "verify", "--json"))["intact"] is True
+    sql(
+        database_dsn,
+        "alter table audit_log disable trigger audit_log_append_only;"
+        " update audit_log set actor = 'someone else' where seq = 1;"
+        " alter table audit_log enable trigger audit_log_append_only",
+    )
+    broken = cli("audit", "verify", "--json")
+    assert broken.exit_code == support.EXIT_PROBLEM
+    assert json.loads(broken.stdout)["broken_seq"] == 1
