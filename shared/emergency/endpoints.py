@@ -134,6 +134,44 @@ async def emergency_rotate(
     return EmergencyRotationInfo.of(status)
 
 
+class EmergencyRotationSummary(BaseModel):
+    id: UUID
+    status: str
+    reason: str
+    requested_by: str
+    created_at: datetime
+    completed_at: datetime | None
+    total: int
+    replaced: int
+    failed: int
+
+
+class EmergencyRotationList(BaseModel):
+    data: list[EmergencyRotationSummary]
+
+
+@router.get("", response_model=EmergencyRotationList)
+async def recent_emergency_rotations(_: AdminCaller, runtime: RuntimeDep) -> EmergencyRotationList:
+    """The ten newest emergency rotations with their counts, running ones included."""
+    rows = await EmergencyRotationService(runtime).recent(limit=10)
+    return EmergencyRotationList(
+        data=[
+            EmergencyRotationSummary(
+                id=r.id,
+                status=r.status,
+                reason=r.reason,
+                requested_by=r.requested_by,
+                created_at=r.created_at,
+                completed_at=r.completed_at,
+                total=r.total,
+                replaced=replaced,
+                failed=failed,
+            )
+            for r, replaced, failed in rows
+        ]
+    )
+
+
 @router.get("/{rotation_id}", response_model=EmergencyRotationInfo)
 async def emergency_rotation_status(
     rotation_id: UUID, _: AdminCaller, runtime: RuntimeDep

@@ -106,6 +106,26 @@ class EmergencyRepository:
         )
         return [EmergencyRotationRecord.from_row(row) for row in await cursor.fetchall()]
 
+    async def recent_rotations(
+        self, *, limit: int
+    ) -> list[tuple[EmergencyRotationRecord, int, int]]:
+        """The newest rotations, each with its replaced and failed counts."""
+        cursor = await self._conn.execute(
+            "select r.*, count(*) filter (where i.status = 'replaced') as replaced_count,"
+            " count(*) filter (where i.status = 'failed') as failed_count"
+            " from emergency_rotations r left join emergency_rotation_items i"
+            " on i.rotation_id = r.id group by r.id order by r.created_at desc limit %s",
+            (limit,),
+        )
+        return [
+            (
+                EmergencyRotationRecord.from_row(row),
+                int(row["replaced_count"]),  # type: ignore[call-overload]
+                int(row["failed_count"]),  # type: ignore[call-overload]
+            )
+            for row in await cursor.fetchall()
+        ]
+
     async def items(self, rotation_id: UUID) -> list[EmergencyItemRecord]:
         cursor = await self._conn.execute(
             "select * from emergency_rotation_items where rotation_id = %s order by owner",

@@ -113,6 +113,10 @@ class EmergencyRotationService:
                 raise NotFound("no emergency rotation has this id", code="emergency_not_found")
             return EmergencyStatus(rotation, await emergencies.items(rotation_id))
 
+    async def recent(self, *, limit: int) -> list[tuple[EmergencyRotationRecord, int, int]]:
+        async with self._repository() as emergencies:
+            return await emergencies.recent_rotations(limit=limit)
+
     async def process_running(self, *, time_budget_s: float) -> int:
         async with self._repository() as emergencies:
             running = await emergencies.running_rotations()

@@ -1,4 +1,4 @@
-"""GET /api/admin/usage and GET /api/admin/keys."""
+"""GET /api/admin/usage, GET /api/admin/keys and its counts by state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from shared.access.rules import AdminCaller
 from shared.keys.domain import current_period
 from shared.keys.schemas import TierName, UserId
 from shared.usage import report_service
-from shared.usage.schemas import KeyPage, SystemUsage
+from shared.usage.schemas import KeyPage, KeyStateCounts, SystemUsage
 from shared.web.deps import RuntimeDep
 
 router = APIRouter(tags=["reports (admin)"])
@@ -43,3 +43,9 @@ async def list_keys(
     return await report_service.keys_page(
         runtime, cursor=cursor, limit=limit, status=status, tier=tier, user_id=user_id
     )
+
+
+@router.get("/api/admin/keys/by-state", response_model=KeyStateCounts)
+async def keys_by_state(_: AdminCaller, runtime: RuntimeDep) -> KeyStateCounts:
+    """How many keys are pending, current, previous (in their grace period), revoked, failed."""
+    return KeyStateCounts(counts=await report_service.keys_by_state(runtime))

@@ -97,3 +97,8 @@ async def keys_page(
         last = rows[-1][0]
         next_cursor = KeyPageCursor(last.created_at, last.id).encode()
     return KeyPage(data=data, next_cursor=next_cursor)
+
+
+async def keys_by_state(runtime: Runtime) -> dict[str, int]:
+    async with runtime.database().connection() as conn:
+        return await ReportRepository(conn).keys_by_state()

@@ -75,6 +75,10 @@ class ReportRepository:
         )
         return [(KeyRecord.from_row(row), row["tier"]) for row in rows]
 
+    async def keys_by_state(self) -> dict[str, int]:
+        rows = await self._rows("select state, count(*) as n from api_keys group by state", ())
+        return {str(row["state"]): int(row["n"]) for row in rows}
+
     async def tier_totals(self, period: date) -> list[dict[str, Any]]:
         """Spend, events and users per tier, and (name null) all tiers: one pass."""
         return await self._rows(

@@ -121,6 +121,10 @@ class AdminKeyInfo(KeyInfo):
     tier: str | None
 
 
+class KeyStateCounts(BaseModel):
+    counts: dict[str, int] = Field(description="Keys by state: current, previous, revoked, ...")
+
+
 class KeyPage(BaseModel):
     data: list[AdminKeyInfo]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")

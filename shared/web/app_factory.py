@@ -35,6 +35,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         "shared.usage.admin_endpoints:router",
         "shared.usage.admin_reports:router",
         "shared.jobs.admin_endpoints:router",
+        "shared.dashboard.endpoints:router",
     ),
     "jobs": (LIVENESS, "shared.jobs.endpoints:router"),
     "emergency": (LIVENESS, "shared.emergency.endpoints:router"),

@@ -1,0 +1,178 @@
+// The admin dashboard: reads the JSON API with the operator's credential, draws it, and
+// calls the same API for the actions (each after a confirmation). No framework, no build.
+"use strict";
+
+const TOKEN_KEY = "openrouter-agent-admin-token";
+const $ = (id) => document.getElementById(id);
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "Authorization": `Bearer ${token()}`, "Content-Type": "application/json" },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error((body.error && body.error.message) || response.statusText);
+    error.status = response.status;
+    error.code = body.error && body.error.code;
+    throw error;
+  }
+  return body;
+}
+
+function money(value) {
+  return value === null || value === undefined ? "unlimited" : `$${Number(value).toFixed(2)}`;
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function fill(tableId, rows, columns) {
+  const body = $(tableId).tBodies[0];
+  body.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    for (const column of columns) tr.append(typeof column === "function" ? column(row) : cell(row[column]));
+    body.append(tr);
+  }
+}
+
+function barChart(svgId, rows) {
+  // One horizontal bar per row, its width proportional to cost; labels carry the figures.
+  const svg = $(svgId);
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const max = Math.max(...rows.map((r) => Number(r.cost_usd)), 0.000001);
+  const height = 22;
+  svg.setAttribute("viewBox", `0 0 400 ${Math.max(rows.length, 1) * height}`);
+  rows.forEach((row, i) => {
+    const bar = document.createElementNS(ns, "rect");
+    bar.setAttribute("x", 120);
+    bar.setAttribute("y", i * height + 3);
+    bar.setAttribute("height", height - 6);
+    bar.setAttribute("width", Math.max(1, (Number(row.cost_usd) / max) * 200));
+    bar.dataset.name = row.name;
+    bar.dataset.cost = row.cost_usd;
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", 0);
+    label.setAttribute("y", i * height + 15);
+    label.textContent = row.name;
+    const figure = document.createElementNS(ns, "text");
+    figure.setAttribute("x", 326);
+    figure.setAttribute("y", i * height + 15);
+    figure.textContent = money(row.cost_usd);
+    svg.append(bar, label, figure);
+  });
+}
+
+async function load() {
+  const [usage, states, jobs, emergencies, audit] = await Promise.all([
+    api("/api/admin/usage"),
+    api("/api/admin/keys/by-state"),
+    api("/api/admin/jobs?limit=10"),
+    api("/api/admin/emergency-rotate"),
+    api("/api/admin/audit?limit=15"),
+  ]);
+  $("period").textContent = usage.period.slice(0, 7);
+  $("spent").textContent = money(usage.spent_usd);
+  $("events").textContent = usage.events.toLocaleString();
+  $("users").textContent = usage.users.toLocaleString();
+  barChart("chart-tier", usage.by_tier);
+  barChart("chart-model", usage.by_model);
+  const near = [...usage.over_80_percent];
+  fill("near-limit", near, ["user_id", "tier", (r) => cell(money(r.spent_usd)), (r) => cell(money(r.limit_usd)),
+    (r) => cell(r.percent_used, Number(r.percent_used) >= 100 ? "over" : ""),
+    (r) => cell(Number(r.percent_used) >= 100 ? "over" : "near")]);
+  fill("keys-by-state", Object.entries(states.counts).map(([state, n]) => ({ state, n })), ["state", "n"]);
+  fill("drift", usage.drift, ["user_id", (r) => cell(money(r.openrouter_usd)), (r) => cell(money(r.ledger_usd)),
+    (r) => cell(money(r.drift_usd))]);
+  fill("jobs", jobs.data, ["kind", "name", "status", "done", "remaining", "failed",
+    (r) => cell(r.rate_per_s || ""), (r) => cell(r.eta || "")]);
+  fill("emergencies", emergencies.data, ["id", "status", "replaced", "failed", "total", "reason"]);
+  fill("audit", audit.data, ["seq", "occurred_at", "actor", "action", (r) => cell(r.target || "")]);
+}
+
+async function show() {
+  if (!token()) { signedOut(); return; }
+  try {
+    await load();
+    $("sign-in").hidden = true;
+    $("dashboard").hidden = false;
+    $("sign-out").hidden = false;
+  } catch (error) {
+    signedOut(error.status === 401 || error.status === 403
+      ? `refused: ${error.code || error.status}` : `error: ${error.message}`);
+  }
+}
+
+function signedOut(message) {
+  if (message) sessionStorage.removeItem(TOKEN_KEY);
+  $("dashboard").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  $("refused").hidden = !message;
+  $("refused").textContent = message || "";
+}
+
+async function act(description, call) {
+  if (!window.confirm(description)) return;
+  try {
+    const result = await call();
+    $("action-result").textContent = "done";
+    await load();
+    return result;
+  } catch (error) {
+    $("action-result").textContent = `refused: ${error.code || error.status}: ${error.message}`;
+  }
+}
+
+async function followEmergency(rotation) {
+  $("emergency-progress").hidden = false;
+  let status = rotation;
+  for (;;) {
+    $("emergency-bar").max = Math.max(status.total, 1);
+    $("emergency-bar").value = status.replaced;
+    $("emergency-status").textContent =
+      `${status.replaced} / ${status.total} replaced, ${status.failed} failed (${status.status})`;
+    if (status.status !== "running") break;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    status = await api(`/api/admin/emergency-rotate/${rotation.id}`);
+  }
+  await load();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-button").addEventListener("click", () => {
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    show();
+  });
+  $("sign-out").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); signedOut(); });
+  $("rotate-user").addEventListener("click", () => {
+    const user = $("action-user").value.trim();
+    act(`Rotate the key of ${user}?`, () => api("/api/keys/rotate", {
+      method: "POST", body: JSON.stringify({ user_id: user, reason: $("action-reason").value || null }),
+    }));
+  });
+  $("reset-user").addEventListener("click", () => {
+    const user = $("action-user").value.trim();
+    act(`Give ${user} their whole budget back this month?`, () => api("/api/admin/reset-usage", {
+      method: "POST", body: JSON.stringify({ user_id: user, reason: $("action-reason").value }),
+    }));
+  });
+  $("emergency").addEventListener("click", async () => {
+    const reason = $("action-reason").value.trim();
+    const rotation = await act(`EMERGENCY: disable and replace EVERY key now? Reason: ${reason}`,
+      () => api("/api/admin/emergency-rotate", {
+        method: "POST", body: JSON.stringify({ all: true, reason }),
+      }));
+    if (rotation) await followEmergency(rotation);
+  });
+  show();
+});

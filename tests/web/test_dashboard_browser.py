@@ -1,0 +1,208 @@
+"""The admin dashboard in a real browser: Debian's Chromium, driven by Selenium, against the
+local app on a real port with seeded data. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import uvicorn
+from pydantic import SecretStr
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from shared.access.principals import Scope
+from shared.access.service import AccessService
+from shared.config import REPOSITORY_ROOT, Settings
+from shared.db.database import Database
+from shared.keys.domain import Owner
+from shared.keys.service import KeyLifecycleService
+from shared.openrouter.client import OpenRouterClient
+from shared.openrouter.emulator import Emulator
+from shared.runtime import EMULATOR_BASE_URL, Runtime
+from shared.usage.service import UsageService
+from shared.web.app_factory import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = REPOSITORY_ROOT / "test-artifacts"
+# tier, user, spend: $58.50 in all; free $9.50 (95 %) is near its limit, standard $12 is not.
+SEED = [("free", "fiona", "9.5"), ("standard", "sam", "12"), ("micro", "mia", "37")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def seeded(runtime: Runtime) -> dict[str, str]:
+    """Three users with keys and spend, and two credentials: an admin's and a mere service's."""
+
+    async def seed() -> dict[str, str]:
+        keys = KeyLifecycleService(runtime)
+        for tier, user, _ in SEED:
+            await keys.create_key(Owner.user(user), actor="seed", tier=tier)
+        await UsageService(runtime).log(
+            [
+                {
+                    "user_id": user,
+                    "generation_id": f"g-{user}",
+                    "model": "openai/gpt-4o",
+                    "cost_usd": cost,
+                }
+                for _, user, cost in SEED
+            ],
+            actor="seed",
+        )
+        access = AccessService(runtime)
+        admin = await access.issue_token(
+            issued_by="seed", name="ops", scopes=[Scope.ADMIN], expires_at=None
+        )
+        agent = await access.issue_token(
+            issued_by="seed", name="agent", scopes=[Scope.USAGE_WRITE], expires_at=None
+        )
+        await runtime.database().close()
+        return {"admin": admin.token, "agent": agent.token}
+
+    return asyncio.run(seed())
+
+
+@pytest.fixture
+def server(settings: Settings, database_dsn: str, emulator: Emulator) -> Iterator[str]:
+    """The local app on a real port, in a thread with its own loop and connections."""
+    database = Database(database_dsn)
+    client = OpenRouterClient(
+        management_key=SecretStr(emulator.management_key),
+        base_url=EMULATOR_BASE_URL,
+        transport=emulator.transport(),
+    )
+    app = create_app(
+        runtime=Runtime(settings, database=database, openrouter=client, emulator=emulator)
+    )
+    port = _free_port()
+    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=served.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not served.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    served.should_exit = True
+    thread.join(timeout=20)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
+        "Chromium is missing: scripts/test installs Debian's chromium and chromium-driver"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1700",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def sign_in(browser: WebDriver, url: str, token: str) -> None:
+    browser.get(f"{url}/admin")
+    WebDriverWait(browser, 10).until(
+        expected_conditions.visibility_of_element_located((By.ID, "token"))
+    )
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in-button").click()
+
+
+def screenshot(browser: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def test_the_dashboard_refuses_a_credential_that_is_not_an_admins(
+    seeded: dict[str, str], server: str, browser: WebDriver
+) -> None:
+    # WHEN a service without the admin scope signs in
+    sign_in(browser, server, seeded["agent"])
+
+    # THEN the page says it was refused and shows no figure
+    refused = WebDriverWait(browser, 10).until(
+        expected_conditions.visibility_of_element_located((By.ID, "refused"))
+    )
+    assert refused.text.startswith("refused: ")
+    assert not browser.find_element(By.ID, "dashboard").is_displayed()
+    screenshot(browser, "dashboard-refused")
+
+
+def test_the_dashboard_draws_the_seeded_month(
+    seeded: dict[str, str], server: str, browser: WebDriver
+) -> None:
+    # WHEN an admin signs in
+    sign_in(browser, server, seeded["admin"])
+    WebDriverWait(browser, 10).until(
+        expected_conditions.visibility_of_element_located((By.ID, "dashboard"))
+    )
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "spent").text != "")
+
+    # THEN the totals, the tier chart's bars and the users near their limit are the seed's
+    assert browser.find_element(By.ID, "spent").text == "$58.50"
+    bars = browser.find_elements(By.CSS_SELECTOR, "#chart-tier rect")
+    drawn = {
+        bar.get_attribute("data-name"): Decimal(bar.get_attribute("data-cost") or "")
+        for bar in bars
+    }
+    assert drawn == {tier: Decimal(cost) for tier, _, cost in SEED}
+    widths = {
+        bar.get_attribute("data-name"): float(bar.get_attribute("width") or 0) for bar in bars
+    }
+    assert widths["micro"] > widths["standard"] > widths["free"]
+    near = browser.find_element(By.ID, "near-limit").text
+    assert "fiona" in near and "sam" not in near
+    states = browser.find_element(By.ID, "keys-by-state").text
+    assert "current 3" in states
+    screenshot(browser, "dashboard")
+
+
+def test_an_emergency_rotation_started_from_the_page_shows_progress_and_completes(
+    seeded: dict[str, str], server: str, browser: WebDriver, emulator: Emulator
+) -> None:
+    # GIVEN an admin on the dashboard
+    sign_in(browser, server, seeded["admin"])
+    WebDriverWait(browser, 10).until(
+        expected_conditions.visibility_of_element_located((By.ID, "dashboard"))
+    )
+    before = {key.hash for key in emulator.user_keys()}
+
+    # WHEN they start an emergency rotation with a reason, and confirm it
+    browser.find_element(By.ID, "action-reason").send_keys("leaked in a log")
+    browser.find_element(By.ID, "emergency").click()
+    WebDriverWait(browser, 5).until(expected_conditions.alert_is_present())
+    browser.switch_to.alert.accept()
+
+    # THEN the progress reaches every key, and OpenRouter holds only new keys
+    WebDriverWait(browser, 30).until(
+        lambda b: "(completed)" in b.find_element(By.ID, "emergency-status").text
+    )
+    assert browser.find_element(By.ID, "emergency-status").text.startswith("3 / 3 replaced")
+    assert browser.find_element(By.ID, "emergency-bar").get_attribute("value") == "3"
+    assert {key.hash for key in emulator.user_keys()}.isdisjoint(before)
+    assert "leaked in a log" in browser.find_element(By.ID, "emergencies").text
+    screenshot(browser, "dashboard-emergency-rotation")
