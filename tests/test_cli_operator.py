@@ -7,20 +7,26 @@ the same services as the functions; only the runtime's construction is pointed a
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner, Result
 
 from shared.cli import app, support
 from shared.config import Settings
 from shared.db.database import Database
+from shared.jobs.queue import QueueSettings
+from shared.keys.scheduled_rotation import rotate_scheduled_keys
 from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator
 from shared.runtime import Runtime
+from shared.usage.service import UsageService
 
 Invoke = Callable[..., Result]
 
@@ -121,8 +127,6 @@ def test_an_emergency_rotation_from_the_command_line(cli: Invoke, emulator: Emul
 
 def test_usage_report_reset_and_tiers(cli: Invoke, runtime: Runtime) -> None:
     # GIVEN a user with spend this month
-    from shared.usage.service import UsageService
-
     assert cli("keys", "create", "--user", "carol", "--tier", "standard").exit_code == 0
     asyncio.run(
         UsageService(runtime).log(
@@ -166,11 +170,7 @@ def test_tokens_jobs_audit_and_reconcile(cli: Invoke, database_dsn: str) -> None
         database_dsn,
         "update api_keys set activated_at = date_trunc('month', now()) - interval '1 day'",
     )
-    from shared.cli.support import run
-    from shared.jobs.queue import QueueSettings
-    from shared.keys.scheduled_rotation import rotate_scheduled_keys
-
-    run(database_dsn, lambda r: rotate_scheduled_keys(r, QueueSettings()))
+    support.run(database_dsn, lambda r: rotate_scheduled_keys(r, QueueSettings()))
     jobs = as_json(cli("jobs", "list", "--json"))["data"]
     assert [(j["kind"], j["done"], j["status"]) for j in jobs] == [
         ("scheduled_rotation", 1, "done")
@@ -192,3 +192,35 @@ def test_tokens_jobs_audit_and_reconcile(cli: Invoke, database_dsn: str) -> None
     broken = cli("audit", "verify", "--json")
     assert broken.exit_code == support.EXIT_PROBLEM
     assert json.loads(broken.stdout)["broken_seq"] == 1
+
+
+def test_keys_rewrap_moves_every_data_key_to_a_new_master_key(
+    cli: Invoke,
+    settings: Settings,
+    emulator: Emulator,
+    openrouter: OpenRouterClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN two keys sealed under the local master key
+    assert cli("keys", "create", "--user", "dora").exit_code == 0
+    assert cli("keys", "create", "--system", "formul8").exit_code == 0
+    old = Runtime(settings).master_key().material
+
+    # WHEN the operator sets a new master key, keeps the old one as previous, and re-wraps
+    rotated = settings.model_copy(
+        update={
+            "encryption_master_key": SecretStr(base64.b64encode(os.urandom(32)).decode()),
+            "encryption_previous_master_keys": [SecretStr(base64.b64encode(old).decode())],
+        }
+    )
+
+    def build_runtime(_: Settings, database: Database) -> Runtime:
+        return Runtime(rotated, database=database, openrouter=openrouter, emulator=emulator)
+
+    monkeypatch.setattr(support, "build_runtime", build_runtime)
+    first = cli("keys", "rewrap")
+    again = cli("keys", "rewrap")
+
+    # THEN both moved once, and nothing is left under the old key
+    assert first.exit_code == 0 and first.stdout.strip() == "re-wrapped 2 data keys"
+    assert again.stdout.strip() == "re-wrapped 0 data keys"
