@@ -124,6 +124,12 @@ def test_an_emergency_rotation_from_the_command_line(cli: Invoke, emulator: Emul
     assert {k.hash for k in emulator.user_keys()}.isdisjoint(old)
     assert refused.exit_code == support.EXIT_INVALID
 
+    # AND without --json, one user's keys again: the progress bar on stderr, the summary on stdout
+    plain = cli("keys", "rotate", "--emergency", "--user", "u1", "--reason", "again")
+    assert plain.exit_code == 0, plain.output
+    assert "1 replaced, 0 failed, 0 left (status completed)" in plain.stdout
+    assert "emergency rotation" in plain.stderr
+
 
 def test_usage_report_reset_and_tiers(cli: Invoke, runtime: Runtime) -> None:
     # GIVEN a user with spend this month

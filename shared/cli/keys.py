@@ -10,8 +10,17 @@ from uuid import UUID
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
 from shared.emergency.endpoints import EmergencyDryRun, EmergencyRotationInfo
@@ -39,6 +48,13 @@ def _owner(user: str | None, system: str | None) -> Owner:
     if (user is None) == (system is None):
         raise typer.BadParameter("give exactly one of --user and --system")
     return Owner.user(user) if user is not None else Owner.system(system or "")
+
+
+class KeysPerSecondColumn(ProgressColumn):
+    """The rate of replaced keys, as rich measures it over the last updates."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.1f} keys/s")
 
 
 def _print_issued(issued: KeyIssuedResponse, verb: str) -> None:
@@ -140,6 +156,7 @@ def _emergency(
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[failed]} failed"),
+            KeysPerSecondColumn(),
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=Console(stderr=True), disable=as_json) as progress:
