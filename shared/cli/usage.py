@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
@@ -11,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
-from shared.keys.domain import current_period
+from shared.errors import ValidationFailed
+from shared.keys.domain import current_period, parse_period
 from shared.usage import report_service
 from shared.usage.budgets import BudgetService
 from shared.usage.schemas import (
@@ -76,8 +76,8 @@ def report(
         console.print(_breakdown_table("by agent", mine.by_agent))
         return
     try:
-        month = current_period() if period is None else date.fromisoformat(f"{period}-01")
-    except ValueError as error:
+        month = current_period() if period is None else parse_period(period)
+    except ValidationFailed as error:
         raise typer.BadParameter("--period is YYYY-MM") from error
     system: SystemUsage = run(dsn, lambda r: report_service.system_usage(r, month))
     if as_json:

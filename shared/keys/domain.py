@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, ValidationFailed
 from shared.openrouter.errors import (
     OpenRouterError,
     OpenRouterOutcomeUnknown,
@@ -31,6 +31,16 @@ def current_period(now: datetime | None = None) -> date:
     """The UTC calendar month, as OpenRouter's monthly limits count it."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     return date(moment.year, moment.month, 1)
+
+
+def parse_period(text: str) -> date:
+    """A YYYY-MM month as the first day of it; a 422 for anything else (0000-00 included)."""
+    try:
+        return date.fromisoformat(f"{text}-01")
+    except ValueError as error:
+        raise ValidationFailed(
+            "period must be a month as YYYY-MM", code="invalid_period", details={"period": text}
+        ) from error
 
 
 @dataclass(frozen=True, slots=True)

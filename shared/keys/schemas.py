@@ -14,7 +14,11 @@ from shared.keys.domain import IssuedKey, Owner
 if TYPE_CHECKING:
     from shared.keys.repository import KeyRecord, OperationRecord
 
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s/]+$")]
+# No whitespace, slash or control character: ids travel in paths, logs and key names.
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s/\x00-\x1f\x7f-\x9f]+$"),
+]
 SystemName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 TierName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from shared.access.rules import AdminCaller
-from shared.keys.domain import current_period
+from shared.keys.domain import current_period, parse_period
 from shared.keys.schemas import TierName, UserId
 from shared.usage import report_service
 from shared.usage.schemas import KeyPage, KeyStateCounts, SystemUsage
@@ -25,7 +24,7 @@ async def system_usage(
 ) -> SystemUsage:
     """The month system-wide: totals by tier, model and agent; top users; users over 80% and
     100% of their budget; drift against OpenRouter."""
-    month = current_period() if period is None else date.fromisoformat(f"{period}-01")
+    month = current_period() if period is None else parse_period(period)
     return await report_service.system_usage(runtime, month)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from typing import Any
 
@@ -25,6 +26,20 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
+
+
+def refused_by_the_database(error: BaseException) -> str | None:
+    """Why the database refused a value from the request, if that is what happened: a data
+    exception (SQLSTATE class 22, or the driver refusing a NUL byte in text) or text that
+    cannot be encoded (a lone surrogate). Input, not a fault of ours: the backstop that keeps
+    it from becoming a 500."""
+    if isinstance(error, UnicodeEncodeError):
+        return "text that is not valid UTF-8"
+    psycopg = sys.modules.get("psycopg")  # loaded if the error can be one of its own
+    if psycopg is not None and isinstance(error, psycopg.DataError):
+        # Class 22 from the server, or the driver refusing to send a value (no SQLSTATE).
+        return f"SQLSTATE {error.sqlstate}" if error.sqlstate else "a value the driver refuses"
+    return None
 
 
 def _incoming_request_id(scope: Scope) -> str:
@@ -72,13 +87,26 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
-        except Exception:
+        except Exception as error:
             # Handled here rather than by Starlette's ServerErrorMiddleware, which sits outside
             # every user middleware and would answer without the request id or the envelope.
-            logger.exception("unhandled error")
+            refused = refused_by_the_database(error)
+            if refused is None:
+                logger.exception("unhandled error")
+            else:
+                logger.warning("input refused by the database", extra={"reason": refused})
             if response_started:
                 raise
-            response = error_response(500, "internal_error", "an unexpected error occurred")
+            response = (
+                error_response(500, "internal_error", "an unexpected error occurred")
+                if refused is None
+                else error_response(
+                    422,
+                    "invalid_input",
+                    "a value in this request cannot be stored",
+                    details={"reason": refused},
+                )
+            )
             await response(scope, receive, send_with_headers)
         finally:
             # The path is logged, never the query string: credentials do not belong there,

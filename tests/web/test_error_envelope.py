@@ -15,6 +15,7 @@ from shared.access.rules import PublicCaller
 from shared.errors import Conflict
 from shared.runtime import Runtime
 from shared.web.app_factory import create_app
+from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 
 SECRET = "sk-or-v1-" + "c" * 64
 
@@ -146,3 +147,29 @@ async def test_every_response_carries_security_headers(client: httpx.AsyncClient
     for response in (await client.get("/health"), await client.get("/nowhere")):
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_value_the_database_cannot_store_is_a_422_not_a_500(
+    api: httpx.AsyncClient,
+) -> None:
+    # GIVEN an admin's request whose reason holds a NUL byte (valid JSON, valid str, but no
+    # PostgreSQL text may contain it), found by the schemathesis run
+    admin = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
+    body = {"all": True, "reason": "leak\u0000ed"}
+
+    # WHEN it reaches the database
+    response = await api.post("/api/admin/emergency-rotate", headers=admin, json=body)
+
+    # THEN it is refused as input, in the envelope, and nothing of the value is echoed
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert error["details"] == {"reason": "a value the driver refuses"}
+
+
+async def test_control_characters_are_not_user_ids(api: httpx.AsyncClient) -> None:
+    admin = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
+    response = await api.post(
+        "/api/keys/create", headers=admin, json={"user_id": "eve\u0000", "tier": "free"}
+    )
+    assert response.status_code == 422 and response.json()["error"]["code"] == "validation_error"
