@@ -34,7 +34,7 @@ _CREDENTIAL_QUERY_PARAMETERS = frozenset(
 class RateLimitedAction(StrEnum):
     KEY_WRITE = "key_write"
     KEY_REVEAL = "key_reveal"
-    TOKEN_ISSUE = "token_issue"
+    TOKEN_ISSUE = "token_issue"  # nosec B105
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ import secrets
 import string
 import zlib
 
-SERVICE_TOKEN_PREFIX = "ora_st_"
+# The public prefix that secret scanners look for; not itself a secret.
+SERVICE_TOKEN_PREFIX = "ora_st_"  # nosec B105
 _ALPHABET = string.digits + string.ascii_letters
 _BODY_LENGTH = 37
 _CHECKSUM_LENGTH = 6

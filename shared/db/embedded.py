@@ -12,7 +12,9 @@ import atexit
 import contextlib
 import os
 import shutil
-import subprocess
+
+# Runs the embedded server's own binaries with a fixed argv.
+import subprocess  # nosec B404
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ def _ensure_runtime_dir() -> None:
     current = os.environ.get("XDG_RUNTIME_DIR")
     if current and Path(current).is_dir() and (Path(current).stat().st_mode & 0o077) == 0:
         return
-    runtime_dir = Path("/tmp") / f"openrouter-agent-runtime-{os.getuid()}"  # noqa: S108
+    # A private (0700) directory per user, checked below.
+    runtime_dir = Path("/tmp") / f"openrouter-agent-runtime-{os.getuid()}"  # noqa: S108  # nosec B108
     runtime_dir.mkdir(mode=0o700, exist_ok=True)
     runtime_dir.chmod(0o700)
     os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)

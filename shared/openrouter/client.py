@@ -158,7 +158,8 @@ class OpenRouterClient:
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._backoff_max_s, self._backoff_base_s * (2**attempt))
-        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
+        # Jitter, not a secret.
+        return random.uniform(0, ceiling)  # noqa: S311  # nosec B311
 
     async def _request(
         self,
