@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -52,6 +53,14 @@ from tests.access.signing import (  # noqa: E402
 TEMPLATE_DATABASE = "openrouter_agent_template"
 
 
+# What no log line may hold: an OpenRouter key, one of our service tokens, a bearer value.
+SECRET_IN_LOG = (
+    re.compile(r"sk-or-v1-[0-9a-f]{8}"),
+    re.compile(r"ora_st_[A-Za-z0-9]{8}"),
+    re.compile(r"(?i)bearer\s+(?!\*\*\*)[A-Za-z0-9._~+/=\-]{8}"),
+)
+
+
 class OpenRouterKeySightings(logging.Handler):
     """Formats every log record as its logger would emit it and notes any OpenRouter key."""
 
@@ -62,13 +71,14 @@ class OpenRouterKeySightings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         line = self.format(record)
-        if "sk-or-v1-" in line:
+        if any(pattern.search(line) for pattern in SECRET_IN_LOG):
             self.sightings.append(f"{record.name}: {line[:200]}")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_openrouter_key_in_any_log() -> Iterator[None]:
-    """The whole run's logs (ours, as written, and every library's) hold no OpenRouter key."""
+    """The whole run's logs (ours, as written, and every library's) hold no OpenRouter key,
+    no service token and no bearer credential."""
     ours = OpenRouterKeySightings(RedactingFormatter())
     everyone_else = OpenRouterKeySightings(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     logging.getLogger(SERVICE_NAME).addHandler(ours)

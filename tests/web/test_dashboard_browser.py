@@ -4,6 +4,7 @@ local app on a real port with seeded data. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -106,6 +107,9 @@ def server(settings: Settings, database_dsn: str, emulator: Emulator) -> Iterato
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
+    # Selenium logs each WebDriver call's body at DEBUG, a typed credential included: the
+    # whole-run log scan caught it.
+    logging.getLogger("selenium").setLevel(logging.WARNING)
     assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
         "Chromium is missing: scripts/test installs Debian's chromium and chromium-driver"
     )
