@@ -1,5 +1,6 @@
 """Schemathesis against the OpenAPI schema of every group, as an admin, a user and no one:
-no 5xx, every error in the envelope, every documented response true to its schema."""
+no 5xx, every error in the envelope, every documented response true to its schema, and the
+security headers on every response."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from shared.runtime import Runtime
 from shared.web.app_factory import create_app
+from shared.web.middleware import SECURITY_HEADERS as HEADER_PAIRS
 from tests.access.signing import AuthServer
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 
 CASES: Counter[str] = Counter()
+SECURITY_HEADERS = {name.decode(): value.decode() for name, value in HEADER_PAIRS}
 EXAMPLES_PER_OPERATION = 60
 
 
@@ -30,8 +33,18 @@ def _check(case: Any, auth_server: AuthServer) -> None:
         response = case.call(headers={**(case.headers or {}), **headers})
         CASES[name] += 1
         case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
-        problem = _envelope_problems(response)
+        problem = _envelope_problems(response) or _missing_security_headers(response)
         assert problem is None, f"{case.method} {case.formatted_path} as {name}: {problem}"
+
+
+def _missing_security_headers(response: Any) -> str | None:
+    # Schemathesis gives every header as the list of its values.
+    missing = [
+        f"{name}: {value}"
+        for name, value in SECURITY_HEADERS.items()
+        if response.headers.get(name) != [value]
+    ]
+    return f"security headers missing: {missing}" if missing else None
 
 
 def _envelope_problems(response: Any) -> str | None:
