@@ -64,6 +64,15 @@ def sql(dsn: str, statement: str) -> None:
     asyncio.run(execute())
 
 
+def sql_value(dsn: str, query: str) -> Any:
+    async def fetch() -> Any:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            row = await (await conn.execute(query.encode())).fetchone()
+            return None if row is None else row[0]
+
+    return asyncio.run(fetch())
+
+
 def test_keys_create_show_rotate_list_and_revoke(cli: Invoke, emulator: Emulator) -> None:
     # WHEN an operator creates a user's key
     created = cli("keys", "create", "--user", "alice", "--tier", "micro")
@@ -189,15 +198,17 @@ def test_tokens_jobs_audit_and_reconcile(cli: Invoke, database_dsn: str) -> None
 
     # Audit: intact, then broken by someone who disabled the guard
     assert as_json(cli("audit", "verify", "--json"))["intact"] is True
+    first_seq = sql_value(database_dsn, "select min(seq) from audit_log")
     sql(
         database_dsn,
         "alter table audit_log disable trigger audit_log_append_only;"
-        " update audit_log set actor = 'someone else' where seq = 1;"
+        " update audit_log set actor = 'someone else'"
+        " where seq = (select min(seq) from audit_log);"
         " alter table audit_log enable trigger audit_log_append_only",
     )
     broken = cli("audit", "verify", "--json")
     assert broken.exit_code == support.EXIT_PROBLEM
-    assert json.loads(broken.stdout)["broken_seq"] == 1
+    assert json.loads(broken.stdout)["broken_seq"] == first_seq
 
 
 def test_keys_rewrap_moves_every_data_key_to_a_new_master_key(
