@@ -89,7 +89,14 @@ class ReconcileReport:
 
 
 def openrouter_failure(error: OpenRouterError, operation_id: UUID) -> ServiceUnavailable:
-    details = {"operation_id": str(operation_id), "openrouter_status": error.status_code}
+    return openrouter_unavailable(error, {"operation_id": str(operation_id)})
+
+
+def openrouter_unavailable(
+    error: OpenRouterError, details: dict[str, object] | None = None
+) -> ServiceUnavailable:
+    """An OpenRouter failure as our 503: its status, and its Retry-After when it gave one."""
+    details = {**(details or {}), "openrouter_status": error.status_code}
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import AppError
 from shared.observability import current_request_id, logger
+from shared.openrouter.errors import OpenRouterError
 from shared.redaction import redact
 
 _HTTP_STATUS_CODES = {
@@ -83,7 +84,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
 
 
+async def _openrouter_error(request: Request, exc: Exception) -> JSONResponse:
+    # Most paths turn OpenRouter's failures into our 503 themselves; this catches any that
+    # escape (a read in a saga's planning step, say), so that none becomes a 500.
+    from shared.keys.domain import openrouter_unavailable
+
+    assert isinstance(exc, OpenRouterError)
+    return await _app_error(request, openrouter_unavailable(exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(OpenRouterError, _openrouter_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

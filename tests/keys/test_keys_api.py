@@ -11,7 +11,7 @@ import pytest
 from shared.access.principals import Scope
 from shared.access.service import AccessService
 from shared.db.database import Database
-from shared.openrouter.emulator import Emulator
+from shared.openrouter.emulator import Emulator, Fault
 from shared.runtime import Runtime
 from tests.access.signing import AuthServer
 
@@ -167,3 +167,27 @@ async def test_bad_requests_are_4xx(api: httpx.AsyncClient, service_token: Token
     assert (unknown_tier.status_code, unknown_tier.json()["error"]["code"]) == (422, "unknown_tier")
     assert (no_key.status_code, no_key.json()["error"]["code"]) == (404, "no_current_key")
     assert bad_id.status_code == 422
+
+
+async def test_openrouter_refusing_a_rotations_reads_is_a_503_with_retry_after(
+    api: httpx.AsyncClient, service_token: TokenMaker, emulator: Emulator
+) -> None:
+    # GIVEN a user's key, and OpenRouter rate-limiting every read of a key (found by the fault
+    # campaign: the rotation's planning read escaped as a 500)
+    writer = await service_token(Scope.KEYS_WRITE, Scope.KEYS_READ)
+    created = await api.post("/api/keys/create", headers=writer, json={"user_id": ALICE})
+    assert created.status_code == 201
+    emulator.inject(
+        Fault("status", method="GET", path="/keys/", status=429, retry_after_s=7, times=None)
+    )
+
+    # WHEN a rotation is asked for
+    rotated = await api.post("/api/keys/rotate", headers=writer, json={"user_id": ALICE})
+
+    # THEN the caller is told to come back, in the envelope, and the old key still works
+    assert rotated.status_code == 503, rotated.text
+    assert rotated.json()["error"]["code"] == "openrouter_rate_limited"
+    assert rotated.headers["retry-after"] == "7"
+    emulator.faults.clear()
+    current = await api.get(f"/api/keys/user/{ALICE}", headers=writer)
+    assert current.json()["key"]["id"] == created.json()["key"]["id"]
