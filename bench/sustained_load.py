@@ -1,6 +1,12 @@
 """Sustained mixed load on the local server: errors, exact books, memory over time.
 
     .venv/bin/python -m bench.sustained_load [--seconds 60] [--usage-rate 300]
+    .venv/bin/python -m bench.sustained_load --wrk [--seconds 60] [--connections 16]
+
+With --wrk the load is wrk's (Debian's package), closed-loop at as many requests as the
+server takes, the usage benchmark's throughput: nine in ten requests log a usage event (every
+tenth of those repeats the one before), the rest read a user's month; afterwards every book
+is checked against the ledger's events and the server's memory is printed.
 
 Starts `openrouter-agent serve` on embedded defaults, creates keys for `--users` users, then
 for `--seconds` sends, open-loop at fixed rates: usage events (one per request, a tenth of them
@@ -163,6 +169,88 @@ async def run(options: argparse.Namespace, port: int, token: str) -> None:
     print("server memory (RSS): " + ", ".join(f"{t:.0f} s {mb:.0f} MB" for t, mb in memory))
 
 
+WRK_MIX = """
+local counter = 0
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+function init(args) prefix = "w" .. tid .. "-" .. math.random(1, 1e9) end
+request = function()
+  counter = counter + 1
+  if counter % 10 == 0 then
+    return wrk.format("GET", "/api/usage/load-" .. (counter % USERS), wrk.headers, nil)
+  end
+  -- every tenth event repeats the previous one: the book must count it once
+  local n = counter
+  if counter % 10 == 9 then n = counter - 1 end
+  local body = string.format(
+    '{"user_id":"load-%d","generation_id":"%s-%d","model":"m","cost_usd":"0.000123"}',
+    n % USERS, prefix, n)
+  return wrk.format("POST", "/api/usage/log", wrk.headers, body)
+end
+"""
+
+
+def run_wrk(options: argparse.Namespace, port: int, token: str, data_dir: Path) -> None:
+    from bench.common import wrk_load
+
+    users = options.users
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as api:
+        for n in range(users):
+            created = api.post("/api/keys/create", json={"user_id": f"load-{n}", "tier": "admin"})
+            assert created.status_code == 201, created.text
+    process = psutil.Process(server_pid(port))
+    memory = [(0.0, process.memory_info().rss / 2**20)]
+    script = data_dir.parent / "mix.lua"
+    script.write_text(WRK_MIX.replace("USERS", str(users)))
+    result: list[object] = []
+    import threading
+
+    worker = threading.Thread(
+        target=lambda: result.append(
+            wrk_load(
+                f"http://127.0.0.1:{port}/",
+                seconds=options.seconds,
+                concurrency=options.connections,
+                script=script,
+                headers=(f"Authorization: Bearer {token}", "Content-Type: application/json"),
+            )
+        )
+    )
+    began = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=10)
+        memory.append((time.perf_counter() - began, process.memory_info().rss / 2**20))
+    [load] = result
+    dsn = f"postgresql://postgres@/postgres?host={data_dir / 'pgdata'}"
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        wrong = conn.execute(
+            "select count(*) from usage_totals t left join (select user_id, period,"
+            " sum(cost_usd) as spent, count(*) as n from usage_events group by 1, 2) e"
+            " using (user_id, period) where t.spent_usd <> e.spent or t.events <> e.n"
+        ).fetchone()
+        events = conn.execute("select count(*), sum(cost_usd) from usage_events").fetchone()
+    print(
+        f"{options.seconds} s of wrk on loopback, {options.connections} connections: "
+        "9 in 10 requests log a usage event (every tenth repeats the previous), 1 reads"
+    )
+    print(
+        f"requests {load.requests:,} ({load.rate:,.0f}/s), non-2xx {load.errors},"  # type: ignore[attr-defined]
+        f" p50 {load.p50_ms:.1f} ms, p99 {load.p95_ms:.1f} ms"
+    )  # type: ignore[attr-defined]
+    print(
+        f"ledger: {events[0]:,} distinct events, ${events[1]}; books that differ from their"  # type: ignore[index]
+        f" events: {wrong[0]}"
+    )  # type: ignore[index]
+    print("server memory (RSS): " + ", ".join(f"{t:.0f} s {mb:.0f} MB" for t, mb in memory))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=60)
@@ -170,6 +258,8 @@ def main() -> None:
     parser.add_argument("--read-rate", type=float, default=30)
     parser.add_argument("--rotate-rate", type=float, default=2)
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--wrk", action="store_true", help="closed-loop load with wrk")
+    parser.add_argument("--connections", type=int, default=16)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(scratch) / "local"
@@ -177,7 +267,10 @@ def main() -> None:
         with running_servers(
             data_dir, DATABASE_POOL_MAX_SIZE="16", RATE_LIMIT_KEY_WRITES_PER_MINUTE="100000"
         ) as (port, _):
-            asyncio.run(run(options, port, issue_token(data_dir)))
+            if options.wrk:
+                run_wrk(options, port, issue_token(data_dir), data_dir)
+            else:
+                asyncio.run(run(options, port, issue_token(data_dir)))
 
 
 if __name__ == "__main__":

