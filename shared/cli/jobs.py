@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -11,11 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cli.support import DsnOption, JsonOption, emit_json, run
-from shared.errors import NotFound
-from shared.jobs.queue import job_status
-from shared.jobs.repository import JobProgress, WorkQueueRepository
+from shared.jobs import queue
 from shared.jobs.schemas import JobStatusInfo, JobStatusList
-from shared.runtime import Runtime
 
 app = typer.Typer(no_args_is_help=True, help="Bulk jobs: scheduled rotations, monthly restores.")
 
@@ -28,13 +24,8 @@ def list_jobs(
     dsn: DsnOption = None,
 ) -> None:
     """The newest bulk jobs with their progress."""
-
-    async def recent(runtime: Runtime) -> list[JobProgress]:
-        async with runtime.database().connection() as conn:
-            return await WorkQueueRepository(conn).recent(kind=kind, limit=limit)
-
-    now = datetime.now(UTC)
-    jobs = JobStatusList(data=[JobStatusInfo.of(job_status(p, now=now)) for p in run(dsn, recent)])
+    found = run(dsn, lambda r: queue.recent_jobs(r, kind=kind, limit=limit))
+    jobs = JobStatusList(data=[JobStatusInfo.of(job) for job in found])
     if as_json:
         emit_json(jobs)
         return
@@ -57,15 +48,7 @@ def list_jobs(
 @app.command("show")
 def show(job_id: UUID, as_json: JsonOption = False, dsn: DsnOption = None) -> None:
     """One bulk job: done, remaining, failed, retrying, rate and ETA."""
-
-    async def progress(runtime: Runtime) -> JobProgress:
-        async with runtime.database().connection() as conn:
-            found = await WorkQueueRepository(conn).progress(job_id)
-        if found is None:
-            raise NotFound("no bulk job has this id", code="job_not_found")
-        return found
-
-    job = JobStatusInfo.of(job_status(run(dsn, progress), now=datetime.now(UTC)))
+    job = JobStatusInfo.of(run(dsn, lambda r: queue.one_job(r, job_id)))
     if as_json:
         emit_json(job)
         return

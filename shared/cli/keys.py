@@ -3,7 +3,6 @@ and `openrouter-agent reconcile`."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict
 from typing import Annotated
 from uuid import UUID
@@ -169,7 +168,6 @@ def _emergency(
                 )
                 if status.count("pending") + status.count("disabled") == 0:
                     break
-                await asyncio.sleep(0)
         return status
 
     final = EmergencyRotationInfo.of(run(dsn, rotate_all, calls_openrouter=True))

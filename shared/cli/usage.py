@@ -18,9 +18,7 @@ from shared.usage.schemas import (
     Breakdown,
     CurrentUsage,
     ResetUsageResponse,
-    ResetUsageResult,
     SystemUsage,
-    TierInfo,
     TierList,
     UserShare,
     UserTierChanged,
@@ -120,17 +118,7 @@ def reset_usage(
         ),
         calls_openrouter=True,
     )
-    response = ResetUsageResponse(
-        users=[
-            ResetUsageResult(
-                user_id=o.user_id,
-                amount_usd=o.amount_usd,
-                key_limit_usd=o.key_limit_usd,
-                key_updated=o.key_updated,
-            )
-            for o in outcomes
-        ]
-    )
+    response = ResetUsageResponse.of(outcomes)
     if as_json:
         emit_json(response)
         return
@@ -142,10 +130,7 @@ def reset_usage(
 @tiers_app.command("list")
 def tiers_list(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
     """The tiers and their monthly budgets."""
-    rows = run(dsn, lambda r: BudgetService(r).tiers())
-    tiers = TierList(
-        data=[TierInfo(tier=t, monthly_budget_usd=b, description=d) for t, b, d in rows]
-    )
+    tiers = TierList.of(run(dsn, lambda r: BudgetService(r).tiers()))
     if as_json:
         emit_json(tiers)
         return

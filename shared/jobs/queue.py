@@ -14,12 +14,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
 from shared.config import Settings
-from shared.errors import AppError
+from shared.errors import AppError, NotFound
 from shared.jobs.repository import ClaimedItem, JobProgress, WorkQueueRepository
 from shared.observability import logger
 from shared.redaction import redact
@@ -175,3 +175,19 @@ def job_status(progress: JobProgress, *, now: datetime) -> JobStatus:
         if progress.status == "running" and rate > 0:
             eta = now + timedelta(seconds=float(progress.remaining / rate))
     return JobStatus(progress=progress, rate_per_s=rate, eta=eta)
+
+
+async def recent_jobs(runtime: Runtime, *, kind: str | None, limit: int) -> list[JobStatus]:
+    """The newest bulk jobs, each with its progress, rate and ETA."""
+    async with runtime.database().connection() as conn:
+        jobs = await WorkQueueRepository(conn).recent(kind=kind, limit=limit)
+    now = datetime.now(UTC)
+    return [job_status(job, now=now) for job in jobs]
+
+
+async def one_job(runtime: Runtime, job_id: UUID) -> JobStatus:
+    async with runtime.database().connection() as conn:
+        progress = await WorkQueueRepository(conn).progress(job_id)
+    if progress is None:
+        raise NotFound("no bulk job has this id", code="job_not_found")
+    return job_status(progress, now=datetime.now(UTC))

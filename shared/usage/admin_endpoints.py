@@ -11,7 +11,6 @@ from shared.usage.budgets import BudgetService
 from shared.usage.schemas import (
     ResetUsageRequest,
     ResetUsageResponse,
-    ResetUsageResult,
     TierBudgetUpdate,
     TierInfo,
     TierList,
@@ -40,26 +39,13 @@ async def reset_usage(
         actor=caller.actor,
         request_id=current_request_id.get(),
     )
-    return ResetUsageResponse(
-        users=[
-            ResetUsageResult(
-                user_id=o.user_id,
-                amount_usd=o.amount_usd,
-                key_limit_usd=o.key_limit_usd,
-                key_updated=o.key_updated,
-            )
-            for o in outcomes
-        ]
-    )
+    return ResetUsageResponse.of(outcomes)
 
 
 @router.get("/api/admin/tiers", response_model=TierList)
 async def list_tiers(_: AdminCaller, runtime: RuntimeDep) -> TierList:
     """The subscription tiers and their monthly budgets."""
-    tiers = await BudgetService(runtime).tiers()
-    return TierList(
-        data=[TierInfo(tier=t, monthly_budget_usd=b, description=d) for t, b, d in tiers]
-    )
+    return TierList.of(await BudgetService(runtime).tiers())
 
 
 @router.put("/api/admin/tiers/{tier}", response_model=TierInfo)

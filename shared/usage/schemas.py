@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -16,6 +17,9 @@ from pydantic import (
 )
 
 from shared.keys.schemas import KeyInfo, TierName, UserId
+
+if TYPE_CHECKING:
+    from shared.usage.budgets import ResetOutcome
 
 MAX_BATCH_EVENTS = 1000
 # No single generation costs this much; a larger figure is a unit mistake, not a bill.
@@ -190,6 +194,20 @@ class ResetUsageResult(BaseModel):
 class ResetUsageResponse(BaseModel):
     users: list[ResetUsageResult]
 
+    @classmethod
+    def of(cls, outcomes: Sequence[ResetOutcome]) -> ResetUsageResponse:
+        return cls(
+            users=[
+                ResetUsageResult(
+                    user_id=o.user_id,
+                    amount_usd=o.amount_usd,
+                    key_limit_usd=o.key_limit_usd,
+                    key_updated=o.key_updated,
+                )
+                for o in outcomes
+            ]
+        )
+
 
 class TierInfo(BaseModel):
     tier: str
@@ -199,6 +217,13 @@ class TierInfo(BaseModel):
 
 class TierList(BaseModel):
     data: list[TierInfo]
+
+    @classmethod
+    def of(cls, tiers: Sequence[tuple[str, Decimal | None, str]]) -> TierList:
+        """From BudgetService.tiers(): (tier, monthly budget, description) rows."""
+        return cls(
+            data=[TierInfo(tier=t, monthly_budget_usd=b, description=d) for t, b, d in tiers]
+        )
 
 
 class TierBudgetUpdate(BaseModel):
