@@ -271,7 +271,15 @@ class Settings(BaseModel):
     )
     key_operation_lease_s: Annotated[int, Field(ge=5, le=900)] = Field(
         default=60,
-        description="How long one invocation holds a key operation before another may resume it.",
+        description="How long one invocation holds an owner's keys (an operation, a limit "
+        "change) before another may take over.",
+    )
+    openrouter_billing_settle_s: Annotated[float, Field(ge=0, le=3600)] | None = Field(
+        default=None,
+        description="OpenRouter bills a request when it completes: how long after a key's "
+        "limit is lowered (or it is disabled) it may still be billed for requests admitted "
+        "before. Budget it could still spend goes to no other key for this long. Unset: 60 "
+        "with OpenRouter, 0 with the in-process emulator (which bills at once).",
     )
     reconcile_orphan_min_age_s: Annotated[int, Field(ge=60)] = Field(
         default=900,

@@ -76,6 +76,14 @@ class Runtime:
             return "emulator" if self._emulator is not None else "openrouter"
         return "emulator" if self.settings.uses_openrouter_emulator else "openrouter"
 
+    @property
+    def billing_settle_s(self) -> float:
+        """How long a lowered or disabled key may still be billed for earlier requests."""
+        configured = self.settings.openrouter_billing_settle_s
+        if configured is not None:
+            return configured
+        return 0.0 if self.openrouter_provider == "emulator" else 60.0
+
     def database(self) -> Database:
         with self._lock:
             if self._database is None:

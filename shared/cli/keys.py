@@ -29,7 +29,6 @@ from shared.keys.schemas import (
     CurrentKeyResponse,
     KeyInfo,
     KeyIssuedResponse,
-    OperationInfo,
     ReconcileResult,
 )
 from shared.keys.service import KeyLifecycleService
@@ -210,14 +209,7 @@ def show(
     owner = _owner(user, system)
 
     async def current(runtime: Runtime) -> CurrentKeyResponse:
-        service = KeyLifecycleService(runtime)
-        key = await service.current_key(owner)
-        operation = await service.open_operation(owner)
-        return CurrentKeyResponse(
-            key=KeyInfo.of(key),
-            secret=None,
-            rotation=None if operation is None else OperationInfo.of(operation),
-        )
+        return CurrentKeyResponse.of(await KeyLifecycleService(runtime).describe(owner))
 
     response = run(dsn, current)
     if as_json:

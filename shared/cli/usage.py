@@ -17,6 +17,7 @@ from shared.usage.budgets import BudgetService
 from shared.usage.schemas import (
     Breakdown,
     CurrentUsage,
+    KeyLimitOutcome,
     ResetUsageResponse,
     SystemUsage,
     TierList,
@@ -123,8 +124,7 @@ def reset_usage(
         emit_json(response)
         return
     for result in response.users:
-        key = "key limit " + _money(result.key_limit_usd) if result.key_updated else "key later"
-        typer.echo(f"{result.user_id}: adjusted {result.amount_usd}; {key}")
+        typer.echo(f"{result.user_id}: adjusted {result.amount_usd}; {_key_limit(result)}")
 
 
 @tiers_app.command("list")
@@ -166,17 +166,23 @@ def tiers_user(
     dsn: DsnOption = None,
 ) -> None:
     """Move a user to a tier; their key's limit follows at once."""
-    previous, current, limit = run(
+    change = run(
         dsn,
         lambda r: BudgetService(r).change_tier(
             user_id, tier, actor=operator(), reason=reason, request_id=None
         ),
         calls_openrouter=True,
     )
-    changed = UserTierChanged(
-        user_id=user_id, previous_tier=previous, tier=current, key_limit_usd=limit
-    )
+    changed = UserTierChanged.of(change)
     if as_json:
         emit_json(changed)
         return
-    typer.echo(f"{user_id}: {previous} -> {current}; key limit {_money(limit)}")
+    typer.echo(f"{user_id}: {changed.previous_tier} -> {changed.tier}; {_key_limit(changed)}")
+
+
+def _key_limit(outcome: KeyLimitOutcome) -> str:
+    if outcome.key_limit_status == "pending":
+        return "key limit pending (applied when the operation in progress ends)"
+    if outcome.key_limit_status == "no_key":
+        return "no key yet"
+    return "key limit " + ("unlimited" if outcome.key_unlimited else _money(outcome.key_limit_usd))

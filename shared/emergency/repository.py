@@ -62,8 +62,9 @@ class EmergencyRepository:
     ) -> list[KeyRecord]:
         cursor = await self._conn.execute(
             "select k.* from api_keys k left join users u on u.user_id = k.user_id"
-            " where k.state = 'current' and (%s or k.user_id = any(%s) or u.tier = any(%s)"
-            " or k.id = any(%s)) order by k.owner",
+            " where k.state in ('current', 'previous', 'pending')"
+            " and (%s or k.user_id = any(%s) or u.tier = any(%s)"
+            " or k.id = any(%s)) order by k.owner, k.created_at",
             (everything, user_ids, tiers, key_ids),
         )
         return [KeyRecord.from_row(row) for row in await cursor.fetchall()]
@@ -181,10 +182,20 @@ class EmergencyRepository:
             ),
         )
 
+    async def owner_items(self, rotation_id: UUID, owner: str) -> list[EmergencyItemRecord]:
+        cursor = await self._conn.execute(
+            "select * from emergency_rotation_items where rotation_id = %s and owner = %s",
+            (rotation_id, owner),
+        )
+        return [EmergencyItemRecord.from_row(row) for row in await cursor.fetchall()]
+
     async def complete_if_done(self, rotation_id: UUID) -> None:
+        """Once no item is left to work on: completed, or failed if any key failed."""
         await self._conn.execute(
-            "update emergency_rotations set status = 'completed', completed_at = now(),"
-            " updated_at = now() where id = %s and status = 'running' and not exists ("
+            "update emergency_rotations r set completed_at = now(), updated_at = now(),"
+            " status = case when exists (select 1 from emergency_rotation_items"
+            "  where rotation_id = r.id and status = 'failed') then 'failed' else 'completed' end"
+            " where r.id = %s and r.status = 'running' and not exists ("
             " select 1 from emergency_rotation_items where rotation_id = %s"
             " and status in ('pending', 'disabled'))",
             (rotation_id, rotation_id),

@@ -7,6 +7,7 @@ from shared.emergency.service import EmergencyRotationService
 from shared.jobs.queue import QueueSettings
 from shared.keys import scheduled_rotation
 from shared.keys.domain import current_period
+from shared.keys.repository import KeyRepository
 from shared.keys.service import KeyLifecycleService
 from shared.observability import logger
 from shared.runtime import Runtime
@@ -37,6 +38,8 @@ async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
         "revoked_missing": len(report.revoked_missing),
         "reprovisioned": len(report.reprovisioned),
         "too_young_to_judge": report.too_young_to_judge,
+        "skipped": len(report.skipped),
+        "failed": len(report.failed),
     }
     logger.info("keys reconciled", extra=summary)
     return summary
@@ -77,6 +80,8 @@ async def measure_usage_drift(runtime: Runtime) -> int:
     """Hourly: compare OpenRouter's counters with the ledger, per user, this month."""
     remote = {k.hash: k.usage_monthly for k in await runtime.openrouter().list_all_keys()}
     async with runtime.database().connection() as conn, conn.transaction():
+        # Each key's usage as seen now: the evidence of its spend should it vanish later.
+        await KeyRepository(conn).observe_many(remote, current_period())
         drifting = await measure_drift(
             conn, remote, current_period(), tolerance=runtime.settings.drift_tolerance_usd
         )

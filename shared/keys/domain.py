@@ -80,15 +80,26 @@ class IssuedKey:
     previous_key: KeyRecord | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerOutcome:
+    """An owner the reconciler could not repair now, and why."""
+
+    owner: str
+    reason: str
+
+
 @dataclass
 class ReconcileReport:
     deleted_at_openrouter: list[str] = field(default_factory=list)
     revoked_missing: list[UUID] = field(default_factory=list)
     reprovisioned: list[UUID] = field(default_factory=list)
     too_young_to_judge: int = 0
+    skipped: list[OwnerOutcome] = field(default_factory=list)  # held by another invocation
+    failed: list[OwnerOutcome] = field(default_factory=list)
 
 
 def openrouter_failure(error: OpenRouterError, operation_id: UUID) -> ServiceUnavailable:
+    """An OpenRouter failure in the middle of a key operation."""
     return openrouter_unavailable(error, {"operation_id": str(operation_id)})
 
 

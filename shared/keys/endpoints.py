@@ -77,17 +77,14 @@ async def _current(
     if not _may_see(caller, owner.key):
         raise NotFound(f"{owner.key} has no current key", code="no_current_key")
     service = KeyLifecycleService(runtime)
-    key = await service.current_key(owner)
+    owned = await service.describe(owner)
     secret = None
     if reveal:
         await _reveal_allowed(runtime, caller)
-        secret = await service.reveal(key, actor=caller.actor, request_id=current_request_id.get())
-    operation = await service.open_operation(owner)
-    return CurrentKeyResponse(
-        key=KeyInfo.of(key),
-        secret=secret,
-        rotation=None if operation is None else OperationInfo.of(operation),
-    )
+        secret = await service.reveal(
+            owned.current, actor=caller.actor, request_id=current_request_id.get()
+        )
+    return CurrentKeyResponse.of(owned, secret=secret)
 
 
 @router.post("/create", response_model=KeyIssuedResponse, status_code=201)
@@ -102,6 +99,7 @@ async def create_key(
         body.owner,
         actor=caller.actor,
         tier=body.tier,
+        rotation_policy=body.rotation_policy,
         idempotency_key=idempotency_key,
         request_id=current_request_id.get(),
     )

@@ -34,6 +34,15 @@ class KeyRecord:
     superseded_at: datetime | None
     grace_until: datetime | None
     revoked_at: datetime | None
+    ceiling_usd: Decimal | None
+    ceiling_until: datetime | None
+    openrouter_sync_pending: bool
+    observed_usage_usd: Decimal | None
+    observed_period: date | None
+    final_usage_period: date | None
+    final_usage_source: str | None
+    disabled_at: datetime | None
+    deleted_at: datetime | None
     sealed: SealedSecret | None
 
     @classmethod
@@ -93,14 +102,16 @@ class KeyRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def _one(self, record: type[Record], query: str, params: tuple[Any, ...]) -> Record:
+    async def _one(
+        self, record: type[Record], query: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> Record:
         found = await self._maybe(record, query, params)
         if found is None:
             raise LookupError("expected a row")
         return found
 
     async def _maybe(
-        self, record: type[Record], query: str, params: tuple[Any, ...]
+        self, record: type[Record], query: str, params: tuple[Any, ...] | dict[str, Any]
     ) -> Record | None:
         cursor = await self._conn.execute(query.encode(), params)
         row = await cursor.fetchone()
@@ -136,6 +147,16 @@ class KeyRepository:
         row = await cursor.fetchone()
         assert row is not None
         return str(row["tier"])
+
+    async def user_plan(self, user_id: str) -> tuple[str | None, str | None]:
+        """The user's tier and rotation policy; (None, None) for an unknown user."""
+        cursor = await self._conn.execute(
+            "select tier, rotation_policy from users where user_id = %s", (user_id,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None, None
+        return str(row["tier"]), str(row["rotation_policy"])
 
     async def monthly_budget_of_user(self, user_id: str) -> Decimal | None:
         cursor = await self._conn.execute(
@@ -190,31 +211,154 @@ class KeyRepository:
             (owner,),
         )
 
-    async def last_spent_in_period(self, owner: str, period: date) -> Decimal:
-        """What the owner spent this period through keys already revoked (0 if none)."""
+    async def keys_in_play(self, owner: str) -> list[KeyRecord]:
+        """The owner's keys that may still spend, or still be billed (revoked, not yet
+        settled), oldest first."""
+        return await self._many(
+            KeyRecord,
+            "select * from api_keys where owner = %s and (state in ('current', 'previous',"
+            " 'pending') or (state = 'revoked' and deleted_at is null"
+            " and openrouter_hash is not null)) order by created_at, id",
+            (owner,),
+        )
+
+    async def settled_spend(self, owner: str, period: date) -> Decimal:
+        """What the owner's settled keys (revoked, final usage read) spent in `period`."""
         cursor = await self._conn.execute(
-            "select coalesce(max(spent_before_usd + final_usage_usd), 0) as spent"
-            " from api_keys where owner = %s and limit_period = %s"
-            " and final_usage_usd is not null",
+            "select coalesce(sum(final_usage_usd), 0) as spent from api_keys"
+            " where owner = %s and final_usage_period = %s and final_usage_usd is not null",
             (owner, period),
         )
         row = await cursor.fetchone()
         assert row is not None
         return Decimal(row["spent"])  # type: ignore[arg-type]
 
-    async def set_key_limit(
+    async def ledger_spent(self, user_id: str, period: date) -> Decimal:
+        """What services reported the user spent in `period` (events only, before resets)."""
+        cursor = await self._conn.execute(
+            "select coalesce(sum(spent_usd), 0) as spent from usage_totals"
+            " where user_id = %s and period = %s",
+            (user_id, period),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return Decimal(row["spent"])  # type: ignore[arg-type]
+
+    async def record_lowered(
+        self,
+        key_id: UUID,
+        *,
+        settle_s: float,
+        limit_usd: Decimal | None = None,
+        set_limit: bool = False,
+        disable: bool = False,
+        period: date | None = None,
+    ) -> KeyRecord:
+        """After OpenRouter confirmed a lower limit (or a disable): record it, keeping what the
+        key was allowed before as its ceiling for settle_s, since requests admitted under it
+        are billed when they complete. A ceiling still running is never shortened."""
+        return await self._one(
+            KeyRecord,
+            "update api_keys k set ceiling_usd = n.ceiling,"
+            " ceiling_until = case when n.ceiling is null then k.ceiling_until"
+            "  else greatest(k.ceiling_until, now() + make_interval(secs => %(settle)s)) end,"
+            " limit_usd = case when %(set_limit)s then %(limit)s else k.limit_usd end,"
+            " limit_period = coalesce(%(period)s, k.limit_period),"
+            " disabled_at = case when %(disable)s and not k.disabled then now()"
+            "  else k.disabled_at end,"
+            " disabled = k.disabled or %(disable)s"
+            " from (select id, greatest(case when ceiling_until > now() then ceiling_usd end,"
+            "   case when not disabled then coalesce(limit_usd, 'Infinity'::numeric) end)"
+            "   as ceiling from api_keys where id = %(id)s for update) n"
+            " where k.id = n.id returning k.*",
+            {
+                "settle": settle_s,
+                "set_limit": set_limit,
+                "limit": limit_usd,
+                "period": period,
+                "disable": disable,
+                "id": key_id,
+            },
+        )
+
+    async def record_raise(
         self,
         key_id: UUID,
         *,
         limit_usd: Decimal | None,
-        spent_before_usd: Decimal,
+        enable: bool = False,
         period: date | None = None,
     ) -> KeyRecord:
+        """Before OpenRouter is told: a higher limit (or an enable), pending until confirmed."""
         return await self._one(
             KeyRecord,
-            "update api_keys set limit_usd = %s, spent_before_usd = %s,"
-            " limit_period = coalesce(%s, limit_period) where id = %s returning *",
-            (limit_usd, spent_before_usd, period, key_id),
+            "update api_keys set limit_usd = %s, limit_period = coalesce(%s, limit_period),"
+            " disabled = case when %s then false else disabled end,"
+            " disabled_at = case when %s then null else disabled_at end,"
+            " openrouter_sync_pending = true where id = %s returning *",
+            (limit_usd, period, enable, enable, key_id),
+        )
+
+    async def mark_synced(self, key_id: UUID) -> None:
+        await self._conn.execute(
+            "update api_keys set openrouter_sync_pending = false where id = %s", (key_id,)
+        )
+
+    async def set_limit_period(self, key_id: UUID, period: date) -> None:
+        await self._conn.execute(
+            "update api_keys set limit_period = %s where id = %s", (period, key_id)
+        )
+
+    async def observe(self, key_id: UUID, *, usage_usd: Decimal, period: date) -> None:
+        """The key's usage this month as OpenRouter just reported it: evidence of its spend
+        should it vanish. Usage only grows within a month, so an older reading never wins."""
+        await self._conn.execute(
+            "update api_keys set observed_usage_usd = case when observed_period = %(period)s"
+            "  then greatest(observed_usage_usd, %(usage)s) else %(usage)s end,"
+            " observed_period = %(period)s, observed_at = now() where id = %(id)s",
+            {"usage": usage_usd, "period": period, "id": key_id},
+        )
+
+    async def observe_many(self, usage_by_hash: dict[str, Decimal], period: date) -> int:
+        """Record many keys' usage this month at once (from a listing of every key)."""
+        if not usage_by_hash:
+            return 0
+        cursor = await self._conn.execute(
+            "update api_keys k set observed_usage_usd = case when k.observed_period = %s"
+            "  then greatest(k.observed_usage_usd, o.usage) else o.usage end,"
+            " observed_period = %s, observed_at = now()"
+            " from unnest(%s::text[], %s::numeric[]) as o(hash, usage)"
+            " where k.openrouter_hash = o.hash",
+            (period, period, list(usage_by_hash), list(usage_by_hash.values())),
+        )
+        return cursor.rowcount
+
+    async def record_final(
+        self, key_id: UUID, *, usage_usd: Decimal, period: date, source: str
+    ) -> KeyRecord:
+        """The key's settled spend in `period`; set once."""
+        return await self._one(
+            KeyRecord,
+            "update api_keys set final_usage_usd = coalesce(final_usage_usd, %s),"
+            " final_usage_period = coalesce(final_usage_period, %s),"
+            " final_usage_source = coalesce(final_usage_source, %s) where id = %s returning *",
+            (usage_usd, period, source, key_id),
+        )
+
+    async def mark_deleted(self, key_id: UUID) -> KeyRecord:
+        return await self._one(
+            KeyRecord,
+            "update api_keys set deleted_at = coalesce(deleted_at, now()),"
+            " openrouter_sync_pending = false where id = %s returning *",
+            (key_id,),
+        )
+
+    async def plan_key_limit(self, key_id: UUID, *, limit_usd: Decimal | None) -> KeyRecord:
+        """The limit a key not yet made will be created with."""
+        return await self._one(
+            KeyRecord,
+            "update api_keys set limit_usd = %s where id = %s and state = 'pending' returning *",
+            (limit_usd, key_id),
         )
 
     async def record_created_key(
@@ -244,11 +388,15 @@ class KeyRepository:
         )
 
     async def supersede(self, key_id: UUID, *, grace_seconds: int) -> None:
+        """The current key steps down: in its grace period, or (no grace) revoked at once."""
         await self._conn.execute(
-            "update api_keys set state = 'previous', superseded_at = now(),"
-            " grace_until = now() + make_interval(secs => %s)"
-            " where id = %s and state = 'current'",
-            (grace_seconds, key_id),
+            "update api_keys set superseded_at = now(),"
+            " state = case when %(grace)s > 0 then 'previous' else 'revoked' end,"
+            " grace_until = case when %(grace)s > 0"
+            "  then now() + make_interval(secs => %(grace)s) end,"
+            " revoked_at = case when %(grace)s > 0 then null else now() end"
+            " where id = %(id)s and state = 'current'",
+            {"grace": grace_seconds, "id": key_id},
         )
 
     async def make_current(self, key_id: UUID) -> KeyRecord:
@@ -259,13 +407,13 @@ class KeyRepository:
             (key_id,),
         )
 
-    async def mark_revoked(self, key_id: UUID, *, final_usage_usd: Decimal | None) -> KeyRecord:
+    async def mark_revoked(self, key_id: UUID) -> KeyRecord:
+        """No longer usable; its settlement (final usage, deletion at OpenRouter) follows."""
         return await self._one(
             KeyRecord,
             "update api_keys set state = 'revoked', revoked_at = coalesce(revoked_at, now()),"
-            " final_usage_usd = coalesce(final_usage_usd, %s), grace_until = null"
-            " where id = %s returning *",
-            (final_usage_usd, key_id),
+            " grace_until = null where id = %s returning *",
+            (key_id,),
         )
 
     async def mark_failed(self, key_id: UUID) -> None:
@@ -313,11 +461,16 @@ class KeyRepository:
     ) -> int:
         """Move every current key whose OpenRouter limit is already its full budget for
         `period` into that period, in one statement: OpenRouter resets the key's usage each
-        month by itself, so these keys need no call. Keys with an operation in progress, or
-        whose owner has resets in `period`, are left to the per-key restore."""
+        month by itself, so these keys need no call. Keys with an operation in progress, other
+        keys still in play (a grace period, a settlement), or resets in `period` are left to
+        the per-owner restore."""
         cursor = await self._conn.execute(
             "update api_keys k set limit_period = %(period)s, spent_before_usd = 0"
             " where k.state = 'current' and k.limit_period < %(period)s"
+            " and not k.disabled and not k.openrouter_sync_pending"
+            " and not exists (select 1 from api_keys o where o.owner = k.owner and o.id <> k.id"
+            "  and (o.state in ('previous', 'pending') or (o.state = 'revoked'"
+            "   and o.deleted_at is null and o.openrouter_hash is not null)))"
             " and k.limit_usd is not distinct from (case when k.user_id is null"
             "  then %(system)s::numeric else (select t.monthly_budget_usd from users u"
             "  join subscription_tiers t on t.tier = u.tier where u.user_id = k.user_id) end)"
@@ -344,10 +497,11 @@ class KeyRepository:
         return {key.openrouter_name: key for key in keys}
 
     async def live_keys(self) -> list[KeyRecord]:
+        """Keys the database says exist at OpenRouter and may spend."""
         return await self._many(
             KeyRecord,
-            "select * from api_keys where state in ('current', 'previous')"
-            " and openrouter_hash is not null",
+            "select * from api_keys where state in ('current', 'previous', 'pending')"
+            " and openrouter_hash is not null order by owner, created_at",
             (),
         )
 
@@ -406,21 +560,112 @@ class KeyRepository:
             (owner,),
         )
 
-    async def claim_operation(self, operation_id: UUID, *, lease_s: int) -> OperationRecord | None:
-        """Take the operation's lease, if no one holds it; the single point of exclusion."""
+    async def count_attempt(self, operation_id: UUID) -> OperationRecord | None:
+        """One more invocation works on the operation (its owner's lease is held)."""
         return await self._maybe(
             OperationRecord,
-            "update key_operations set lease_until = now() + make_interval(secs => %s),"
-            " attempts = attempts + 1, updated_at = now()"
+            "update key_operations set attempts = attempts + 1, updated_at = now()"
             " where id = %s and status in ('started', 'planned', 'key_created', 'activated')"
-            " and (lease_until is null or lease_until < now()) returning *",
-            (lease_s, operation_id),
+            " returning *",
+            (operation_id,),
         )
 
-    async def release_operation(self, operation_id: UUID) -> None:
-        await self._conn.execute(
-            "update key_operations set lease_until = null where id = %s", (operation_id,)
+    # ----- owner leases -----
+
+    async def claim_owner(self, owner: str, holder: UUID, *, lease_s: int) -> bool:
+        """Take the owner's lease if no one holds it. Whoever takes it applies everything
+        current, so a change flagged before (dirty) is covered and the flag is cleared."""
+        cursor = await self._conn.execute(
+            "insert into owner_leases as l (owner, holder, lease_until)"
+            " values (%(owner)s, %(holder)s, now() + make_interval(secs => %(lease)s))"
+            " on conflict (owner) do update set holder = excluded.holder,"
+            "  lease_until = excluded.lease_until, dirty = false, updated_at = now()"
+            "  where l.lease_until is null or l.lease_until < now()"
+            " returning holder",
+            {"owner": owner, "holder": holder, "lease": lease_s},
         )
+        return await cursor.fetchone() is not None
+
+    async def claim_or_flag_owner(self, owner: str, holder: UUID, *, lease_s: int) -> bool:
+        """Take the owner's lease, or, in the same statement, tell its holder that something
+        changed (dirty): the holder applies it before releasing. True when taken."""
+        cursor = await self._conn.execute(
+            "insert into owner_leases as l (owner, holder, lease_until)"
+            " values (%(owner)s, %(holder)s, now() + make_interval(secs => %(lease)s))"
+            " on conflict (owner) do update set"
+            "  holder = case when l.lease_until is null or l.lease_until < now()"
+            "   then excluded.holder else l.holder end,"
+            "  lease_until = case when l.lease_until is null or l.lease_until < now()"
+            "   then excluded.lease_until else l.lease_until end,"
+            "  dirty = not (l.lease_until is null or l.lease_until < now()),"
+            "  updated_at = now()"
+            " returning holder = %(holder)s as claimed",
+            {"owner": owner, "holder": holder, "lease": lease_s},
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return bool(row["claimed"])
+
+    async def renew_owner(self, owner: str, holder: UUID, *, lease_s: int) -> bool:
+        """Extend the lease if it is still ours: checked before every raise at OpenRouter."""
+        cursor = await self._conn.execute(
+            "update owner_leases set lease_until = now() + make_interval(secs => %s)"
+            " where owner = %s and holder = %s and lease_until > now() returning owner",
+            (lease_s, owner, holder),
+        )
+        return await cursor.fetchone() is not None
+
+    async def release_owner(
+        self, owner: str, holder: UUID, *, tend_at: datetime | None, lease_s: int
+    ) -> bool:
+        """Let go of the owner, unless a change arrived meanwhile (dirty): then keep the lease,
+        clear the flag and answer False, so the holder applies that change first."""
+        cursor = await self._conn.execute(
+            "with prior as (select owner, dirty from owner_leases"
+            "  where owner = %(owner)s and holder = %(holder)s for update)"
+            " update owner_leases l set dirty = false, tend_at = %(tend_at)s,"
+            "  lease_until = case when prior.dirty"
+            "   then now() + make_interval(secs => %(lease)s) end,"
+            "  holder = case when prior.dirty then l.holder end, updated_at = now()"
+            " from prior where l.owner = prior.owner returning prior.dirty",
+            {"owner": owner, "holder": holder, "tend_at": tend_at, "lease": lease_s},
+        )
+        row = await cursor.fetchone()
+        return row is None or not row["dirty"]
+
+    async def abandon_owner(self, owner: str, holder: UUID) -> None:
+        """Release after a failure: a flagged change stays flagged for the next run."""
+        await self._conn.execute(
+            "update owner_leases set lease_until = null, holder = null,"
+            " tend_at = least(coalesce(tend_at, now()), now() + interval '1 minute'),"
+            " updated_at = now() where owner = %s and holder = %s",
+            (owner, holder),
+        )
+
+    async def owner_flagged(self, owner: str) -> bool:
+        cursor = await self._conn.execute(
+            "select dirty from owner_leases where owner = %s", (owner,)
+        )
+        row = await cursor.fetchone()
+        return row is not None and bool(row["dirty"])
+
+    async def owners_to_tend(self, *, limit: int) -> list[str]:
+        """Owners whose keys need attention now (a grace or settlement ended, a change was
+        flagged) and whom no one holds."""
+        cursor = await self._conn.execute(
+            "select due.owner from ("
+            "  select owner, tend_at as due_at from owner_leases where tend_at <= now() or dirty"
+            "  union all select owner, grace_until from api_keys"
+            "   where state = 'previous' and grace_until <= now()"
+            "  union all select owner, coalesce(ceiling_until, revoked_at) from api_keys"
+            "   where state = 'revoked' and deleted_at is null and openrouter_hash is not null"
+            "   and (ceiling_until is null or ceiling_until <= now())"
+            " ) due left join owner_leases l on l.owner = due.owner"
+            " where l.lease_until is null or l.lease_until < now()"
+            " group by due.owner order by min(due.due_at) nulls first limit %s",
+            (limit,),
+        )
+        return [str(row["owner"]) for row in await cursor.fetchall()]
 
     async def plan_operation(
         self,
@@ -475,14 +720,12 @@ class KeyRepository:
         )
 
     async def operations_to_advance(self, *, limit: int) -> list[OperationRecord]:
-        """Open operations no one is working on whose next step is due."""
+        """Open operations whose owner no one holds: an invocation died in the middle."""
         return await self._many(
             OperationRecord,
-            "select o.* from key_operations o left join api_keys old on old.id = o.old_key_id"
+            "select o.* from key_operations o left join owner_leases l on l.owner = o.owner"
             " where o.status in ('started', 'planned', 'key_created', 'activated')"
-            " and (o.lease_until is null or o.lease_until < now())"
-            " and (o.status <> 'activated' or old.grace_until is null"
-            "      or old.grace_until <= now())"
+            " and (l.lease_until is null or l.lease_until < now())"
             " order by o.updated_at limit %s",
             (limit,),
         )

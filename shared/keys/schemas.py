@@ -13,6 +13,7 @@ from shared.keys.domain import IssuedKey, Owner
 
 if TYPE_CHECKING:
     from shared.keys.repository import KeyRecord, OperationRecord
+    from shared.keys.service import OwnerKeys
 
 # No whitespace, slash or control character: ids travel in paths, logs and key names.
 UserId = Annotated[
@@ -160,10 +161,35 @@ class CurrentKeyResponse(BaseModel):
     rotation: OperationInfo | None = Field(
         default=None, description="The owner's create or rotation in progress, if any."
     )
+    in_grace: list[KeyInfo] = Field(
+        default_factory=list,
+        description="Earlier keys still working in their grace period after a rotation.",
+    )
+    tier: str | None = Field(default=None, description="The user's tier (system keys: null).")
+    rotation_policy: Literal["never", "monthly", "on_demand"] | None = Field(
+        default=None,
+        description="Whether the monthly schedule rotates this key (system keys: monthly).",
+    )
+
+    @classmethod
+    def of(cls, owned: OwnerKeys, *, secret: str | None = None) -> CurrentKeyResponse:
+        return cls(
+            key=KeyInfo.of(owned.current),
+            secret=secret,
+            rotation=None if owned.operation is None else OperationInfo.of(owned.operation),
+            in_grace=[KeyInfo.of(k) for k in owned.in_grace],
+            tier=owned.tier,
+            rotation_policy=owned.rotation_policy,
+        )
 
 
 class KeyHistory(BaseModel):
     data: list[KeyInfo]
+
+
+class OwnerSkipped(BaseModel):
+    owner: str
+    reason: str = Field(description="owner_busy: another invocation holds the owner's keys.")
 
 
 class ReconcileResult(BaseModel):
@@ -171,3 +197,9 @@ class ReconcileResult(BaseModel):
     revoked_missing: list[UUID]
     reprovisioned: list[UUID]
     too_young_to_judge: int
+    skipped: list[OwnerSkipped] = Field(
+        default_factory=list, description="Owners not touched now; the next run tries again."
+    )
+    failed: list[OwnerSkipped] = Field(
+        default_factory=list, description="Owners that could not be repaired, with the reason."
+    )

@@ -1,54 +1,188 @@
-"""The key lifecycle's public operations: create, rotate, revoke, reveal, reconcile, schedule.
+"""The key lifecycle's public operations: create, rotate, revoke, reveal, budgets, reconcile.
 
-Creates and rotations run as sagas (shared/keys/saga.py); this module starts them, replays them
-for retried requests, and reports their results.
+Every change of an owner's keys at OpenRouter happens under the owner's lease (`hold`): one
+invocation at a time per owner, whatever the route. Creates and rotations run as sagas
+(shared/keys/saga.py); limits, grace periods and settlements are shared/keys/limits.py. A
+budget change that finds the owner held is flagged for the holder, who applies it before
+letting go: it is never lost.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from typing import Literal
 from uuid import UUID, uuid4
 
 from shared.crypto.envelope import secret_context
 from shared.db import sql_errors
-from shared.errors import BadGateway, Conflict, NotFound, ValidationFailed
+from shared.errors import AppError, BadGateway, Conflict, NotFound, ValidationFailed
 from shared.keys.domain import (
     Checkpoint,
     IssuedKey,
     Owner,
+    OwnerOutcome,
     ReconcileReport,
     current_period,
     no_checkpoint,
-    openrouter_failure,
+    openrouter_unavailable,
 )
+from shared.keys.limits import KeyLimits, KeyVanished, OwnerLease
 from shared.keys.repository import KeyRecord, OperationRecord
-from shared.keys.saga import KeyOperationSaga
+from shared.keys.saga import KeyOperationSaga, discard_by_name
 from shared.keys.store import KeyStore
 from shared.metrics import KEY_REVEALS, KEYS_REVOKED, count
+from shared.observability import logger
 from shared.openrouter.errors import OpenRouterError
 from shared.runtime import Runtime
 
-__all__ = ["IssuedKey", "KeyLifecycleService", "Owner", "current_period"]
+__all__ = [
+    "BudgetApplied",
+    "IssuedKey",
+    "KeyLifecycleService",
+    "Owner",
+    "OwnerKeys",
+    "current_period",
+]
+
+# A change flagged while we held the owner is applied before we let go; if changes keep
+# arriving, the job applies the rest.
+_RELEASE_ROUNDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetApplied:
+    """What became of a budget change for the owner's key."""
+
+    status: Literal["applied", "pending", "no_key"]
+    key: KeyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerKeys:
+    current: KeyRecord
+    operation: OperationRecord | None
+    in_grace: list[KeyRecord]
+    tier: str | None
+    rotation_policy: str | None
+
+
+class OwnerBusy(Conflict):
+    code = "operation_in_progress"
+
+
+class KeyMissingAtOpenRouter(Conflict):
+    code = "key_missing_at_openrouter"
 
 
 class KeyLifecycleService:
     def __init__(self, runtime: Runtime, *, checkpoint: Checkpoint = no_checkpoint) -> None:
         self._runtime = runtime
         self._store = KeyStore(runtime)
-        self._saga = KeyOperationSaga(runtime, self._store, checkpoint=checkpoint)
+        self._limits = KeyLimits(runtime, self._store, checkpoint=checkpoint)
+        self._saga = KeyOperationSaga(runtime, self._store, self._limits, checkpoint=checkpoint)
+
+    @property
+    def limits(self) -> KeyLimits:
+        return self._limits
 
     def open_secret(self, key: KeyRecord) -> str:
         return self._store.open_secret(key)
 
+    # ----- the owner's lease -----
+
+    @asynccontextmanager
+    async def hold(
+        self,
+        owner: Owner | str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        request_id: str | None = None,
+        flag_if_busy: bool = False,
+    ) -> AsyncIterator[OwnerLease | None]:
+        """Hold the owner's keys for this block. If someone else holds them: raise
+        operation_in_progress, or with flag_if_busy tell the holder to apply what changed
+        (and yield None)."""
+        owner_key = owner if isinstance(owner, str) else owner.key
+        holder = uuid4()
+        lease_s = self._runtime.settings.key_operation_lease_s
+        async with self._store.read() as keys:
+            if flag_if_busy:
+                claimed = await keys.claim_or_flag_owner(owner_key, holder, lease_s=lease_s)
+            else:
+                claimed = await keys.claim_owner(owner_key, holder, lease_s=lease_s)
+        if not claimed:
+            if flag_if_busy:
+                yield None
+                return
+            async with self._store.read() as keys:
+                operation = await keys.open_operation_of(owner_key)
+            raise OwnerBusy(
+                f"another invocation is changing the keys of {owner_key}; retry in a moment",
+                details={"operation_id": None if operation is None else str(operation.id)},
+                headers={"Retry-After": "1"},
+            )
+        lease = OwnerLease(owner_key, holder, actor=actor, reason=reason, request_id=request_id)
+        try:
+            yield lease
+            for _ in range(_RELEASE_ROUNDS):
+                async with self._store.read() as keys:
+                    released = await keys.release_owner(
+                        owner_key, holder, tend_at=lease.next_attention, lease_s=lease_s
+                    )
+                if released:
+                    return
+                # A budget change arrived while we held the owner: apply it before leaving.
+                lease.reason = "a change that arrived meanwhile"
+                await self.attend(lease)
+        except BaseException:
+            async with self._store.read() as keys:
+                await keys.abandon_owner(owner_key, holder)
+            raise
+        async with self._store.read() as keys:
+            await keys.abandon_owner(owner_key, holder)
+
+    async def attend(self, lease: OwnerLease) -> KeyRecord | None:
+        """Finish the owner's open operation, if an invocation died in it, then bring the
+        owner's keys in line with the budget. The current key, if any."""
+        async with self._store.read() as keys:
+            stalled = await keys.open_operation_of(lease.owner)
+        if stalled is not None:
+            await self._saga.run(stalled, lease)
+        return await self._limits.tend(lease)
+
     async def advance(self, operation_id: UUID) -> OperationRecord:
-        """Run an operation's remaining steps (up to a grace period still running)."""
-        return await self._saga.advance(operation_id)
+        """Run an operation's remaining steps."""
+        operation = await self._store.get_operation(operation_id)
+        if not operation.is_open:
+            return operation
+        async with self.hold(operation.owner, actor="service") as lease:
+            assert lease is not None
+            await self.attend(lease)
+        return await self._store.get_operation(operation_id)
 
     async def advance_due_operations(self, *, limit: int = 50) -> int:
-        """The job: resume crashed operations and finish rotations whose grace has ended."""
-        return await self._saga.advance_due_operations(limit=limit)
+        """The job: resume crashed operations, end grace periods and settle keys that are due,
+        apply budget changes flagged while an owner was held."""
+        async with self._store.read() as keys:
+            owners = [o.owner for o in await keys.operations_to_advance(limit=limit)]
+            owners += [o for o in await keys.owners_to_tend(limit=limit) if o not in owners]
+        advanced = 0
+        for owner in owners:
+            try:
+                async with self.hold(owner, actor="job:advance-key-operations") as lease:
+                    assert lease is not None
+                    await self.attend(lease)
+                advanced += 1
+            except Exception as exc:  # one stuck owner must not stop the others
+                logger.warning(
+                    "owner's keys not advanced; tried again next run",
+                    extra={"owner": owner, "error_code": getattr(exc, "code", type(exc).__name__)},
+                )
+        return advanced
 
     # ----- reads -----
 
@@ -69,6 +203,20 @@ class KeyLifecycleService:
     async def history(self, owner: Owner) -> list[KeyRecord]:
         async with self._store.read() as keys:
             return await keys.keys_of(owner.key)
+
+    async def describe(self, owner: Owner) -> OwnerKeys:
+        """The owner's current key and what surrounds it: an operation in progress, keys in
+        their grace period, the tier and the rotation policy."""
+        async with self._store.read() as keys:
+            current = await keys.current_key(owner.key)
+            if current is None:
+                raise NotFound(f"{owner.key} has no current key", code="no_current_key")
+            operation = await keys.open_operation_of(owner.key)
+            in_grace = [k for k in await keys.keys_in_play(owner.key) if k.state == "previous"]
+            tier, policy = (
+                (None, "monthly") if owner.user_id is None else await keys.user_plan(owner.user_id)
+            )
+        return OwnerKeys(current, operation, in_grace, tier, policy)
 
     async def get_operation(self, operation_id: UUID) -> OperationRecord:
         return await self._store.get_operation(operation_id)
@@ -100,31 +248,34 @@ class KeyLifecycleService:
         rotation_policy: str | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        lease: OwnerLease | None = None,
     ) -> IssuedKey:
-        replay = await self._replay(actor, idempotency_key)
+        replay = await self._replay(actor, idempotency_key, lease)
         if replay is not None:
             return replay
-        async with self._store.read() as keys:
-            current = await keys.current_key(owner.key)
-        if current is not None:
-            raise Conflict(
-                f"{owner.key} already has a current key; rotate it instead",
-                code="key_exists",
-                details={"key_id": str(current.id)},
+        async with self._held(owner, actor, request_id, lease) as held:
+            await self._finish_stalled(held)
+            async with self._store.read() as keys:
+                current = await keys.current_key(owner.key)
+            if current is not None:
+                raise Conflict(
+                    f"{owner.key} already has a current key; rotate it instead",
+                    code="key_exists",
+                    details={"key_id": str(current.id)},
+                )
+            operation = await self._start(
+                "create",
+                owner,
+                old_key=None,
+                grace_seconds=0,
+                actor=actor,
+                tier=tier,
+                rotation_policy=rotation_policy,
+                idempotency_key=idempotency_key,
+                reason=None,
+                request_id=request_id,
             )
-        operation = await self._start(
-            "create",
-            owner,
-            old_key=None,
-            grace_seconds=0,
-            actor=actor,
-            tier=tier,
-            rotation_policy=rotation_policy,
-            idempotency_key=idempotency_key,
-            reason=None,
-            request_id=request_id,
-        )
-        return await self._run_to_result(operation, actor)
+            return await self._run_to_result(operation, actor, held)
 
     async def rotate_key(
         self,
@@ -135,48 +286,66 @@ class KeyLifecycleService:
         reason: str | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        lease: OwnerLease | None = None,
     ) -> IssuedKey:
-        replay = await self._replay(actor, idempotency_key)
+        replay = await self._replay(actor, idempotency_key, lease)
         if replay is not None:
             return replay
-        await self._resume_stalled_operation_of(owner)
-        old = await self.current_key(owner)
-        grace = (
-            self._runtime.settings.rotation_grace_seconds
-            if grace_seconds is None
-            else grace_seconds
-        )
-        operation = await self._start(
-            "rotate",
-            owner,
-            old_key=old,
-            grace_seconds=grace,
-            actor=actor,
-            tier=None,
-            rotation_policy=None,
-            idempotency_key=idempotency_key,
-            reason=reason,
-            request_id=request_id,
-        )
-        return await self._run_to_result(operation, actor)
+        async with self._held(owner, actor, request_id, lease) as held:
+            await self._finish_stalled(held)
+            old = await self.current_key(owner)
+            grace = (
+                self._runtime.settings.rotation_grace_seconds
+                if grace_seconds is None
+                else grace_seconds
+            )
+            operation = await self._start(
+                "rotate",
+                owner,
+                old_key=old,
+                grace_seconds=grace,
+                actor=actor,
+                tier=None,
+                rotation_policy=None,
+                idempotency_key=idempotency_key,
+                reason=reason,
+                request_id=request_id,
+            )
+            return await self._run_to_result(operation, actor, held)
 
-    async def _replay(self, actor: str, idempotency_key: str | None) -> IssuedKey | None:
+    @asynccontextmanager
+    async def _held(
+        self, owner: Owner, actor: str, request_id: str | None, lease: OwnerLease | None
+    ) -> AsyncIterator[OwnerLease]:
+        if lease is not None:
+            yield lease
+            return
+        async with self.hold(owner, actor=actor, request_id=request_id) as held:
+            assert held is not None
+            yield held
+
+    async def _finish_stalled(self, lease: OwnerLease) -> None:
+        """An earlier invocation may have died mid-operation: finish it before starting anew."""
+        async with self._store.read() as keys:
+            stalled = await keys.open_operation_of(lease.owner)
+        if stalled is not None:
+            await self._saga.run(stalled, lease)
+
+    async def _replay(
+        self, actor: str, idempotency_key: str | None, lease: OwnerLease | None
+    ) -> IssuedKey | None:
         if idempotency_key is None:
             return None
         async with self._store.read() as keys:
             operation = await keys.operation_by_idempotency_key(actor, idempotency_key)
         if operation is None:
             return None
-        return await self._run_to_result(operation, actor)
-
-    async def _resume_stalled_operation_of(self, owner: Owner) -> None:
-        """An earlier invocation may have died mid-operation: finish it before starting anew."""
-        async with self._store.read() as keys:
-            stalled = await keys.open_operation_of(owner.key)
-        if stalled is not None:
-            # If someone holds its lease, _start reports operation_in_progress.
-            with contextlib.suppress(Conflict):
-                await self.advance(stalled.id)
+        if operation.is_open:
+            if lease is not None:
+                operation = await self._saga.run(operation, lease)
+            else:
+                operation = await self.advance(operation.id)
+        return await self._result(operation, actor)
 
     async def _start(
         self,
@@ -198,11 +367,6 @@ class KeyLifecycleService:
                 if owner.user_id is not None:
                     await keys.ensure_user(
                         owner.user_id, tier=tier, rotation_policy=rotation_policy, actor=actor
-                    )
-                if kind == "create" and await keys.current_key(owner.key) is not None:
-                    raise Conflict(
-                        f"{owner.key} already has a current key; rotate it instead",
-                        code="key_exists",
                     )
                 await keys.insert_pending_key(
                     key_id=key_id,
@@ -256,9 +420,16 @@ class KeyLifecycleService:
             ) from exc
         return operation
 
-    async def _run_to_result(self, operation: OperationRecord, actor: str) -> IssuedKey:
+    async def _run_to_result(
+        self, operation: OperationRecord, actor: str, lease: OwnerLease
+    ) -> IssuedKey:
         if operation.is_open:
-            operation = await self.advance(operation.id)
+            operation = await self._saga.run(operation, lease)
+        if operation.status == "completed":
+            await self._limits.tend(lease)
+        return await self._result(operation, actor)
+
+    async def _result(self, operation: OperationRecord, actor: str) -> IssuedKey:
         if operation.status == "failed":
             raise BadGateway(
                 operation.error_message or "the key operation failed",
@@ -277,56 +448,30 @@ class KeyLifecycleService:
         secret = self._store.open_secret(key) if operation.requested_by == actor else None
         return IssuedKey(key=key, operation=operation, secret=secret, previous_key=previous)
 
-    # ----- advancing operations -----
-
     # ----- budgets -----
 
     async def apply_budget(
         self, owner: Owner, *, actor: str, reason: str, request_id: str | None
-    ) -> KeyRecord | None:
-        """Set the current key's OpenRouter limit to what the owner may spend this month now:
-        the budget, less what earlier keys spent, plus what resets gave back. Used after a
-        tier change, a reset, and at the start of a month. Absolute values: safe to repeat."""
-        async with self._store.read() as keys:
-            key = await keys.current_key(owner.key)
-            operation = await keys.open_operation_of(owner.key)
-            if key is None:
-                return None
-            budget = await self._store.budget_of(keys, owner)
-            period = current_period()
-            adjustments = await keys.adjustments_of(owner.user_id, period)
-        if operation is not None:
-            raise Conflict(
-                f"a key operation for {owner.key} is in progress; retry when it is done",
-                code="operation_in_progress",
-                details={"operation_id": str(operation.id)},
-                headers={"Retry-After": "1"},
-            )
-        before = key.spent_before_usd if key.limit_period == period else Decimal(0)
-        limit = None if budget is None else max(budget - before - adjustments, Decimal(0))
-        # A new period alone needs no call: OpenRouter resets the usage of a monthly limit.
-        if key.openrouter_hash is not None and limit != key.limit_usd:
+    ) -> BudgetApplied:
+        """Bring the owner's keys in line with their budget now (after a tier change, a reset,
+        at the start of a month). If another invocation holds the owner, the change is handed
+        to it, in the same statement that finds it there, and applied before it lets go:
+        'pending'. Absolute values: safe to repeat."""
+        async with self.hold(
+            owner, actor=actor, reason=reason, request_id=request_id, flag_if_busy=True
+        ) as lease:
+            if lease is None:
+                return BudgetApplied("pending")
             try:
-                await self._runtime.openrouter().update_key(key.openrouter_hash, limit=limit)
+                current = await self.attend(lease)
+            except KeyVanished as gone:
+                await self._limits.vanished(lease, gone.key)
+                current = await self.attend(lease)
             except OpenRouterError as error:
-                raise openrouter_failure(error, key.id) from error
-        async with self._store.transaction() as (keys, audit):
-            updated = await keys.set_key_limit(
-                key.id, limit_usd=limit, spent_before_usd=before, period=period
-            )
-            await audit.append(
-                actor=actor,
-                action="key.limit_applied",
-                target=f"key:{key.id}",
-                reason=reason,
-                request_id=request_id,
-                fingerprint=key.fingerprint,
-                details={
-                    "limit_usd": None if limit is None else str(limit),
-                    "previous_limit_usd": None if key.limit_usd is None else str(key.limit_usd),
-                },
-            )
-        return updated
+                raise openrouter_unavailable(error, {"owner": owner.key}) from error
+        if current is None:
+            return BudgetApplied("no_key")
+        return BudgetApplied("applied", current)
 
     # ----- master key rotation -----
 
@@ -360,9 +505,11 @@ class KeyLifecycleService:
         """Make OpenRouter and the database agree about every key under our name prefix.
 
         Keys at OpenRouter the database does not know (older than the safety age, since a
-        create may be in flight) and keys the database already revoked are deleted there; keys
-        the database calls live but OpenRouter no longer has are revoked here and, if they were
-        an owner's current key, replaced.
+        create may be in flight) and keys the database already settled are deleted there.
+        Keys the database calls live but OpenRouter no longer has are taken out of play with
+        the best evidence of their spend and, if current, replaced: owner by owner, each under
+        its lease. An owner held by another invocation is skipped and reported; one that fails
+        is reported with its reason; the rest completes. Repeating it is harmless.
         """
         settings = self._runtime.settings
         client = self._runtime.openrouter()
@@ -370,23 +517,32 @@ class KeyLifecycleService:
         try:
             remote = [k for k in await client.list_all_keys() if k.name.startswith(prefix)]
         except OpenRouterError as error:
-            raise openrouter_failure(error, uuid4()) from error
+            raise openrouter_unavailable(error, {"step": "list keys"}) from error
         async with self._store.read() as keys:
+            await keys.observe_many({k.hash: k.usage_monthly for k in remote}, current_period())
             known = await keys.known_openrouter_names()
             live = await keys.live_keys()
         report = ReconcileReport()
         now = datetime.now(UTC)
         for key in remote:
             record = known.get(key.name)
-            if record is not None and record.state in ("current", "previous", "pending"):
-                continue
+            if record is not None and (
+                record.state in ("current", "previous", "pending") or record.deleted_at is None
+            ):
+                continue  # in play, or settling: its own lifecycle deletes it
             if record is None and (
                 key.created_at is None
                 or (now - key.created_at).total_seconds() < settings.reconcile_orphan_min_age_s
             ):
                 report.too_young_to_judge += 1
                 continue
-            await client.delete_key(key.hash)
+            try:
+                await client.delete_key(key.hash)
+            except OpenRouterError as error:
+                report.failed.append(
+                    OwnerOutcome(owner=f"openrouter:{key.hash}", reason=str(error.status_code))
+                )
+                continue
             report.deleted_at_openrouter.append(key.hash)
             async with self._store.transaction() as (_, audit):
                 await audit.append(
@@ -400,32 +556,57 @@ class KeyLifecycleService:
                     },
                 )
         remote_hashes = {k.hash for k in remote}
+        missing_by_owner: dict[str, list[KeyRecord]] = {}
         for record in live:
-            if record.openrouter_hash in remote_hashes:
-                continue
-            async with self._store.transaction() as (keys, audit):
-                await keys.mark_revoked(record.id, final_usage_usd=record.limit_usd)
-                await audit.append(
-                    actor=actor,
-                    action="reconcile.missing_at_openrouter",
-                    target=f"key:{record.id}",
-                    request_id=request_id,
-                    fingerprint=record.fingerprint,
-                    details={"was": record.state},
-                )
-            report.revoked_missing.append(record.id)
-            if record.state == "current":
-                owner = Owner.parse(record.owner)
-                replacement = await self.create_key(owner, actor=actor, request_id=request_id)
-                report.reprovisioned.append(replacement.key.id)
+            if record.openrouter_hash not in remote_hashes:
+                missing_by_owner.setdefault(record.owner, []).append(record)
+        for owner_key, missing in missing_by_owner.items():
+            await self._reconcile_owner(owner_key, missing, report, actor, request_id)
         return report
+
+    async def _reconcile_owner(
+        self,
+        owner_key: str,
+        missing: list[KeyRecord],
+        report: ReconcileReport,
+        actor: str,
+        request_id: str | None,
+    ) -> None:
+        owner = Owner.parse(owner_key)
+        try:
+            async with self.hold(
+                owner, actor=actor, reason="reconcile", request_id=request_id
+            ) as lease:
+                assert lease is not None
+                await self._finish_stalled(lease)
+                had_current = False
+                for record in missing:
+                    fresh = await self._store.get_key(record.id)
+                    if fresh.state not in ("current", "previous", "pending"):
+                        continue  # the operation we just finished took care of it
+                    had_current |= fresh.state == "current"
+                    await self._limits.vanished(lease, fresh)
+                    report.revoked_missing.append(fresh.id)
+                if had_current:
+                    replacement = await self.create_key(
+                        owner, actor=actor, request_id=request_id, lease=lease
+                    )
+                    report.reprovisioned.append(replacement.key.id)
+                await self._limits.tend(lease)
+        except OwnerBusy:
+            report.skipped.append(OwnerOutcome(owner=owner_key, reason="owner_busy"))
+        except (AppError, OpenRouterError, KeyVanished) as error:
+            code = getattr(error, "code", None) or type(error).__name__
+            logger.warning("reconcile: owner not repaired", extra={"owner": owner_key})
+            report.failed.append(OwnerOutcome(owner=owner_key, reason=str(code)))
 
     # ----- revocation and disabling -----
 
     async def revoke_key(
         self, key_id: UUID, *, actor: str, reason: str | None, request_id: str | None
     ) -> KeyRecord:
-        """Delete at OpenRouter and mark revoked; revoking a revoked key changes nothing."""
+        """Stop the key now (disabled at OpenRouter) and mark it revoked; once nothing more
+        can be billed to it, it is settled and deleted there. Repeating it changes nothing."""
         key = await self.get_key(key_id)
         if key.state in ("revoked", "failed"):
             return key
@@ -435,36 +616,37 @@ class KeyLifecycleService:
                 code="operation_in_progress",
                 headers={"Retry-After": "1"},
             )
-        async with self._store.read() as keys:
-            open_operation = await keys.open_operation_of(key.owner)
-        if open_operation is not None and key.id in (
-            open_operation.old_key_id,
-            open_operation.new_key_id,
-        ):
-            raise Conflict(
-                "this key is part of an operation in progress",
-                code="operation_in_progress",
-                details={"operation_id": str(open_operation.id)},
-                headers={"Retry-After": "1"},
-            )
-        assert key.openrouter_hash is not None
-        try:
-            final_usage = await self._store.usage_this_month(key)
-            await self._runtime.openrouter().delete_key(key.openrouter_hash)
-        except OpenRouterError as error:
-            raise openrouter_failure(error, key.id) from error
-        async with self._store.transaction() as (keys, audit):
-            revoked = await keys.mark_revoked(key.id, final_usage_usd=final_usage)
-            await audit.append(
-                actor=actor,
-                action="key.revoked",
-                target=f"key:{key.id}",
-                reason=reason,
-                request_id=request_id,
-                fingerprint=key.fingerprint,
-            )
+        async with self.hold(key.owner, actor=actor, reason=reason, request_id=request_id) as lease:
+            assert lease is not None
+            await self._finish_stalled(lease)
+            key = await self.get_key(key_id)
+            if key.state in ("revoked", "failed"):
+                return key
+            try:
+                if not key.disabled:
+                    key = await self._limits.lower(key, disable=True, lease=lease)
+            except KeyVanished:
+                gone = await self._limits.vanished(lease, key)
+                raise self._missing(gone) from None
+            except OpenRouterError as error:
+                raise openrouter_unavailable(error, {"key_id": str(key.id)}) from error
+            async with self._store.transaction() as (keys, audit):
+                revoked = await keys.mark_revoked(key.id)
+                await audit.append(
+                    actor=actor,
+                    action="key.revoked",
+                    target=f"key:{key.id}",
+                    reason=reason,
+                    request_id=request_id,
+                    fingerprint=key.fingerprint,
+                )
+            try:
+                await self._limits.tend(lease)
+            except (OpenRouterError, KeyVanished):
+                # Revoked and disabled; the settlement is retried by the job.
+                logger.warning("revoked key not settled yet", extra={"key_id": str(key.id)})
         count(KEYS_REVOKED)
-        return revoked
+        return await self.get_key(revoked.id)
 
     async def set_disabled(
         self,
@@ -478,18 +660,86 @@ class KeyLifecycleService:
         key = await self.get_key(key_id)
         if key.state not in ("current", "previous") or key.openrouter_hash is None:
             raise Conflict(f"a {key.state} key cannot be changed", code="key_not_live")
+        async with self.hold(key.owner, actor=actor, reason=reason, request_id=request_id) as lease:
+            assert lease is not None
+            key = await self.get_key(key_id)
+            try:
+                if disabled:
+                    updated = await self._limits.lower(
+                        key, disable=True, lease=lease, action="key.disabled"
+                    )
+                else:
+                    await self._limits.usage(key)  # it must still exist to be enabled
+                    # Recorded as enabled first (so the rest of the budget accounts for it),
+                    # then the other keys are brought in line, then OpenRouter is told.
+                    await self._limits.raise_(
+                        lease,
+                        key,
+                        limit=key.limit_usd,
+                        enable=True,
+                        send=False,
+                        action="key.enabled",
+                    )
+                    await self._limits.tend(lease)
+                    updated = await self.get_key(key_id)
+                    if updated.state in ("current", "previous") and not updated.disabled:
+                        await self._limits.sync(updated, enable=True)
+            except KeyVanished:
+                gone = await self._limits.vanished(lease, key)
+                raise self._missing(gone) from None
+            except OpenRouterError as error:
+                raise openrouter_unavailable(error, {"key_id": str(key.id)}) from error
+        return await self.get_key(updated.id)
+
+    @staticmethod
+    def _missing(key: KeyRecord) -> KeyMissingAtOpenRouter:
+        return KeyMissingAtOpenRouter(
+            "the key no longer exists at OpenRouter (deleted there); it is revoked here, "
+            "charged with the best evidence of its spend",
+            details={
+                "key_id": str(key.id),
+                "state": key.state,
+                "final_usage_usd": None
+                if key.final_usage_usd is None
+                else str(key.final_usage_usd),
+                "final_usage_source": key.final_usage_source,
+            },
+        )
+
+    # ----- emergencies -----
+
+    async def supersede_open_operation(self, lease: OwnerLease, *, by: str) -> None:
+        """An emergency wins over an operation in progress: end it, with its new key, if any,
+        made unusable. The emergency then makes the replacement itself."""
+        async with self._store.read() as keys:
+            operation = await keys.open_operation_of(lease.owner)
+        if operation is None or operation.requested_by == by:
+            return
+        assert operation.new_key_id is not None
+        new = await self._store.get_key(operation.new_key_id)
         try:
-            await self._runtime.openrouter().update_key(key.openrouter_hash, disabled=disabled)
-        except OpenRouterError as error:
-            raise openrouter_failure(error, key.id) from error
+            if new.openrouter_hash is not None and not new.disabled:
+                await self._limits.lower(new, disable=True, lease=lease)
+            elif new.openrouter_hash is None and operation.create_sent_at is not None:
+                await discard_by_name(self._runtime, self._store, operation, new)
+        except KeyVanished:
+            pass
         async with self._store.transaction() as (keys, audit):
-            updated = await keys.set_disabled(key.id, disabled=disabled)
-            await audit.append(
-                actor=actor,
-                action="key.disabled" if disabled else "key.enabled",
-                target=f"key:{key.id}",
-                reason=reason,
-                request_id=request_id,
-                fingerprint=key.fingerprint,
+            if new.openrouter_hash is None:
+                await keys.mark_failed(new.id)
+            else:
+                await keys.mark_revoked(new.id)
+            await keys.fail_operation(
+                operation.id,
+                error_code="superseded_by_emergency",
+                error_message=f"superseded by {by}",
             )
-        return updated
+            await audit.append(
+                actor=by,
+                action=f"key.{operation.kind}.superseded",
+                target=f"key:{new.id}",
+                outcome="failed",
+                reason=lease.reason,
+                request_id=lease.request_id,
+                details={"operation_id": str(operation.id), "status": operation.status},
+            )

@@ -12,7 +12,6 @@ from shared.crypto.envelope import secret_context
 from shared.errors import NotFound
 from shared.keys.domain import Owner
 from shared.keys.repository import KeyRecord, KeyRepository, OperationRecord
-from shared.openrouter.errors import OpenRouterNotFound
 from shared.runtime import Runtime
 
 
@@ -58,13 +57,3 @@ class KeyStore:
         if operation is None:
             raise NotFound("no key operation has this id", code="operation_not_found")
         return operation
-
-    async def usage_this_month(self, key: KeyRecord) -> Decimal:
-        """The key's spend in the current UTC month, as OpenRouter counts it."""
-        assert key.openrouter_hash is not None
-        try:
-            remote = await self._runtime.openrouter().get_key(key.openrouter_hash)
-        except OpenRouterNotFound:
-            # Gone from OpenRouter: assume it spent all it could, never less.
-            return key.limit_usd if key.limit_usd is not None else Decimal(0)
-        return remote.usage_monthly

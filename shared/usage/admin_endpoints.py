@@ -67,11 +67,11 @@ async def change_user_tier(
 ) -> UserTierChanged:
     """Move a user to a tier (the subscription system calls this). Takes effect at once on
     their budget and their key's OpenRouter limit; idempotent; audited."""
-    previous, tier, limit = await BudgetService(runtime).change_tier(
+    change = await BudgetService(runtime).change_tier(
         user_id,
         body.tier,
         actor=caller.actor,
         reason=body.reason,
         request_id=current_request_id.get(),
     )
-    return UserTierChanged(user_id=user_id, previous_tier=previous, tier=tier, key_limit_usd=limit)
+    return UserTierChanged.of(change)

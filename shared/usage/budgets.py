@@ -11,10 +11,9 @@ from decimal import Decimal
 
 from shared.audit.repository import AuditRepository
 from shared.db import sql_errors
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import NotFound, ValidationFailed
 from shared.keys.domain import Owner, current_period
-from shared.keys.repository import KeyRecord
-from shared.keys.service import KeyLifecycleService
+from shared.keys.service import BudgetApplied, KeyLifecycleService
 from shared.runtime import Runtime
 from shared.usage.repository import UsageRepository
 
@@ -23,8 +22,15 @@ from shared.usage.repository import UsageRepository
 class ResetOutcome:
     user_id: str
     amount_usd: Decimal
-    key_limit_usd: Decimal | None
-    key_updated: bool
+    key: BudgetApplied
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    user_id: str
+    previous_tier: str
+    tier: str
+    key: BudgetApplied
 
 
 class BudgetService:
@@ -64,15 +70,13 @@ class BudgetService:
                         request_id=request_id,
                         details={"amount_usd": str(amount), "period": period.isoformat()},
                     )
-            key = await _apply_budget(keys, user, actor, f"usage reset: {reason}", request_id)
-            outcomes.append(
-                ResetOutcome(
-                    user_id=user,
-                    amount_usd=amount,
-                    key_limit_usd=None if key is None else key.limit_usd,
-                    key_updated=key is not None,
-                )
+            applied = await keys.apply_budget(
+                Owner.user(user),
+                actor=actor,
+                reason=f"usage reset: {reason}",
+                request_id=request_id,
             )
+            outcomes.append(ResetOutcome(user_id=user, amount_usd=amount, key=applied))
         return outcomes
 
     async def tiers(self) -> list[tuple[str, Decimal | None, str]]:
@@ -92,8 +96,9 @@ class BudgetService:
 
     async def change_tier(
         self, user_id: str, tier: str, *, actor: str, reason: str | None, request_id: str | None
-    ) -> tuple[str, str, Decimal | None]:
-        """Move a user to a tier; their key's limit follows at once. Idempotent."""
+    ) -> TierChange:
+        """Move a user to a tier; their key's limit follows at once, or as soon as the
+        invocation holding their keys lets go (pending). Idempotent."""
         try:
             async with self._runtime.database().connection() as conn, conn.transaction():
                 changed = await UsageRepository(conn).set_tier(user_id, tier, actor=actor)
@@ -111,25 +116,10 @@ class BudgetService:
                     )
         except sql_errors.ForeignKeyViolation as exc:
             raise ValidationFailed(f"unknown tier {tier!r}", code="unknown_tier") from exc
-        key = await _apply_budget(
-            KeyLifecycleService(self._runtime),
-            user_id,
-            actor,
-            f"tier {previous} -> {current}",
-            request_id,
+        applied = await KeyLifecycleService(self._runtime).apply_budget(
+            Owner.user(user_id),
+            actor=actor,
+            reason=f"tier {previous} -> {current}",
+            request_id=request_id,
         )
-        return previous, current, None if key is None else key.limit_usd
-
-
-async def _apply_budget(
-    keys: KeyLifecycleService, user_id: str, actor: str, reason: str, request_id: str | None
-) -> KeyRecord | None:
-    """The user's key follows their new budget; None if it could not now (no key, or a key
-    operation in progress, which plans with the ledger's adjustments itself). Calling the
-    same reset or tier change again retries it, since both are idempotent."""
-    try:
-        return await keys.apply_budget(
-            Owner.user(user_id), actor=actor, reason=reason, request_id=request_id
-        )
-    except Conflict:
-        return None
+        return TierChange(user_id, previous, current, applied)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
+from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 
 from shared.access.principals import Principal, PrincipalKind
 from shared.access.rules import UsageReader, UsageWriter
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import BadRequest, NotFound, ValidationFailed
 from shared.keys.schemas import UserId
 from shared.usage.schemas import (
     MAX_BATCH_EVENTS,
@@ -24,24 +26,46 @@ from shared.web.deps import RuntimeDep
 
 router = APIRouter(prefix="/api/usage", tags=["usage"])
 
-_LOG_BODY = Body(
-    description=f'One event, or {{"events": [...]}} with at most {MAX_BATCH_EVENTS} events.',
-    openapi_examples={
-        "event": {
-            "value": {
-                "user_id": "u1",
-                "generation_id": "gen-123",
-                "model": "openai/gpt-4o",
-                "prompt_tokens": 100,
-                "completion_tokens": 20,
-                "cost_usd": "0.004",
-                "agent_name": "compliance",
-                "endpoint": "/chat",
-                "duration_ms": 812,
+_EXAMPLE_EVENT = {
+    "user_id": "u1",
+    "generation_id": "gen-123",
+    "model": "openai/gpt-4o",
+    "prompt_tokens": 100,
+    "completion_tokens": 20,
+    "cost_usd": "0.004",
+    "agent_name": "compliance",
+    "endpoint": "/chat",
+    "duration_ms": 812,
+}
+_LOG_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f'One event, or {{"events": [...]}} with at most {MAX_BATCH_EVENTS} '
+        "events. cost_usd may be a string or a JSON number; either is read as an exact decimal.",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object"},
+                "examples": {"event": {"value": _EXAMPLE_EVENT}},
             }
         },
-    },
-)
+    }
+}
+
+
+async def _decimal_json_body(request: Request) -> dict[str, Any]:
+    """The body as JSON with every number that has a fraction read as Decimal: a cost sent
+    as 9058.378958212153 stays exactly that, never a binary float first."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw, parse_float=Decimal)
+    except ValueError as error:
+        raise BadRequest("the request body is not valid JSON", code="malformed_json") from error
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            'the body is one event (an object) or {"events": [...]}',
+            code="usage_batch_invalid",
+        )
+    return body
 
 
 def _may_read(caller: Principal, user_id: str) -> None:
@@ -49,9 +73,11 @@ def _may_read(caller: Principal, user_id: str) -> None:
         raise NotFound(f"no user {user_id}", code="user_not_found")
 
 
-@router.post("/log", response_model=UsageLogResponse)
+@router.post("/log", response_model=UsageLogResponse, openapi_extra=_LOG_BODY_DOC)
 async def log_usage(
-    caller: UsageWriter, runtime: RuntimeDep, body: Annotated[dict[str, Any], _LOG_BODY]
+    caller: UsageWriter,
+    runtime: RuntimeDep,
+    body: Annotated[dict[str, Any], Depends(_decimal_json_body)],
 ) -> UsageLogResponse:
     """Record usage: an event seen before (same generation_id) is acknowledged, not counted."""
     if "events" in body:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from shared.audit.repository import AuditRepository
-from shared.errors import Conflict
-from shared.jobs.queue import QueueSettings, RetryItemLater, work_through
+from shared.jobs.queue import QueueSettings, work_through
 from shared.jobs.repository import WorkQueueRepository
 from shared.keys.domain import Owner, current_period
 from shared.keys.repository import KeyRepository
@@ -65,16 +64,14 @@ async def open_period(runtime: Runtime, settings: QueueSettings) -> MonthlyRunRe
     lifecycle = KeyLifecycleService(runtime)
 
     async def restore(owner_key: str) -> None:
-        try:
-            await lifecycle.apply_budget(
-                Owner.parse(owner_key),
-                actor=ACTOR,
-                request_id=None,
-                reason=f"new period {period.isoformat()}",
-            )
-        except Conflict as error:
-            # An operation of this owner is running; it plans with the new month's budget.
-            raise RetryItemLater(error.message, after_s=60) from error
+        # If another invocation holds the owner, the change is handed to it ('pending'):
+        # it applies the new month before it lets go.
+        await lifecycle.apply_budget(
+            Owner.parse(owner_key),
+            actor=ACTOR,
+            request_id=None,
+            reason=f"new period {period.isoformat()}",
+        )
 
     report = await work_through(runtime, job.id, restore, settings)
     return MonthlyRunResult(

@@ -19,7 +19,8 @@ from pydantic import (
 from shared.keys.schemas import KeyInfo, TierName, UserId
 
 if TYPE_CHECKING:
-    from shared.usage.budgets import ResetOutcome
+    from shared.keys.service import BudgetApplied
+    from shared.usage.budgets import ResetOutcome, TierChange
 
 MAX_BATCH_EVENTS = 1000
 # No single generation costs this much; a larger figure is a unit mistake, not a bill.
@@ -184,11 +185,34 @@ class ResetUsageRequest(BaseModel):
         return self
 
 
-class ResetUsageResult(BaseModel):
+class KeyLimitOutcome(BaseModel):
+    """What a budget change did to the user's key at OpenRouter, said explicitly."""
+
+    key_limit_status: Literal["applied", "pending", "no_key"] = Field(
+        description="applied: the key's OpenRouter limit follows now. pending: another "
+        "invocation holds the user's keys (a rotation being made, say); it applies the change "
+        "before it lets go, within seconds. no_key: the user has no current key."
+    )
+    key_limit_usd: Decimal | None = Field(
+        description="The key's OpenRouter limit when applied and limited; otherwise null "
+        "(see key_unlimited and key_limit_status)."
+    )
+    key_unlimited: bool = Field(description="True only when applied and the key has no limit.")
+
+    @staticmethod
+    def fields_of(applied: BudgetApplied) -> dict[str, object]:
+        limit = None if applied.key is None else applied.key.limit_usd
+        return {
+            "key_limit_status": applied.status,
+            "key_limit_usd": limit if applied.status == "applied" else None,
+            "key_unlimited": applied.status == "applied" and limit is None,
+        }
+
+
+class ResetUsageResult(KeyLimitOutcome):
     user_id: str
     amount_usd: Decimal = Field(description="The adjustment entered (negative: budget given back).")
-    key_limit_usd: Decimal | None
-    key_updated: bool
+    key_updated: bool = Field(description="Same as key_limit_status == 'applied'.")
 
 
 class ResetUsageResponse(BaseModel):
@@ -201,8 +225,8 @@ class ResetUsageResponse(BaseModel):
                 ResetUsageResult(
                     user_id=o.user_id,
                     amount_usd=o.amount_usd,
-                    key_limit_usd=o.key_limit_usd,
-                    key_updated=o.key_updated,
+                    key_updated=o.key.status == "applied",
+                    **KeyLimitOutcome.fields_of(o.key),
                 )
                 for o in outcomes
             ]
@@ -239,10 +263,16 @@ class UserTierChange(BaseModel):
     reason: Reason | None = None
 
 
-class UserTierChanged(BaseModel):
+class UserTierChanged(KeyLimitOutcome):
     user_id: str
     previous_tier: str
     tier: str
-    key_limit_usd: Decimal | None = Field(
-        description="The key's new OpenRouter limit; null when unlimited or not updated now."
-    )
+
+    @classmethod
+    def of(cls, change: TierChange) -> UserTierChanged:
+        return cls(
+            user_id=change.user_id,
+            previous_tier=change.previous_tier,
+            tier=change.tier,
+            **KeyLimitOutcome.fields_of(change.key),
+        )

@@ -43,12 +43,12 @@ async def test_each_step_of_a_rotation_leaves_exactly_one_row(
         "key.create.planned",
         "key.created_at_openrouter",
         "key.create.activated",
-        "key.create.completed",
         "key.rotate.requested",
+        "key.disabled_for_rotation",  # no grace: the old key stops before the new one exists
         "key.rotate.planned",
         "key.created_at_openrouter",
         "key.rotate.activated",
-        "key.rotate.completed",
+        "key.settled",  # its final usage read, then deleted at OpenRouter
         "key.revealed",
     ]
     assert await _verify(database) == (None, 11)
@@ -108,8 +108,8 @@ async def test_the_cli_and_the_admin_route_report_the_chain(
 
     intact = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     route = await api.get("/api/admin/audit/verify", headers=admin)
-    assert (intact.returncode, intact.stdout.strip()) == (0, "audit chain intact: 5 rows")
-    assert route.json() == {"intact": True, "rows_checked": 5, "broken_seq": None, "problem": None}
+    assert (intact.returncode, intact.stdout.strip()) == (0, "audit chain intact: 4 rows")
+    assert route.json() == {"intact": True, "rows_checked": 4, "broken_seq": None, "problem": None}
 
     async with database.connection() as conn:
         await conn.execute("alter table audit_log disable trigger audit_log_append_only")
@@ -128,7 +128,7 @@ async def test_the_cli_and_the_admin_route_report_the_chain(
 async def test_concurrent_writers_keep_the_chain_intact(
     keys: KeyLifecycleService, database: Database
 ) -> None:
-    # GIVEN twelve owners whose keys are created at once (each create writes five audit rows
+    # GIVEN twelve owners whose keys are created at once (each create writes four audit rows
     # from its own transactions, interleaved with the others')
     await asyncio.gather(
         *(keys.create_key(Owner.user(f"concurrent-{n}"), actor="t") for n in range(12))
@@ -136,4 +136,4 @@ async def test_concurrent_writers_keep_the_chain_intact(
 
     # THEN the chain verifies: seq order is the order rows were chained in
     broken, checked = await _verify(database)
-    assert broken is None and checked == 60
+    assert broken is None and checked == 48

@@ -17,16 +17,15 @@ from tests.keys.conftest import check_invariants
 
 ACTOR = "service:test"
 ROTATION_STEPS = [
-    "after_plan",
     "before_freeze_old",
     "after_freeze_old",
+    "after_plan",
     "before_openrouter_create",
     "after_openrouter_create",
     "after_record_secret",
     "after_activate",
-    "before_revoke_old",
-    "after_revoke_old",
-    "after_complete",
+    "before_settle",
+    "after_final_usage",
 ]
 
 
@@ -92,10 +91,10 @@ async def test_an_operation_of_a_killed_invocation_resumes_once_its_lease_expire
         ).rotate_key(owner, actor=ACTOR, grace_seconds=0)
     # A killed process never releases its lease: simulate that, then let the lease lapse.
     async with database.connection() as conn:
-        await conn.execute("update key_operations set lease_until = now() + interval '1 hour'")
+        await conn.execute("update owner_leases set lease_until = now() + interval '1 hour'")
     assert await healthy.advance_due_operations() == 0
     async with database.connection() as conn:
-        await conn.execute("update key_operations set lease_until = now() - interval '1 second'")
+        await conn.execute("update owner_leases set lease_until = now() - interval '1 second'")
     assert await healthy.advance_due_operations() == 1
     report = await check_invariants(database, emulator, runtime)
     assert report.orphans_at_openrouter == []

@@ -92,7 +92,7 @@ async def test_during_grace_old_and_new_together_stay_within_the_budget(
     left_old = emulator.key_json(old_remote)["limit_remaining"]
     left_new = emulator.key_json(new_remote)["limit_remaining"]
     assert Decimal(str(left_old)) + Decimal(str(left_new)) == Decimal(3)
-    assert second.operation.status == "activated"
+    assert second.operation.status == "completed"  # the grace period is the old key's own
     assert second.previous_key is not None and second.previous_key.state == "previous"
 
     # WHEN the old key spends 0.1 during grace and the grace ends
@@ -117,12 +117,14 @@ async def test_revoke_is_harmless_to_repeat(keys: KeyLifecycleService, emulator:
     assert emulator.user_keys() == []
 
 
-async def test_the_current_key_shows_a_rotation_in_its_grace_period(
+async def test_the_current_key_shows_the_key_in_its_grace_period(
     api: httpx.AsyncClient, keys: KeyLifecycleService
 ) -> None:
-    await keys.create_key(Owner.user("graceful"), actor=ACTOR)
+    first = await keys.create_key(Owner.user("graceful"), actor=ACTOR)
     await keys.rotate_key(Owner.user("graceful"), actor=ACTOR, grace_seconds=300)
     admin = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
     body = (await api.get("/api/keys/user/graceful", headers=admin)).json()
-    assert body["rotation"]["status"] == "activated"
-    assert body["rotation"]["kind"] == "rotate"
+    assert body["rotation"] is None  # nothing in progress: the rotation is done
+    [previous] = body["in_grace"]
+    assert previous["id"] == str(first.key.id) and previous["state"] == "previous"
+    assert previous["grace_until"] is not None

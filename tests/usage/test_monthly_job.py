@@ -65,9 +65,13 @@ async def test_two_concurrent_invocations_apply_once(
 async def test_keys_already_at_their_budget_roll_over_without_a_call(
     keys: KeyLifecycleService, runtime: Runtime, emulator: Emulator, database: Database
 ) -> None:
-    # GIVEN three keys at their full budget last month, one cut short, one with a reset
-    for i in range(5):
-        await keys.create_key(Owner.user(f"r{i}"), actor="t", tier="free")
+    # GIVEN three keys at their full budget last month, one cut short, one whose $2 spent this
+    # month was given back by a reset
+    secrets = [
+        (await keys.create_key(Owner.user(f"r{i}"), actor="t", tier="free")).secret
+        for i in range(5)
+    ]
+    emulator.charge(secrets[4] or "", Decimal(2))
     await _last_month(database, "10")
     async with database.connection() as conn:
         await conn.execute("update api_keys set limit_usd = 4 where owner = 'user:r3'")

@@ -1,0 +1,422 @@
+"""The key and budget promises while the world moves (issue 13, one test per case seen).
+
+Each test reproduces what was seen from outside: spending that does not wait its turn, a tier
+change during a grace period, an emergency during a grace period, a key that vanished at
+OpenRouter, a reconcile that meets a busy owner, a create's rotation policy, a JSON number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from shared.db.database import Database
+from shared.jobs.queue import QueueSettings
+from shared.keys import scheduled_rotation
+from shared.keys.service import KeyLifecycleService, Owner
+from shared.openrouter.emulator import Emulator, EmulatorApiError
+from shared.runtime import Runtime
+from shared.usage.service import UsageService
+from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
+from tests.keys.conftest import check_invariants
+
+ACTOR = "service:test"
+ADMIN = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
+
+
+class Spenders:
+    """Many clients spending on every secret they know, without waiting for anyone; counts
+    what OpenRouter accepted, deleted keys included. Each spends a tenth of a cent about every
+    millisecond, so a $3 budget lasts a while and an operation runs in the middle of it."""
+
+    STEP = Decimal("0.001")
+
+    def __init__(self, emulator: Emulator, secrets: list[str], *, clients: int = 16) -> None:
+        self.emulator = emulator
+        self.secrets = list(secrets)
+        self.accepted = Decimal(0)
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._spend()) for _ in range(clients)]
+
+    async def _spend(self) -> None:
+        while not self._stop.is_set():
+            for secret in list(self.secrets):
+                try:
+                    self.emulator.charge(secret, self.STEP)
+                except EmulatorApiError:
+                    continue
+                self.accepted += self.STEP
+            await asyncio.sleep(0.001)
+
+    async def stop(self) -> Decimal:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.accepted
+
+
+async def _end_grace(database: Database, keys: KeyLifecycleService) -> None:
+    async with database.connection() as conn:
+        await conn.execute("update api_keys set grace_until = now() where state = 'previous'")
+    await keys.advance_due_operations()
+
+
+async def _spend_all(emulator: Emulator, secrets: list[str], step: Decimal) -> Decimal:
+    """Spend on every secret until none accepts a cent more; what was accepted."""
+    accepted = Decimal(0)
+    for secret in secrets:
+        while True:
+            try:
+                emulator.charge(secret, step)
+            except EmulatorApiError:
+                break
+            accepted += step
+    return accepted
+
+
+# ----- 1. a rotation under live traffic -----------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", [300, 0])
+async def test_spending_while_a_key_rotates_never_exceeds_the_budget(
+    grace: int, keys: KeyLifecycleService, emulator: Emulator, database: Database
+) -> None:
+    # GIVEN a free user ($10) who spent $7, and 16 clients spending on their key without pause
+    emulator.latency_s = 0.03  # every OpenRouter call takes a moment, as over a network
+    owner = Owner.user("busy")
+    first = await keys.create_key(owner, actor=ACTOR, tier="free")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(7))
+    spenders = Spenders(emulator, [first.secret])
+
+    # WHEN the key is rotated in the middle of that traffic, the clients move on to the new key
+    # too, and the grace period ends
+    second = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=grace)
+    assert second.secret is not None
+    spenders.secrets.append(second.secret)
+    await asyncio.sleep(0.05)
+    await _end_grace(database, keys)
+    await asyncio.sleep(0.05)
+    spent_during = await spenders.stop()
+
+    # THEN old and new key together accepted at most the $3 that was left, to the tenth of a cent
+    leftover = await _spend_all(emulator, [first.secret, second.secret], Spenders.STEP)
+    assert Decimal(7) + spent_during + leftover <= Decimal(10)
+    assert spent_during + leftover == Decimal(3)  # and nothing of the $3 was lost either
+
+
+# ----- 2. a tier change during a grace period -----------------------------------------------
+
+
+async def test_a_downgrade_during_a_grace_period_is_not_lost(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, database: Database
+) -> None:
+    # GIVEN a standard user ($50) who spent $12 and rotated, the old key in its grace period
+    owner = Owner.user("downgraded")
+    first = await keys.create_key(owner, actor=ACTOR, tier="standard")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(12))
+    second = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=300)
+    assert second.secret is not None
+
+    # WHEN the subscription system moves them to free ($10) during the grace
+    moved = await api.put("/api/users/downgraded/tier", headers=ADMIN, json={"tier": "free"})
+
+    # THEN the answer says whether the key's limit was applied now or is pending, never a
+    # null that could mean unlimited; and after the grace nothing more can be spent
+    assert moved.status_code == 200
+    body = moved.json()
+    assert body["key_limit_status"] in ("applied", "pending")
+    if body["key_limit_status"] == "applied":
+        assert body["key_limit_usd"] is not None
+    await _end_grace(database, keys)
+    assert await _spend_all(emulator, [first.secret, second.secret], Decimal("0.5")) == 0
+
+
+async def test_an_upgrade_during_a_grace_period_is_not_lost(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, database: Database
+) -> None:
+    # GIVEN a free user ($10) who spent $7 and rotated, the old key in its grace period
+    owner = Owner.user("upgraded")
+    first = await keys.create_key(owner, actor=ACTOR, tier="free")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(7))
+    second = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=300)
+    assert second.secret is not None
+
+    # WHEN they are moved to standard ($50) during the grace
+    moved = await api.put("/api/users/upgraded/tier", headers=ADMIN, json={"tier": "standard"})
+    assert moved.status_code == 200
+
+    # THEN after the grace the rest of the $50 is really there: $43
+    await _end_grace(database, keys)
+    assert await _spend_all(emulator, [first.secret, second.secret], Decimal("0.5")) == 43
+
+
+# ----- 3. an emergency during a grace period ------------------------------------------------
+
+
+async def test_an_emergency_blocks_the_key_in_its_grace_period_too(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator
+) -> None:
+    # GIVEN a user whose key was rotated a moment ago (the old one, maybe the leaked one, is
+    # still in its grace period)
+    owner = Owner.user("leaky")
+    first = await keys.create_key(owner, actor=ACTOR, tier="standard")
+    second = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=300)
+    assert first.secret is not None and second.secret is not None
+
+    # WHEN an admin emergency-rotates the user
+    started = await api.post(
+        "/api/admin/emergency-rotate",
+        headers=ADMIN,
+        json={"reason": "key leaked in a log", "user_ids": ["leaky"]},
+    )
+
+    # THEN the job finishes, neither old secret spends a cent, and the user has a new key
+    assert started.status_code == 202
+    assert started.json()["status"] == "completed", started.json()
+    for secret in (first.secret, second.secret):
+        with pytest.raises(EmulatorApiError):
+            emulator.charge(secret, Decimal("0.01"))
+    current = await keys.current_key(owner)
+    assert current.id not in (first.key.id, second.key.id)
+    replacement = next(k for k in emulator.user_keys() if k.hash == current.openrouter_hash)
+    emulator.charge(replacement.secret, Decimal("0.01"))
+
+
+# ----- 4. a key that vanished at OpenRouter -------------------------------------------------
+
+
+async def _report(runtime: Runtime, user: str, amount: str, generation: str) -> None:
+    result = await UsageService(runtime).log(
+        [{"user_id": user, "generation_id": generation, "model": "m", "cost_usd": amount}],
+        actor="platform",
+    )
+    assert result.count("stored") == 1
+
+
+async def test_a_key_gone_at_openrouter_costs_its_owner_only_what_they_spent(
+    api: httpx.AsyncClient,
+    keys: KeyLifecycleService,
+    emulator: Emulator,
+    runtime: Runtime,
+    database: Database,
+) -> None:
+    # GIVEN a standard user ($50) who spent $2 (reported), whose key is then deleted in
+    # OpenRouter's dashboard
+    owner = Owner.user("vanishing")
+    first = await keys.create_key(owner, actor=ACTOR, tier="standard")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(2))
+    await _report(runtime, "vanishing", "2", "v-1")
+    await runtime.openrouter().delete_key(first.key.openrouter_hash or "")
+
+    # WHEN the key is rotated
+    rotated = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=0)
+
+    # THEN the new key has the $48 the user did not spend, and the audit says on what evidence
+    assert rotated.key.limit_usd == Decimal(48)
+    async with database.connection() as conn:
+        cursor = await conn.execute(
+            "select details from audit_log where target = %s"
+            " and details ? 'final_usage_source' order by seq desc limit 1",
+            (f"key:{first.key.id}",),
+        )
+        row = await cursor.fetchone()
+    assert row is not None and row["details"]["final_usage_source"] == "ledger"  # type: ignore[index]
+    # and a reset really gives the whole budget back
+    reset = await api.post(
+        "/api/admin/reset-usage", headers=ADMIN, json={"user_id": "vanishing", "reason": "help"}
+    )
+    assert Decimal(reset.json()["users"][0]["key_limit_usd"]) == 50
+    # and the drift report invents no spend
+    from shared.jobs import service as jobs
+
+    await jobs.measure_usage_drift(runtime)
+    admin_month = (await api.get("/api/admin/usage", headers=ADMIN)).json()
+    assert [d for d in admin_month["drift"] if d["user_id"] == "vanishing"] == []
+
+
+async def test_a_vanished_key_last_seen_by_the_drift_job_counts_what_was_seen(
+    keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    # GIVEN a user who spent $5 unreported, seen by the hourly drift job, before the key vanished
+    owner = Owner.user("seen")
+    first = await keys.create_key(owner, actor=ACTOR, tier="standard")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(5))
+    from shared.jobs import service as jobs
+
+    await jobs.measure_usage_drift(runtime)
+    await runtime.openrouter().delete_key(first.key.openrouter_hash or "")
+
+    # WHEN it is rotated THEN the new key has what the user did not spend as last seen: $45
+    rotated = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=0)
+    assert rotated.key.limit_usd == Decimal(45)
+
+
+# ----- 5. reconcile meets an owner it cannot touch now --------------------------------------
+
+
+class Holder:
+    """Another invocation holding an owner's keys (a rotation in the middle of its create,
+    say) until told to let go: the service's own lease, taken by a concurrent task."""
+
+    def __init__(self, keys: KeyLifecycleService, owner: Owner) -> None:
+        self._keys, self._owner = keys, owner
+        self._held, self._release = asyncio.Event(), asyncio.Event()
+        self._task = asyncio.create_task(self._hold())
+
+    async def _hold(self) -> None:
+        async with self._keys.hold(self._owner, actor="service:other") as lease:
+            assert lease is not None
+            self._held.set()
+            await self._release.wait()
+
+    async def __aenter__(self) -> Holder:
+        await self._held.wait()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._release.set()
+        await self._task
+
+
+async def test_reconcile_skips_a_busy_owner_and_completes_the_rest(
+    keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime, database: Database
+) -> None:
+    # GIVEN two users whose keys vanished at OpenRouter, one of them held by another
+    # invocation at the moment
+    busy, idle = Owner.user("busy-owner"), Owner.user("idle-owner")
+    busy_key = await keys.create_key(busy, actor=ACTOR)
+    idle_key = await keys.create_key(idle, actor=ACTOR)
+    for issued in (busy_key, idle_key):
+        await runtime.openrouter().delete_key(issued.key.openrouter_hash or "")
+    async with Holder(keys, busy):
+        # WHEN reconcile runs meanwhile
+        report = await keys.reconcile(actor="admin", request_id=None)
+
+    # THEN the idle owner is repaired, the busy one is reported as skipped, nothing failed
+    assert report.revoked_missing == [idle_key.key.id]
+    assert len(report.reprovisioned) == 1
+    assert [(s.owner, s.reason) for s in report.skipped] == [(busy.key, "owner_busy")]
+    assert report.failed == []
+    # and once the owner is free, a second run repairs it and repeats nothing for the other
+    again = await keys.reconcile(actor="admin", request_id=None)
+    assert again.revoked_missing == [busy_key.key.id]
+    assert len(again.reprovisioned) == 1
+    assert again.skipped == [] and again.failed == []
+    third = await keys.reconcile(actor="admin", request_id=None)
+    assert (third.revoked_missing, third.reprovisioned, third.skipped, third.failed) == (
+        [],
+        [],
+        [],
+        [],
+    )
+    invariants = await check_invariants(database, emulator, runtime)
+    assert invariants.live_missing_at_openrouter == []
+    assert invariants.current_keys_per_owner[busy.key] == 1
+    assert invariants.current_keys_per_owner[idle.key] == 1
+
+
+async def test_the_reconcile_cron_does_not_fail_because_of_one_owner(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime
+) -> None:
+    from tests.conftest import CRON_SECRET
+
+    busy = Owner.user("cron-busy")
+    issued = await keys.create_key(busy, actor=ACTOR)
+    await runtime.openrouter().delete_key(issued.key.openrouter_hash or "")
+    async with Holder(keys, busy):
+        response = await api.get(
+            "/api/jobs/reconcile-keys", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["skipped"] == 1
+
+
+# ----- 6. enable, disable, delete of a key gone at OpenRouter -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/disable"), ("POST", "/enable"), ("DELETE", "")],
+)
+async def test_changing_a_key_gone_at_openrouter_answers_its_own_code_and_corrects_it(
+    method: str,
+    path: str,
+    api: httpx.AsyncClient,
+    keys: KeyLifecycleService,
+    runtime: Runtime,
+) -> None:
+    issued = await keys.create_key(Owner.user("ghost"), actor=ACTOR, tier="free")
+    await runtime.openrouter().delete_key(issued.key.openrouter_hash or "")
+
+    response = await api.request(method, f"/api/keys/{issued.key.id}{path}", headers=ADMIN)
+
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "key_missing_at_openrouter"
+    assert error["details"]["key_id"] == str(issued.key.id)
+    assert "operation_id" not in error["details"]
+    corrected = await keys.get_key(issued.key.id)
+    assert corrected.state == "revoked"
+    assert corrected.final_usage_usd == 0  # it spent nothing: it costs nothing
+    # and the state is settled: asking again is not a 503 either
+    again = await api.request(method, f"/api/keys/{issued.key.id}{path}", headers=ADMIN)
+    assert again.status_code in (200, 409)
+    assert again.json().get("error", {}).get("code") != "openrouter_unavailable"
+
+
+# ----- 7. rotation_policy given at create ---------------------------------------------------
+
+
+async def test_the_rotation_policy_given_at_create_is_stored_shown_and_obeyed(
+    api: httpx.AsyncClient, runtime: Runtime, database: Database
+) -> None:
+    created = await api.post(
+        "/api/keys/create",
+        headers=ADMIN,
+        json={"user_id": "monthly-user", "rotation_policy": "monthly"},
+    )
+    assert created.status_code == 201
+    shown = (await api.get("/api/keys/user/monthly-user", headers=ADMIN)).json()
+    assert shown["rotation_policy"] == "monthly"
+
+    # WHEN last month's key meets this month's schedule THEN it is rotated
+    async with database.connection() as conn:
+        await conn.execute(
+            "update api_keys set activated_at = %s where user_id = 'monthly-user'",
+            (datetime.now(UTC) - timedelta(days=40),),
+        )
+    report = await scheduled_rotation.rotate_scheduled_keys(
+        runtime, QueueSettings.of(runtime.settings)
+    )
+    assert report.done == 1
+    after = (await api.get("/api/keys/user/monthly-user", headers=ADMIN)).json()
+    assert after["key"]["id"] != created.json()["key"]["id"]
+
+
+# ----- 8. money sent as a JSON number -------------------------------------------------------
+
+
+async def test_a_cost_sent_as_a_json_number_is_stored_exactly(
+    api: httpx.AsyncClient, keys: KeyLifecycleService
+) -> None:
+    await keys.create_key(Owner.user("precise"), actor=ACTOR, tier="admin")
+    body = (
+        b'{"user_id": "precise", "generation_id": "gen-exact", "model": "m",'
+        b' "cost_usd": 9058.378958212153}'
+    )
+    logged = await api.post(
+        "/api/usage/log",
+        headers={**ADMIN, "Content-Type": "application/json"},
+        content=body,
+    )
+    assert logged.status_code == 200, logged.text
+    usage = (await api.get("/api/usage/precise", headers=ADMIN)).json()
+    assert Decimal(usage["events_usd"]) == Decimal("9058.378958212153")
