@@ -179,6 +179,10 @@ def emulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 3002,
     latency_ms: Annotated[float, typer.Option(help="Added to every request.")] = 0.0,
+    billing_delay_ms: Annotated[
+        float,
+        typer.Option(help="How long a charge takes before it is billed (at its completion)."),
+    ] = 0.0,
     key_file: Annotated[
         Path | None, typer.Option(help="Write the emulator's management key to this file.")
     ] = None,
@@ -188,7 +192,11 @@ def emulator(
 
     from shared.openrouter.emulator import Emulator
 
-    emulated = Emulator(latency_s=latency_ms / 1000, connection_faults="stall")
+    emulated = Emulator(
+        latency_s=latency_ms / 1000,
+        connection_faults="stall",
+        billing_delay_s=billing_delay_ms / 1000,
+    )
     if key_file is not None:
         key_file.write_text(emulated.management_key + "\n")
         key_file.chmod(0o600)

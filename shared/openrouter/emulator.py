@@ -6,6 +6,15 @@ days, Monday-to-Sunday weeks, calendar months), lets tests spend on a key the wa
 would, and injects faults: latency, 429 with Retry-After, 5xx, timeouts and a create whose
 response is lost after the key was made.
 
+Spending, as OpenRouter bills it: a request is admitted against the key's limit as it stands
+(what was billed, plus the worst case of requests still in flight on that key), and billed when
+it completes, `duration_s` later; a request admitted before a limit was lowered, or before the
+key was disabled or deleted, is still billed. Deleted keys keep their books here (state()), as
+OpenRouter keeps the account's spend, so a checker can sum everything a user's keys spent.
+
+Latency is applied after a request has been handled, before its answer is sent: a crash of the
+caller during it lands between "key made" and "answer received".
+
 Two ways to run it: in process through `Emulator.transport()` (httpx's ASGI transport; connection
 faults surface as httpx exceptions), or as a local server (`openrouter-agent emulator`;
 connection faults surface as a stalled response that the client's timeout cuts off).
@@ -81,6 +90,8 @@ class EmulatedKey:
     last_used_at: datetime | None = None
     is_management: bool = False
     charges: list[Charge] = field(default_factory=list)
+    in_flight: Decimal = Decimal(0)  # worst case of requests admitted and not yet billed
+    deleted_at: datetime | None = None
 
     @property
     def label(self) -> str:
@@ -151,16 +162,21 @@ class Emulator:
         latency_s: float = 0.0,
         connection_faults: Literal["raise", "stall"] = "raise",
         stall_s: float = 120.0,
+        billing_delay_s: float = 0.0,
     ) -> None:
         self.clock = clock
         self.total_credits = total_credits
         self.latency_s = latency_s
+        # How long a charge through /_emulator/charge takes before it is billed (unless the
+        # charge says): OpenRouter bills a request when it completes.
+        self.billing_delay_s = billing_delay_s
         self.connection_faults = connection_faults
         self.stall_s = stall_s
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         self._keys: dict[str, EmulatedKey] = {}
         self._by_secret: dict[str, EmulatedKey] = {}
+        self._deleted: dict[str, EmulatedKey] = {}  # still billed for requests in flight
         self._sequence = 0
         self._lock = threading.Lock()
         self.management_key = self.add_management_key()
@@ -200,37 +216,96 @@ class Emulator:
     def charge(
         self, secret: str, cost: Decimal, *, byok: bool = False, max_cost: Decimal | None = None
     ) -> EmulatedKey:
-        """Spend on a key as inference would; refuse as OpenRouter does when over the cap.
+        """Spend on a key as an instant inference request would: admitted and billed at once.
 
         403 "Key limit exceeded (<window> limit)" once nothing is left; 402 when the worst-case
         cost (max_cost, else cost) is more than what is left.
         """
         with self._lock:
-            key = self._by_secret.get(secret)
-            now = self.clock()
-            if key is None or key.disabled or key.is_management or self._expired(key, now):
-                raise EmulatorApiError(401, "User not found.")
-            if key.limit is not None and not (byok and not key.include_byok_in_limit):
-                remaining = self._limit_remaining(key, now)
-                assert remaining is not None
-                window = key.limit_reset or "total"
-                if remaining <= 0:
-                    raise EmulatorApiError(
-                        403,
-                        f"Key limit exceeded ({window} limit). "
-                        "Manage it using https://openrouter.ai/settings/keys",
-                    )
-                worst_case = max_cost if max_cost is not None else cost
-                if worst_case > remaining:
-                    raise EmulatorApiError(
-                        402,
-                        "This request requires more credits, or fewer max_tokens. "
-                        f"This key can only afford {remaining}.",
-                        metadata={"limit_source": "openrouter_key_limit"},
-                    )
-            key.charges.append(Charge(at=now, amount=cost, byok=byok))
-            key.last_used_at = now
+            key = self._admit(secret, cost, byok=byok, max_cost=max_cost)
+            self._bill(key, cost, reserved=Decimal(0), byok=byok)
             return key
+
+    async def spend(
+        self,
+        secret: str,
+        cost: Decimal,
+        *,
+        duration_s: float = 0.0,
+        byok: bool = False,
+        max_cost: Decimal | None = None,
+    ) -> EmulatedKey:
+        """Spend as a request that takes duration_s: admitted now against the key's limit (and
+        what is in flight on it), billed when it completes, whatever happened to the key since
+        (a lower limit, disabled, deleted)."""
+        worst = max_cost if max_cost is not None and max_cost > cost else cost
+        with self._lock:
+            key = self._admit(secret, cost, byok=byok, max_cost=worst)
+            counts = not (byok and not key.include_byok_in_limit)
+            reserved = worst if counts else Decimal(0)
+            key.in_flight += reserved
+        try:
+            if duration_s > 0:
+                await asyncio.sleep(duration_s)
+        finally:
+            with self._lock:
+                self._bill(key, cost, reserved=reserved, byok=byok)
+        return key
+
+    def _admit(
+        self, secret: str, cost: Decimal, *, byok: bool, max_cost: Decimal | None
+    ) -> EmulatedKey:
+        key = self._by_secret.get(secret)
+        now = self.clock()
+        if key is None or key.disabled or key.is_management or self._expired(key, now):
+            raise EmulatorApiError(401, "User not found.")
+        if key.limit is not None and not (byok and not key.include_byok_in_limit):
+            remaining = self._limit_remaining(key, now)
+            assert remaining is not None
+            remaining = max(remaining - key.in_flight, Decimal(0))
+            window = key.limit_reset or "total"
+            if remaining <= 0:
+                raise EmulatorApiError(
+                    403,
+                    f"Key limit exceeded ({window} limit). "
+                    "Manage it using https://openrouter.ai/settings/keys",
+                )
+            worst_case = max_cost if max_cost is not None else cost
+            if worst_case > remaining:
+                raise EmulatorApiError(
+                    402,
+                    "This request requires more credits, or fewer max_tokens. "
+                    f"This key can only afford {remaining}.",
+                    metadata={"limit_source": "openrouter_key_limit"},
+                )
+        return key
+
+    def _bill(self, key: EmulatedKey, cost: Decimal, *, reserved: Decimal, byok: bool) -> None:
+        now = self.clock()
+        key.in_flight -= reserved
+        key.charges.append(Charge(at=now, amount=cost, byok=byok))
+        key.last_used_at = now
+
+    def state(self) -> list[dict[str, Any]]:
+        """Every user key ever made, deleted ones included, with what it was billed this
+        month and what is in flight: for checkers of the books, never part of the API."""
+        now = self.clock()
+        month = _window_start(now, "monthly")
+        with self._lock:
+            every = [*self._keys.values(), *self._deleted.values()]
+            return [
+                {
+                    "hash": k.hash,
+                    "name": k.name,
+                    "disabled": k.disabled,
+                    "deleted": k.deleted_at is not None,
+                    "limit": None if k.limit is None else str(k.limit),
+                    "usage_monthly": str(self._spent(k, month, byok=False)),
+                    "in_flight": str(k.in_flight),
+                }
+                for k in sorted(every, key=lambda k: k.sequence)
+                if not k.is_management
+            ]
 
     # ----- state helpers -----
 
@@ -335,6 +410,7 @@ class Emulator:
             Route(f"{API_PREFIX}/key", self._current_key, methods=["GET"]),
             Route(f"{API_PREFIX}/credits", self._credits, methods=["GET"]),
             Route("/_emulator/charge", self._charge, methods=["POST"]),
+            Route("/_emulator/state", self._state, methods=["GET"]),
             Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
         ]
 
@@ -362,12 +438,11 @@ class Emulator:
             return
         method, path = scope["method"], scope["path"]
         self.requests.append((method, path))
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
         fault = self._take_fault(method, path.removeprefix(API_PREFIX))
+        delay = self.latency_s
         if fault is not None:
             if fault.kind == "latency":
-                await asyncio.sleep(fault.delay_s)
+                delay += fault.delay_s
             elif fault.kind == "status":
                 headers = {}
                 if fault.retry_after_s is not None:
@@ -378,7 +453,7 @@ class Emulator:
                         fault.status, messages.get(fault.status, "Upstream error"), headers=headers
                     )
                 )
-                await response(scope, receive, send)
+                await _after(delay, response(scope, receive, send))
                 return
             elif fault.kind == "timeout":
                 await self._connection_fault("timeout")
@@ -387,7 +462,19 @@ class Emulator:
                 await self.app(scope, receive, _discard)
                 await self._connection_fault("lost_response")
                 return
-        await self.app(scope, receive, send)
+        if not delay:
+            await self.app(scope, receive, send)
+            return
+        # Handled now, answered after the latency: what changed, changed before the answer.
+        held: list[Any] = []
+
+        async def hold(message: Any) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        await asyncio.sleep(delay)
+        for message in held:
+            await send(message)
 
     async def _connection_fault(self, kind: FaultKind) -> None:
         if self.connection_faults == "raise":
@@ -522,6 +609,8 @@ class Emulator:
             key = self._managed_key(request.path_params["key_hash"])
             del self._keys[key.hash]
             del self._by_secret[key.secret]
+            key.deleted_at = self.clock()
+            self._deleted[key.hash] = key
         return _json(200, {"deleted": True})
 
     async def _current_key(self, request: Request) -> Response:
@@ -532,7 +621,8 @@ class Emulator:
     async def _credits(self, request: Request) -> Response:
         self._authenticate(request, management=True)
         with self._lock:
-            used = sum((self._spent(k, None, byok=False) for k in self._keys.values()), Decimal(0))
+            every = [*self._keys.values(), *self._deleted.values()]
+            used = sum((self._spent(k, None, byok=False) for k in every), Decimal(0))
         return _json(
             200,
             {"data": {"total_credits": _number(self.total_credits), "total_usage": _number(used)}},
@@ -547,16 +637,23 @@ class Emulator:
         try:
             cost = Decimal(str(body["cost"]))
             max_cost = None if body.get("max_cost") is None else Decimal(str(body["max_cost"]))
-        except InvalidOperation as exc:
-            raise EmulatorApiError(400, "cost must be a number") from exc
-        key = self.charge(
+            duration_s = float(body.get("duration_s") or self.billing_delay_s)
+        except (InvalidOperation, TypeError, ValueError) as exc:
+            raise EmulatorApiError(400, "cost and duration_s must be numbers") from exc
+        if not (cost.is_finite() and cost >= 0 and 0 <= duration_s <= 600):
+            raise EmulatorApiError(400, "cost must be >= 0 and duration_s within 0 to 600")
+        key = await self.spend(
             header.removeprefix("Bearer ").strip(),
             cost,
+            duration_s=duration_s,
             byok=body.get("byok") is True,
             max_cost=max_cost,
         )
         with self._lock:
             return _json(200, {"data": self.current_key_json(key)})
+
+    async def _state(self, _: Request) -> Response:
+        return _json(200, {"data": self.state()})
 
     async def _faults(self, request: Request) -> Response:
         if request.method == "DELETE":
@@ -564,7 +661,13 @@ class Emulator:
             return Response(status_code=204)
         body = await _json_body(request)
         try:
-            fault = Fault(**body) if isinstance(body, dict) else None
+            # JSON numbers arrive as Decimal; the fault's seconds are floats for asyncio.
+            fields: dict[str, Any] | None = (
+                {k: float(v) if isinstance(v, Decimal) else v for k, v in body.items()}
+                if isinstance(body, dict)
+                else None
+            )
+            fault = Fault(**fields) if fields is not None else None
         except TypeError:
             fault = None
         if fault is None or fault.kind not in ("status", "latency", "timeout", "lost_response"):
@@ -575,6 +678,12 @@ class Emulator:
 
 async def _discard(message: Any) -> None:
     """An ASGI send that drops the response: the 'response lost' fault."""
+
+
+async def _after(delay_s: float, sending: Any) -> None:
+    if delay_s:
+        await asyncio.sleep(delay_s)
+    await sending
 
 
 async def _json_body(request: Request) -> Any:
