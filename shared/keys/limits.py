@@ -85,6 +85,8 @@ class Budget:
         to `committed_elsewhere` (settled spend included). A reset gives back at most what
         was spent: the whole budget again, never more."""
         assert self.budget is not None
+        if committed_elsewhere == UNLIMITED:
+            return Decimal(0)  # another key may still spend without a limit
         by_total = self.total - committed_elsewhere
         if committed_elsewhere + self.adjustments < 0:
             by_total = min(by_total, usage + self.budget)
@@ -133,6 +135,7 @@ class KeyLimits:
                 set_limit=not isinstance(limit, _Unset),
                 disable=disable,
                 period=period if not isinstance(limit, _Unset) else None,
+                usage_usd=remote.usage_monthly,
             )
             await keys.observe(key.id, usage_usd=remote.usage_monthly, period=period)
             await audit.append(
@@ -221,7 +224,9 @@ class KeyLimits:
         if not confirmed.disabled:
             raise OpenRouterError("OpenRouter did not confirm the key is disabled")
         async with self._store.read() as keys:
-            blocked = await keys.record_lowered(key.id, settle_s=self.settle_s, disable=True)
+            blocked = await keys.record_lowered(
+                key.id, settle_s=self.settle_s, disable=True, usage_usd=confirmed.usage_monthly
+            )
             await keys.observe(key.id, usage_usd=confirmed.usage_monthly, period=current_period())
         return blocked
 
@@ -259,7 +264,9 @@ class KeyLimits:
         if key.state == "pending" or key.openrouter_hash is None:
             return bound  # not made yet: it will be made with at most this limit
         if bound == UNLIMITED or (key.disabled and ceiling is not None):
-            return bound  # nothing it has spent can be more than this
+            # Disabled: nothing new is admitted, and the ceiling covers both what it had been
+            # billed when disabled and what was admitted before.
+            return bound
         # It may have been billed beyond its limit for requests admitted under an earlier one.
         return max(bound, await self.usage(key))
 
@@ -407,8 +414,15 @@ class KeyLimits:
             return current
         besides = set() if current is None else {current.id}
         elsewhere = await self.committed_elsewhere(budget, in_play, besides=besides)
-        if elsewhere > budget.total:
-            # The budget shrank below what keys in their grace period could still spend.
+        in_grace = [
+            k for k in in_play if k.state == "previous" and not k.disabled and k.openrouter_hash
+        ]
+        spent_by_current = Decimal(0)
+        if in_grace and current is not None and current.openrouter_hash is not None:
+            spent_by_current = await self.usage(current)
+        if in_grace and elsewhere + spent_by_current > budget.total:
+            # The budget shrank below what is spent plus what keys in their grace period could
+            # still spend: they lose their allowance first.
             for key in in_play:
                 if key.state == "previous" and not key.disabled and key.openrouter_hash:
                     spent = await self.usage(key)

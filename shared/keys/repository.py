@@ -253,10 +253,13 @@ class KeyRepository:
         set_limit: bool = False,
         disable: bool = False,
         period: date | None = None,
+        usage_usd: Decimal | None = None,
     ) -> KeyRecord:
         """After OpenRouter confirmed a lower limit (or a disable): record it, keeping what the
         key was allowed before as its ceiling for settle_s, since requests admitted under it
-        are billed when they complete. A ceiling still running is never shortened."""
+        are billed when they complete; and never below what it had already been billed when
+        OpenRouter confirmed (usage_usd), which earlier requests may have pushed past its
+        limit. A ceiling still running is never shortened."""
         return await self._one(
             KeyRecord,
             "update api_keys k set ceiling_usd = n.ceiling,"
@@ -268,8 +271,8 @@ class KeyRepository:
             "  else k.disabled_at end,"
             " disabled = k.disabled or %(disable)s"
             " from (select id, greatest(case when ceiling_until > now() then ceiling_usd end,"
-            "   case when not disabled then coalesce(limit_usd, 'Infinity'::numeric) end)"
-            "   as ceiling from api_keys where id = %(id)s for update) n"
+            "   case when not disabled then coalesce(limit_usd, 'Infinity'::numeric) end,"
+            "   %(usage)s::numeric) as ceiling from api_keys where id = %(id)s for update) n"
             " where k.id = n.id returning k.*",
             {
                 "settle": settle_s,
@@ -277,6 +280,7 @@ class KeyRepository:
                 "limit": limit_usd,
                 "period": period,
                 "disable": disable,
+                "usage": usage_usd,
                 "id": key_id,
             },
         )

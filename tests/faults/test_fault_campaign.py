@@ -201,7 +201,7 @@ async def _recover(runtime: Runtime, database: Database, clock: VirtualClock) ->
     keys = KeyLifecycleService(runtime)
     for _ in range(5):
         async with database.connection() as conn:
-            await conn.execute("update key_operations set lease_until = now() - interval '1 s'")
+            await conn.execute("update owner_leases set lease_until = now() - interval '1 s'")
             await conn.execute("update work_items set available_at = now(), lease_until = null")
             await conn.execute(
                 "update emergency_rotation_items set lease_until = now() - interval '1 s'"
