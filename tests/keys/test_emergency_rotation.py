@@ -126,3 +126,80 @@ async def test_a_request_without_a_reason_or_a_scope_is_refused(api: httpx.Async
         json={"reason": "leak", "all": True, "tiers": ["free"]},
     )
     assert no_reason.status_code == no_scope.status_code == both.status_code == 422
+
+
+async def test_an_emergency_supersedes_an_operation_left_half_done(
+    runtime: Runtime, keys: KeyLifecycleService, emulator: Emulator, database: Database
+) -> None:
+    # GIVEN a rotation that died after its new key was made at OpenRouter, before it was
+    # recorded: an operation open, a key live at OpenRouter whose secret no one has
+    from tests.keys.test_crash_recovery import SimulatedCrash, crash_at
+
+    owner = Owner.user("half-done")
+    first = await keys.create_key(owner, actor="t", tier="standard")
+    with pytest.raises(SimulatedCrash):
+        await KeyLifecycleService(
+            runtime, checkpoint=crash_at("after_openrouter_create")
+        ).rotate_key(owner, actor="t", grace_seconds=300)
+    assert len(emulator.user_keys()) == 2
+
+    # WHEN an emergency rotation covers the user
+    status = await EmergencyRotationService(runtime).start(
+        EmergencyScope(user_ids=("half-done",)),
+        reason="leaked",
+        actor="admin",
+        request_id=None,
+        time_budget_s=5,
+    )
+
+    # THEN it completes; the operation is ended as superseded, audited; the only key enabled
+    # at OpenRouter is the emergency's replacement
+    assert status.rotation.status == "completed"
+    async with database.connection() as conn:
+        cursor = await conn.execute(
+            "select status, error_code from key_operations where kind = 'rotate'"
+            " order by created_at"
+        )
+        operations = [(r["status"], r["error_code"]) for r in await cursor.fetchall()]
+        cursor = await conn.execute(
+            "select count(*) as n from audit_log where action = 'key.rotate.superseded'"
+        )
+        superseded = (await cursor.fetchone() or {})["n"]
+    assert operations[0] == ("failed", "superseded_by_emergency")
+    assert superseded == 1
+    current = await keys.current_key(owner)
+    enabled = [k for k in emulator.user_keys() if not k.disabled]
+    assert [k.hash for k in enabled] == [current.openrouter_hash]
+    assert current.id != first.key.id
+    report = await check_invariants(database, emulator, runtime)
+    assert report.orphans_at_openrouter == [] and report.secrets_matching
+
+
+async def test_an_emergency_ends_failed_with_each_keys_reason_when_it_cannot_finish(
+    runtime: Runtime, keys: KeyLifecycleService, emulator: Emulator, database: Database
+) -> None:
+    # GIVEN OpenRouter refuses every new key, and the item has used up its attempts
+    secrets = await _users(keys, {"stuck": "free"})
+    emulator.inject(Fault("status", method="POST", path="/keys", status=503, times=None))
+    service = EmergencyRotationService(runtime)
+    status = await service.start(
+        EmergencyScope(user_ids=("stuck",)),
+        reason="compromise",
+        actor="admin",
+        request_id=None,
+        time_budget_s=2,
+    )
+    assert status.rotation.status == "running"
+    async with database.connection() as conn:
+        await conn.execute("update emergency_rotation_items set attempts = 12, lease_until = now()")
+
+    # WHEN the job runs once more
+    await service.process_running(time_budget_s=2)
+
+    # THEN the rotation has ended: failed, the key's reason recorded, the key still blocked
+    done = await service.status(status.rotation.id)
+    assert done.rotation.status == "failed"
+    [item] = done.items
+    assert item.status == "failed" and item.error is not None
+    with pytest.raises(EmulatorApiError):
+        emulator.charge(secrets["stuck"], Decimal("0.01"))

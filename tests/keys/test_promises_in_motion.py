@@ -13,13 +13,16 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from shared.config import Settings
 from shared.db.database import Database
 from shared.jobs.queue import QueueSettings
 from shared.keys import scheduled_rotation
 from shared.keys.service import KeyLifecycleService, Owner
+from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator, EmulatorApiError
-from shared.runtime import Runtime
+from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.service import UsageService
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 from tests.keys.conftest import check_invariants
@@ -420,3 +423,48 @@ async def test_a_cost_sent_as_a_json_number_is_stored_exactly(
     assert logged.status_code == 200, logged.text
     usage = (await api.get("/api/usage/precise", headers=ADMIN)).json()
     assert Decimal(usage["events_usd"]) == Decimal("9058.378958212153")
+
+
+# ----- billed at completion -------------------------------------------------------------------
+
+
+async def test_what_a_frozen_key_is_billed_afterwards_comes_off_its_successor(
+    settings: Settings, database: Database
+) -> None:
+    # GIVEN OpenRouter that bills a request when it completes, and a service told so
+    emulator = Emulator()
+    client = OpenRouterClient(
+        management_key=SecretStr(emulator.management_key),
+        base_url=EMULATOR_BASE_URL,
+        transport=emulator.transport(),
+    )
+    runtime = Runtime(
+        settings.model_copy(update={"openrouter_billing_settle_s": 0.3}),
+        database=database,
+        openrouter=client,
+        emulator=emulator,
+    )
+    keys = KeyLifecycleService(runtime)
+    owner = Owner.user("slow-bills")
+    first = await keys.create_key(owner, actor=ACTOR, tier="free")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(7))
+    # AND a $2 request admitted on the old key, to be billed 0.2 s later
+    in_flight = asyncio.create_task(emulator.spend(first.secret, Decimal(2), duration_s=0.2))
+    await asyncio.sleep(0)
+
+    # WHEN the key is rotated with no grace meanwhile
+    second = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=0)
+    assert second.secret is not None
+
+    # THEN the new key gets nothing the old one may still be billed for: nothing, for now
+    assert second.key.limit_usd == 0
+    with pytest.raises(EmulatorApiError):
+        emulator.charge(second.secret, Decimal("0.01"))
+    await in_flight  # billed: $9 on the old key
+    # AND once nothing more can be billed to the old key, the new one gets what is left: $1
+    await asyncio.sleep(0.35)
+    await keys.advance_due_operations()
+    assert (await keys.get_key(second.key.id)).limit_usd == Decimal(1)
+    assert await _spend_all(emulator, [first.secret, second.secret], Decimal("0.01")) == 1
+    await client.aclose()
