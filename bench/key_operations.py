@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.key_operations [--operations 200]
 
 Ceilings measured in the same run: the OpenRouter calls alone (our client against the same
-in-process emulator: POST for a create; GET, PATCH, POST, PATCH, GET, DELETE for a rotation)
-and one bare SQL transaction on the same database. Our overhead is what a create or rotation
-costs beyond its OpenRouter calls: planning, sealing, five committed steps with audit rows.
+in-process emulator: POST for a create; for a rotation with no grace PATCH (the old key
+disabled), GET (what it spent), POST, GET (its final usage), DELETE) and one bare SQL
+transaction on the same database. Our overhead is what a create or rotation costs beyond its
+OpenRouter calls: the owner's lease, planning, sealing, committed steps with audit rows.
 """
 
 from __future__ import annotations
@@ -68,13 +69,17 @@ async def run(operations: int, data_dir: Path) -> None:
     async def openrouter_create(i: int) -> None:
         await client.create_key(name=f"ceiling-{i}", limit=None, limit_reset="monthly")
 
+    olds = [
+        (await client.create_key(name=f"ceiling-o-{i}", limit=None)).key.hash
+        for i in range(operations)
+    ]
+
     async def openrouter_rotation_calls(i: int) -> None:
-        created = await client.create_key(name=f"ceiling-r-{i}", limit=None)
-        await client.get_key(created.key.hash)
-        await client.update_key(created.key.hash, limit=None)
-        await client.update_key(created.key.hash, disabled=True)
-        await client.get_key(created.key.hash)
-        await client.delete_key(created.key.hash)
+        await client.update_key(olds[i], disabled=True)
+        await client.get_key(olds[i])
+        await client.create_key(name=f"ceiling-r-{i}", limit=None)
+        await client.get_key(olds[i])
+        await client.delete_key(olds[i])
 
     async def create(i: int) -> None:
         await service.create_key(Owner.user(f"bench-{i}"), actor="bench", tier="standard")

@@ -243,8 +243,13 @@ class EmergencyRotationService:
         """The owner's key after the emergency: a new one if the current key was in scope."""
         idempotency_key = f"{actor}:{owner.key}"
         async with self._runtime.database().connection() as conn:
-            current = await KeyRepository(conn).current_key(owner.key)
-            made = await KeyRepository(conn).operation_by_idempotency_key(actor, idempotency_key)
+            repository = KeyRepository(conn)
+            current = await repository.current_key(owner.key)
+            made = await repository.operation_by_idempotency_key(actor, idempotency_key)
+            while made is not None and made.status == "failed":
+                # That attempt failed for good (OpenRouter refused the key): try afresh.
+                idempotency_key = f"{actor}:{owner.key}:{made.id}"
+                made = await repository.operation_by_idempotency_key(actor, idempotency_key)
         if made is not None and made.status == "completed":
             return made.new_key_id
         if current is None and made is None:

@@ -19,7 +19,7 @@ deleted at OpenRouter. Settled spend is final and exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from uuid import UUID
@@ -45,7 +45,6 @@ class OwnerLease:
     actor: str = "service"
     reason: str | None = None
     request_id: str | None = None
-    next_attention: datetime | None = field(default=None)
 
 
 class LeaseLost(Conflict):
@@ -375,16 +374,13 @@ class KeyLimits:
         async with self._store.read() as keys:
             in_play = await keys.keys_in_play(lease.owner)
         if not in_play:
-            lease.next_attention = None
             return None
         for key in in_play:
             if key.state == "previous" and key.grace_until is not None and key.grace_until <= now:
                 key = await self.end_grace(lease, key)
             if key.state == "revoked":
                 await self.settle(lease, key)
-        current = await self.rebalance(lease)
-        lease.next_attention = await self._next_attention(lease.owner)
-        return current
+        return await self.rebalance(lease)
 
     async def rebalance(self, lease: OwnerLease) -> KeyRecord | None:
         """The current key's limit: what the budget leaves once every other key's commitment
@@ -464,7 +460,7 @@ class KeyLimits:
             ):
                 await self.sync(key)
 
-    async def _next_attention(self, owner: str) -> datetime | None:
+    async def next_attention(self, owner: str) -> datetime | None:
         """When the owner's keys next need tending: a grace period or a ceiling ending."""
         now = datetime.now(UTC)
         async with self._store.read() as keys:

@@ -129,9 +129,10 @@ class KeyLifecycleService:
         try:
             yield lease
             for _ in range(_RELEASE_ROUNDS):
+                next_attention = await self._limits.next_attention(owner_key)
                 async with self._store.read() as keys:
                     released = await keys.release_owner(
-                        owner_key, holder, tend_at=lease.next_attention, lease_s=lease_s
+                        owner_key, holder, tend_at=next_attention, lease_s=lease_s
                     )
                 if released:
                     return
@@ -579,15 +580,15 @@ class KeyLifecycleService:
             ) as lease:
                 assert lease is not None
                 await self._finish_stalled(lease)
-                had_current = False
                 for record in missing:
                     fresh = await self._store.get_key(record.id)
                     if fresh.state not in ("current", "previous", "pending"):
                         continue  # the operation we just finished took care of it
-                    had_current |= fresh.state == "current"
                     await self._limits.vanished(lease, fresh)
                     report.revoked_missing.append(fresh.id)
-                if had_current:
+                async with self._store.read() as keys:
+                    current = await keys.current_key(owner_key)
+                if current is None and any(r.state in ("current", "pending") for r in missing):
                     replacement = await self.create_key(
                         owner, actor=actor, request_id=request_id, lease=lease
                     )

@@ -172,7 +172,7 @@ class ReportRepository:
     async def user_keys_in_period(self, period: date) -> list[KeyRecord]:
         rows = await self._rows(
             "select * from api_keys where user_id is not null and openrouter_hash is not null"
-            " and (state in ('current', 'previous') or limit_period = %s)",
+            " and (deleted_at is null or final_usage_period = %s)",
             (period,),
         )
         return [KeyRecord.from_row(row) for row in rows]
@@ -181,8 +181,9 @@ class ReportRepository:
 async def measure_drift(
     conn: Connection, remote_usage: dict[str, Decimal], period: date, *, tolerance: Decimal
 ) -> int:
-    """Compare, per user, OpenRouter's spend this month (live keys' monthly usage, plus what
-    revoked keys had spent) with the ledger; keep what differs beyond the tolerance."""
+    """Compare, per user, OpenRouter's spend this month (the monthly usage of keys it still
+    has, plus the settled spend of keys deleted there) with the ledger; keep what differs
+    beyond the tolerance."""
     reports = ReportRepository(conn)
     openrouter: dict[str, Decimal] = {}
     for key in await reports.user_keys_in_period(period):
@@ -190,7 +191,7 @@ async def measure_drift(
         assert key.openrouter_hash is not None
         if key.openrouter_hash in remote_usage:
             spent = remote_usage[key.openrouter_hash]
-        elif key.final_usage_usd is not None and key.limit_period == period:
+        elif key.final_usage_usd is not None and key.final_usage_period == period:
             spent = key.final_usage_usd
         else:
             continue
