@@ -241,6 +241,11 @@ class Settings(BaseModel):
         description="Seconds an instance remembers a verified service token (0: check every "
         "request). A token revoked elsewhere works on other warm instances for at most this.",
     )
+    service_token_max_lifetime_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        default=730,
+        description="Longest lifetime a service token may be issued with (expires_at at most "
+        "this many days ahead).",
+    )
     cors_allowed_origins: list[str] = Field(
         default_factory=list,
         description="Browser origins allowed by CORS (JSON list). Empty: CORS denied.",

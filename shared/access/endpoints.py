@@ -15,6 +15,7 @@ from shared.access.schemas import (
     WhoAmI,
 )
 from shared.access.service import AccessService
+from shared.observability import current_request_id
 from shared.web.deps import RuntimeDep
 
 tokens_router = APIRouter(prefix="/api/admin/tokens", tags=["service tokens"])
@@ -31,6 +32,7 @@ async def issue_service_token(
         name=body.name,
         scopes=body.scopes,
         expires_at=body.expires_at,
+        request_id=current_request_id.get(),
     )
     return ServiceTokenIssued(token=issued.token, token_info=ServiceTokenInfo.of(issued.record))
 
@@ -49,7 +51,9 @@ async def revoke_service_token(
     token_id: UUID, caller: AdminCaller, runtime: RuntimeDep
 ) -> ServiceTokenInfo:
     """Revoke a service token at once; revoking it again changes nothing."""
-    record = await AccessService(runtime).revoke_token(token_id, revoked_by=caller.actor)
+    record = await AccessService(runtime).revoke_token(
+        token_id, revoked_by=caller.actor, request_id=current_request_id.get()
+    )
     return ServiceTokenInfo.of(record)
 
 

@@ -12,6 +12,7 @@ class Scope(StrEnum):
     KEYS_REVEAL = "keys:reveal"
     USAGE_WRITE = "usage:write"
     USAGE_READ = "usage:read"
+    USERS_WRITE = "users:write"  # the subscription system: users and their tiers, nothing else
     ADMIN = "admin"
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
-from shared.db.database import Database
+from shared.db.database import Connection, Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,8 @@ class RateLimitDecision:
 
 
 class ServiceTokenRepository:
-    def __init__(self, database: Database) -> None:
-        self._database = database
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
     async def insert(
         self,
@@ -50,38 +50,40 @@ class ServiceTokenRepository:
         created_by: str,
         expires_at: datetime | None,
     ) -> ServiceTokenRecord:
-        async with self._database.connection() as conn:
-            cursor = await conn.execute(
-                "insert into service_tokens"
-                " (name, token_hash, token_hint, scopes, created_by, expires_at)"
-                " values (%s, %s, %s, %s, %s, %s) returning *",
-                (name, token_hash, token_hint, scopes, created_by, expires_at),
-            )
-            row = await cursor.fetchone()
+        cursor = await self._conn.execute(
+            "insert into service_tokens"
+            " (name, token_hash, token_hint, scopes, created_by, expires_at)"
+            " values (%s, %s, %s, %s, %s, %s) returning *",
+            (name, token_hash, token_hint, scopes, created_by, expires_at),
+        )
+        row = await cursor.fetchone()
         assert row is not None
         return ServiceTokenRecord.from_row(row)
 
     async def list(self, *, include_revoked: bool) -> list[ServiceTokenRecord]:
-        async with self._database.connection() as conn:
-            cursor = await conn.execute(
-                "select * from service_tokens"
-                " where %s or revoked_at is null order by created_at desc, id",
-                (include_revoked,),
-            )
-            return [ServiceTokenRecord.from_row(row) for row in await cursor.fetchall()]
+        cursor = await self._conn.execute(
+            "select * from service_tokens"
+            " where %s or revoked_at is null order by created_at desc, id",
+            (include_revoked,),
+        )
+        return [ServiceTokenRecord.from_row(row) for row in await cursor.fetchall()]
 
-    async def revoke(self, token_id: UUID, *, revoked_by: str) -> ServiceTokenRecord | None:
-        """Revoke once; revoking again keeps the first revocation's time and author."""
-        async with self._database.connection() as conn:
-            cursor = await conn.execute(
-                "update service_tokens"
-                " set revoked_at = coalesce(revoked_at, now()),"
-                " revoked_by = coalesce(revoked_by, %s)"
-                " where id = %s returning *",
-                (revoked_by, token_id),
-            )
-            row = await cursor.fetchone()
-        return None if row is None else ServiceTokenRecord.from_row(row)
+    async def revoke(
+        self, token_id: UUID, *, revoked_by: str
+    ) -> tuple[ServiceTokenRecord, bool] | None:
+        """Revoke once; revoking again keeps the first revocation's time and author. The
+        record, and whether this call revoked it."""
+        cursor = await self._conn.execute(
+            "with prior as (select id, revoked_at from service_tokens where id = %s for update)"
+            " update service_tokens t set revoked_at = coalesce(t.revoked_at, now()),"
+            " revoked_by = coalesce(t.revoked_by, %s) from prior where t.id = prior.id"
+            " returning t.*, prior.revoked_at is null as revoked_now",
+            (token_id, revoked_by),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        return ServiceTokenRecord.from_row(row), bool(row["revoked_now"])
 
 
 class RateLimitRepository:

@@ -169,6 +169,7 @@ RateLimitedKeyWriter = Annotated[
 KeyReader = Annotated[Principal, Depends(Authorize(KEYS_READ))]
 UsageWriter = Annotated[Principal, Depends(Authorize(services_with(Scope.USAGE_WRITE)))]
 UsageReader = Annotated[Principal, Depends(Authorize(users_or_services_with(Scope.USAGE_READ)))]
+UsersWriter = Annotated[Principal, Depends(Authorize(services_with(Scope.USERS_WRITE)))]
 
 
 def authorizers_of(route: APIRoute) -> list[Authorize]:

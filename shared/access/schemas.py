@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.access.principals import Principal, PrincipalKind, Scope
 from shared.access.repository import ServiceTokenRecord
+from shared.timestamps import UtcDatetime
 
 TokenName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
@@ -19,7 +20,10 @@ class ServiceTokenCreate(BaseModel):
 
     name: TokenName
     scopes: Annotated[list[Scope], Field(min_length=1)]
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = Field(
+        default=None,
+        description="When the token stops working (at most SERVICE_TOKEN_MAX_LIFETIME_DAYS ahead).",
+    )
 
 
 class ServiceTokenInfo(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from shared.access.principals import Principal, PrincipalKind, Scope
@@ -16,6 +16,7 @@ from shared.access.repository import (
 )
 from shared.access.store import AccessStore
 from shared.access.user_tokens import TokenRejected, claim_at
+from shared.audit.repository import AuditRepository
 from shared.crypto.tokens import (
     generate_service_token,
     has_valid_checksum,
@@ -23,8 +24,9 @@ from shared.crypto.tokens import (
     looks_like_service_token,
     token_hint,
 )
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, ValidationFailed
 from shared.runtime import Runtime
+from shared.timestamps import storable_utc
 
 BOOTSTRAP_PRINCIPAL_ID = "bootstrap"
 
@@ -42,9 +44,6 @@ class IssuedToken:
 class AccessService:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-
-    def _tokens(self) -> ServiceTokenRepository:
-        return ServiceTokenRepository(self._runtime.database())
 
     async def authenticate(self, credential: str) -> Principal:
         """The principal behind a bearer credential, or TokenRejected (401)."""
@@ -71,7 +70,7 @@ class AccessService:
                 PrincipalKind.SERVICE,
                 BOOTSTRAP_PRINCIPAL_ID,
                 is_admin=True,
-                scopes=frozenset(Scope),
+                scopes=frozenset({Scope.ADMIN}),  # to issue the first tokens; it reveals nothing
                 name="bootstrap admin token",
             )
         raise TokenRejected("credential_invalid", "the credential is not recognised")
@@ -97,7 +96,8 @@ class AccessService:
             scopes=scopes,
             name=record.name,
         )
-        cache.put(token_hash, principal)
+        # Remembered until the cache's time is up or the token expires, whichever is first.
+        cache.put(token_hash, principal, expires_at=record.expires_at)
         return principal
 
     async def issue_token(
@@ -107,27 +107,66 @@ class AccessService:
         name: str,
         scopes: list[Scope],
         expires_at: datetime | None,
+        request_id: str | None = None,
     ) -> IssuedToken:
-        if expires_at is not None and expires_at <= datetime.now(UTC):
+        now = datetime.now(UTC)
+        if expires_at is not None:
+            try:
+                expires_at = storable_utc(expires_at)
+            except ValueError as error:
+                raise ValidationFailed(str(error), code="expiry_too_far") from error
+        if expires_at is not None and expires_at <= now:
             raise BadRequest("expires_at must be in the future", code="expiry_in_past")
+        max_days = self._runtime.settings.service_token_max_lifetime_days
+        if expires_at is not None and expires_at > now + timedelta(days=max_days):
+            raise ValidationFailed(
+                f"a service token lives at most {max_days} days (SERVICE_TOKEN_MAX_LIFETIME_DAYS)",
+                code="expiry_too_far",
+            )
         token = generate_service_token()
-        record = await self._tokens().insert(
-            name=name,
-            token_hash=hash_service_token(token, self._runtime.token_hmac_key()),
-            token_hint=token_hint(token),
-            scopes=sorted({str(scope) for scope in scopes}),
-            created_by=issued_by,
-            expires_at=expires_at,
-        )
+        async with self._runtime.database().connection() as conn, conn.transaction():
+            record = await ServiceTokenRepository(conn).insert(
+                name=name,
+                token_hash=hash_service_token(token, self._runtime.token_hmac_key()),
+                token_hint=token_hint(token),
+                scopes=sorted({str(scope) for scope in scopes}),
+                created_by=issued_by,
+                expires_at=expires_at,
+            )
+            await AuditRepository(conn).append(
+                actor=issued_by,
+                action="token.issued",
+                target=f"token:{record.id}",
+                request_id=request_id,
+                details={
+                    "name": record.name,
+                    "scopes": record.scopes,
+                    "hint": record.token_hint,
+                    "expires_at": None if expires_at is None else expires_at.isoformat(),
+                },
+            )
         return IssuedToken(token=token, record=record)
 
     async def list_tokens(self, *, include_revoked: bool) -> list[ServiceTokenRecord]:
-        return await self._tokens().list(include_revoked=include_revoked)
+        async with self._runtime.database().connection() as conn:
+            return await ServiceTokenRepository(conn).list(include_revoked=include_revoked)
 
-    async def revoke_token(self, token_id: UUID, *, revoked_by: str) -> ServiceTokenRecord:
-        record = await self._tokens().revoke(token_id, revoked_by=revoked_by)
-        if record is None:
-            raise NotFound("no service token has this id", code="token_not_found")
+    async def revoke_token(
+        self, token_id: UUID, *, revoked_by: str, request_id: str | None = None
+    ) -> ServiceTokenRecord:
+        async with self._runtime.database().connection() as conn, conn.transaction():
+            revoked = await ServiceTokenRepository(conn).revoke(token_id, revoked_by=revoked_by)
+            if revoked is None:
+                raise NotFound("no service token has this id", code="token_not_found")
+            record, revoked_now = revoked
+            if revoked_now:
+                await AuditRepository(conn).append(
+                    actor=revoked_by,
+                    action="token.revoked",
+                    target=f"token:{record.id}",
+                    request_id=request_id,
+                    details={"name": record.name, "hint": record.token_hint},
+                )
         self._runtime.service_token_cache().forget(str(token_id))
         return record
 

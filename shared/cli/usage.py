@@ -22,9 +22,10 @@ from shared.usage.schemas import (
     SystemUsage,
     TierList,
     UserShare,
-    UserTierChanged,
 )
 from shared.usage.service import UsageService
+from shared.users.schemas import UserTierChanged
+from shared.users.service import UsersService
 
 app = typer.Typer(no_args_is_help=True, help="Usage: a user's month, or the month system-wide.")
 tiers_app = typer.Typer(no_args_is_help=True, help="Subscription tiers and their budgets.")
@@ -144,6 +145,7 @@ def tiers_list(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
 def tiers_set(
     tier: str,
     budget: Annotated[str, typer.Argument(help="USD per month, or 'unlimited'.")],
+    reason: Annotated[str | None, typer.Option(help="Why; kept in the audit trail.")] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Change a tier's monthly budget; keys follow at their next budget application."""
@@ -153,7 +155,12 @@ def tiers_set(
         raise typer.BadParameter("the budget is a number of USD, or 'unlimited'") from error
     if amount is not None and not (0 <= amount <= 10_000_000):
         raise typer.BadParameter("the budget is between 0 and 10,000,000 USD")
-    name, new_budget, _ = run(dsn, lambda r: BudgetService(r).set_tier_budget(tier, amount))
+    name, new_budget, _ = run(
+        dsn,
+        lambda r: BudgetService(r).set_tier_budget(
+            tier, amount, actor=operator(), reason=reason, request_id=None
+        ),
+    )
     typer.echo(f"{name}: {_money(new_budget)} a month")
 
 
@@ -166,14 +173,20 @@ def tiers_user(
     dsn: DsnOption = None,
 ) -> None:
     """Move a user to a tier; their key's limit follows at once."""
-    change = run(
+    written = run(
         dsn,
-        lambda r: BudgetService(r).change_tier(
-            user_id, tier, actor=operator(), reason=reason, request_id=None
+        lambda r: UsersService(r).put(
+            user_id,
+            tier=tier,
+            rotation_policy=None,
+            actor=operator(),
+            reason=reason,
+            request_id=None,
+            must_exist=True,
         ),
         calls_openrouter=True,
     )
-    changed = UserTierChanged.of(change)
+    changed = UserTierChanged.of(written)
     if as_json:
         emit_json(changed)
         return

@@ -63,7 +63,8 @@ def _visible(caller: Principal, key: KeyRecord) -> KeyRecord:
 
 
 async def _reveal_allowed(runtime: Runtime, caller: Principal) -> None:
-    if caller.kind is not PrincipalKind.SERVICE or not caller.has_scope(Scope.KEYS_REVEAL):
+    # The scope itself, explicitly: being an admin is not enough to read key material.
+    if caller.kind is not PrincipalKind.SERVICE or Scope.KEYS_REVEAL not in caller.scopes:
         raise Forbidden(
             "only a service credential with the keys:reveal scope reads key material",
             code="reveal_not_allowed",
@@ -100,6 +101,7 @@ async def create_key(
         actor=caller.actor,
         tier=body.tier,
         rotation_policy=body.rotation_policy,
+        may_change_tier=caller.is_admin or Scope.USERS_WRITE in caller.scopes,
         idempotency_key=idempotency_key,
         request_id=current_request_id.get(),
     )

@@ -125,39 +125,6 @@ class KeyRepository:
 
     # ----- users and budgets -----
 
-    async def ensure_user(
-        self, user_id: str, *, tier: str | None, rotation_policy: str | None, actor: str
-    ) -> str:
-        """Create the user (free tier, on-demand rotation unless told) or update what is given;
-        their tier."""
-        cursor = await self._conn.execute(
-            "insert into users as u (user_id, tier, rotation_policy, updated_by)"
-            " values (%(user)s, coalesce(%(tier)s::text, 'free'),"
-            "  coalesce(%(policy)s::text, 'on_demand'), %(actor)s)"
-            " on conflict (user_id) do update set"
-            "  tier = coalesce(%(tier)s::text, u.tier),"
-            "  rotation_policy = coalesce(%(policy)s::text, u.rotation_policy),"
-            "  updated_at = case when coalesce(%(tier)s, %(policy)s) is null"
-            "   then u.updated_at else now() end,"
-            "  updated_by = case when coalesce(%(tier)s, %(policy)s) is null"
-            "   then u.updated_by else excluded.updated_by end"
-            " returning tier",
-            {"user": user_id, "tier": tier, "policy": rotation_policy, "actor": actor},
-        )
-        row = await cursor.fetchone()
-        assert row is not None
-        return str(row["tier"])
-
-    async def user_plan(self, user_id: str) -> tuple[str | None, str | None]:
-        """The user's tier and rotation policy; (None, None) for an unknown user."""
-        cursor = await self._conn.execute(
-            "select tier, rotation_policy from users where user_id = %s", (user_id,)
-        )
-        row = await cursor.fetchone()
-        if row is None:
-            return None, None
-        return str(row["tier"]), str(row["rotation_policy"])
-
     async def monthly_budget_of_user(self, user_id: str) -> Decimal | None:
         cursor = await self._conn.execute(
             "select t.monthly_budget_usd from users u"

@@ -49,7 +49,9 @@ class KeyOwnerRequest(BaseModel):
 
 class CreateKeyRequest(KeyOwnerRequest):
     tier: TierName | None = Field(
-        default=None, description="Set the user's subscription tier (default: free, or as is)."
+        default=None,
+        description="The user's subscription tier (default: free, or as is). Naming another "
+        "tier than the user's own needs users:write or admin (403 tier_change_forbidden).",
     )
     rotation_policy: Literal["never", "monthly", "on_demand"] | None = Field(
         default=None,

@@ -37,6 +37,8 @@ from shared.metrics import KEY_REVEALS, KEYS_REVOKED, count
 from shared.observability import logger
 from shared.openrouter.errors import OpenRouterError
 from shared.runtime import Runtime
+from shared.users.domain import write_user
+from shared.users.repository import UserRepository
 
 __all__ = [
     "BudgetApplied",
@@ -214,9 +216,12 @@ class KeyLifecycleService:
                 raise NotFound(f"{owner.key} has no current key", code="no_current_key")
             operation = await keys.open_operation_of(owner.key)
             in_grace = [k for k in await keys.keys_in_play(owner.key) if k.state == "previous"]
-            tier, policy = (
-                (None, "monthly") if owner.user_id is None else await keys.user_plan(owner.user_id)
-            )
+        tier, policy = None, "monthly"
+        if owner.user_id is not None:
+            async with self._runtime.database().connection() as conn:
+                user = await UserRepository(conn).get(owner.user_id)
+            if user is not None:
+                tier, policy = user.tier, user.rotation_policy
         return OwnerKeys(current, operation, in_grace, tier, policy)
 
     async def get_operation(self, operation_id: UUID) -> OperationRecord:
@@ -250,7 +255,11 @@ class KeyLifecycleService:
         idempotency_key: str | None = None,
         request_id: str | None = None,
         lease: OwnerLease | None = None,
+        may_change_tier: bool = True,
     ) -> IssuedKey:
+        """A key for an owner who has none. `tier` sets the user's tier: only a caller who may
+        change tiers (admins, users:write; the keys route says) may name another tier than
+        the user's own (free for a new user)."""
         replay = await self._replay(actor, idempotency_key, lease)
         if replay is not None:
             return replay
@@ -275,6 +284,7 @@ class KeyLifecycleService:
                 idempotency_key=idempotency_key,
                 reason=None,
                 request_id=request_id,
+                may_change_tier=may_change_tier,
             )
             return await self._run_to_result(operation, actor, held)
 
@@ -361,13 +371,21 @@ class KeyLifecycleService:
         idempotency_key: str | None,
         reason: str | None,
         request_id: str | None,
+        may_change_tier: bool = True,
     ) -> OperationRecord:
         key_id = uuid4()
         try:
-            async with self._store.transaction() as (keys, audit):
+            async with self._store.transaction_with_users() as (keys, audit, users):
                 if owner.user_id is not None:
-                    await keys.ensure_user(
-                        owner.user_id, tier=tier, rotation_policy=rotation_policy, actor=actor
+                    await write_user(
+                        users,
+                        audit,
+                        owner.user_id,
+                        tier=tier,
+                        rotation_policy=rotation_policy,
+                        actor=actor,
+                        may_change_tier=may_change_tier,
+                        request_id=request_id,
                     )
                 await keys.insert_pending_key(
                     key_id=key_id,

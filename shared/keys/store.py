@@ -13,6 +13,7 @@ from shared.errors import NotFound
 from shared.keys.domain import Owner
 from shared.keys.repository import KeyRecord, KeyRepository, OperationRecord
 from shared.runtime import Runtime
+from shared.users.repository import UserRepository
 
 
 class KeyStore:
@@ -24,6 +25,14 @@ class KeyStore:
         """One transaction: the change and its audit row commit together or not at all."""
         async with self._runtime.database().connection() as conn, conn.transaction():
             yield KeyRepository(conn), AuditRepository(conn)
+
+    @asynccontextmanager
+    async def transaction_with_users(
+        self,
+    ) -> AsyncIterator[tuple[KeyRepository, AuditRepository, UserRepository]]:
+        """One transaction that also writes the key's owner (a create for a new user)."""
+        async with self._runtime.database().connection() as conn, conn.transaction():
+            yield KeyRepository(conn), AuditRepository(conn), UserRepository(conn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[KeyRepository]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from shared.access.rules import AdminCaller
-from shared.keys.schemas import TierName, UserId
+from shared.keys.schemas import TierName
 from shared.observability import current_request_id
 from shared.usage.budgets import BudgetService
 from shared.usage.schemas import (
@@ -14,8 +14,6 @@ from shared.usage.schemas import (
     TierBudgetUpdate,
     TierInfo,
     TierList,
-    UserTierChange,
-    UserTierChanged,
 )
 from shared.web.deps import RuntimeDep
 
@@ -52,26 +50,13 @@ async def list_tiers(_: AdminCaller, runtime: RuntimeDep) -> TierList:
 async def set_tier_budget(
     tier: TierName, body: TierBudgetUpdate, caller: AdminCaller, runtime: RuntimeDep
 ) -> TierInfo:
-    """Change a tier's monthly budget (null: unlimited). Keys follow at their next budget
-    application (tier change, reset, rotation, or the monthly job)."""
-    del caller
+    """Change a tier's monthly budget (null: unlimited), audited. Keys follow at their next
+    budget application (tier change, reset, rotation, or the monthly job)."""
     _, budget, description = await BudgetService(runtime).set_tier_budget(
-        tier, body.monthly_budget_usd
-    )
-    return TierInfo(tier=tier, monthly_budget_usd=budget, description=description)
-
-
-@router.put("/api/users/{user_id}/tier", response_model=UserTierChanged)
-async def change_user_tier(
-    user_id: UserId, body: UserTierChange, caller: AdminCaller, runtime: RuntimeDep
-) -> UserTierChanged:
-    """Move a user to a tier (the subscription system calls this). Takes effect at once on
-    their budget and their key's OpenRouter limit; idempotent; audited."""
-    change = await BudgetService(runtime).change_tier(
-        user_id,
-        body.tier,
+        tier,
+        body.monthly_budget_usd,
         actor=caller.actor,
         reason=body.reason,
         request_id=current_request_id.get(),
     )
-    return UserTierChanged.of(change)
+    return TierInfo(tier=tier, monthly_budget_usd=budget, description=description)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from shared.audit.repository import AuditRepository
-from shared.db import sql_errors
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import NotFound
 from shared.keys.domain import Owner, current_period
 from shared.keys.service import BudgetApplied, KeyLifecycleService
 from shared.runtime import Runtime
@@ -22,14 +21,6 @@ from shared.usage.repository import UsageRepository
 class ResetOutcome:
     user_id: str
     amount_usd: Decimal
-    key: BudgetApplied
-
-
-@dataclass(frozen=True, slots=True)
-class TierChange:
-    user_id: str
-    previous_tier: str
-    tier: str
     key: BudgetApplied
 
 
@@ -84,42 +75,31 @@ class BudgetService:
             return await UsageRepository(conn).tiers()
 
     async def set_tier_budget(
-        self, tier: str, budget: Decimal | None
+        self,
+        tier: str,
+        budget: Decimal | None,
+        *,
+        actor: str,
+        reason: str | None,
+        request_id: str | None,
     ) -> tuple[str, Decimal | None, str]:
-        """A tier's new monthly budget (None: unlimited). Keys follow at their next budget
-        application (tier change, reset, rotation, or the monthly job)."""
-        async with self._runtime.database().connection() as conn:
+        """A tier's new monthly budget (None: unlimited), audited. Keys follow at their next
+        budget application (tier change, reset, rotation, or the monthly job)."""
+        async with self._runtime.database().connection() as conn, conn.transaction():
             repository = UsageRepository(conn)
-            if not await repository.set_tier_budget(tier, budget):
+            before = next((t for t in await repository.tiers() if t[0] == tier), None)
+            if before is None or not await repository.set_tier_budget(tier, budget):
                 raise NotFound(f"no tier {tier}", code="tier_not_found")
+            if before[1] != budget:
+                await AuditRepository(conn).append(
+                    actor=actor,
+                    action="tier.budget_changed",
+                    target=f"tier:{tier}",
+                    reason=reason,
+                    request_id=request_id,
+                    details={
+                        "from": None if before[1] is None else str(before[1]),
+                        "to": None if budget is None else str(budget),
+                    },
+                )
             return next(t for t in await repository.tiers() if t[0] == tier)
-
-    async def change_tier(
-        self, user_id: str, tier: str, *, actor: str, reason: str | None, request_id: str | None
-    ) -> TierChange:
-        """Move a user to a tier; their key's limit follows at once, or as soon as the
-        invocation holding their keys lets go (pending). Idempotent."""
-        try:
-            async with self._runtime.database().connection() as conn, conn.transaction():
-                changed = await UsageRepository(conn).set_tier(user_id, tier, actor=actor)
-                if changed is None:
-                    raise NotFound(f"no user {user_id}", code="user_not_found")
-                previous, current = changed
-                if previous != current:
-                    await AuditRepository(conn).append(
-                        actor=actor,
-                        action="user.tier_changed",
-                        target=f"user:{user_id}",
-                        reason=reason,
-                        request_id=request_id,
-                        details={"from": previous, "to": current},
-                    )
-        except sql_errors.ForeignKeyViolation as exc:
-            raise ValidationFailed(f"unknown tier {tier!r}", code="unknown_tier") from exc
-        applied = await KeyLifecycleService(self._runtime).apply_budget(
-            Owner.user(user_id),
-            actor=actor,
-            reason=f"tier {previous} -> {current}",
-            request_id=request_id,
-        )
-        return TierChange(user_id, previous, current, applied)

@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,10 +16,11 @@ from pydantic import (
 )
 
 from shared.keys.schemas import KeyInfo, TierName, UserId
+from shared.timestamps import UtcDatetime
 
 if TYPE_CHECKING:
     from shared.keys.service import BudgetApplied
-    from shared.usage.budgets import ResetOutcome, TierChange
+    from shared.usage.budgets import ResetOutcome
 
 MAX_BATCH_EVENTS = 1000
 # No single generation costs this much; a larger figure is a unit mistake, not a bill.
@@ -48,7 +48,7 @@ class UsageEvent(BaseModel):
     agent_name: Label | None = None
     endpoint: Label | None = None
     duration_ms: Annotated[int, Field(ge=0, le=86_400_000)] | None = None
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: UtcDatetime | None = Field(
         default=None, description="When the generation ran (default: now)."
     )
 
@@ -254,25 +254,4 @@ class TierBudgetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     monthly_budget_usd: Annotated[Decimal, Field(ge=0, le=10_000_000, allow_inf_nan=False)] | None
-
-
-class UserTierChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tier: TierName
     reason: Reason | None = None
-
-
-class UserTierChanged(KeyLimitOutcome):
-    user_id: str
-    previous_tier: str
-    tier: str
-
-    @classmethod
-    def of(cls, change: TierChange) -> UserTierChanged:
-        return cls(
-            user_id=change.user_id,
-            previous_tier=change.previous_tier,
-            tier=change.tier,
-            **KeyLimitOutcome.fields_of(change.key),
-        )

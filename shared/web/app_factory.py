@@ -33,6 +33,7 @@ GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
         "shared.audit.endpoints:router",
         "shared.keys.admin_endpoints:router",
         "shared.usage.admin_endpoints:router",
+        "shared.users.endpoints:router",
         "shared.usage.admin_reports:router",
         "shared.jobs.admin_endpoints:router",
         "shared.dashboard.endpoints:router",

@@ -77,7 +77,9 @@ async def _callers(
         Caller(
             "bootstrap admin token",
             f"Bearer {BOOTSTRAP_ADMIN_TOKEN}",
-            Principal(PrincipalKind.SERVICE, "bootstrap", is_admin=True, scopes=frozenset(Scope)),
+            Principal(
+                PrincipalKind.SERVICE, "bootstrap", is_admin=True, scopes=frozenset({Scope.ADMIN})
+            ),
         ),
         Caller("garbage bearer", "Bearer not-a-credential", None),
         Caller("basic auth", "Basic dXNlcjpwYXNz", None),
@@ -203,7 +205,8 @@ EXPECTED_RULES = {
     ("GET", "/admin/static/{name}"): "public",
     ("GET", "/api/admin/jobs/{job_id}"): "admin",
     ("PUT", "/api/admin/tiers/{tier}"): "admin",
-    ("PUT", "/api/users/{user_id}/tier"): "admin",
+    ("PUT", "/api/users/{user_id}"): "services with users:write",
+    ("PUT", "/api/users/{user_id}/tier"): "services with users:write",
     ("GET", "/api/usage/{user_id}"): "users or services with usage:read",
     ("GET", "/api/usage/{user_id}/monthly"): "users or services with usage:read",
     ("POST", "/api/admin/emergency-rotate"): "admin",

@@ -21,9 +21,9 @@ from shared.db.rpc import PostgresRpc, PostgrestRpc, StoreRefused, StoreRpc
 from shared.errors import ServiceUnavailable
 from shared.health.repository import HealthRepository
 from shared.health.service import expected_migration_version
-from shared.keys.repository import KeyRepository
 from shared.runtime import Runtime
 from shared.usage.store import UsageStore
+from shared.users.repository import UserRepository
 from tests.access.signing import HS256_SECRET
 from tests.db.postgrest_gateway import PostgrestGateway
 
@@ -58,7 +58,7 @@ async def store(
 
 async def make_user(database: Database, user_id: str, tier: str = "free") -> None:
     async with database.connection() as conn:
-        await KeyRepository(conn).ensure_user(user_id, tier=tier, rotation_policy=None, actor="t")
+        await UserRepository(conn).upsert(user_id, tier=tier, rotation_policy=None, actor="t")
 
 
 def usage_event(user: str, generation: str, cost: str, **extra: Any) -> dict[str, Any]:

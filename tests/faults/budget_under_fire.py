@@ -37,6 +37,7 @@ from shared.runtime import Runtime
 from shared.usage.budgets import BudgetService
 from shared.usage.monthly import open_period
 from shared.usage.service import UsageService
+from shared.users.service import UsersService
 from tests.faults.invariants import violations
 
 TIERS: dict[str, Decimal | None] = {
@@ -328,8 +329,14 @@ class BudgetUnderFire:
         tier = self.random.choice([t for t in TIERS if TIERS[t] != books.budget])
         change = await self._op(
             "tier change",
-            BudgetService(self.runtime).change_tier(
-                user, tier, actor="fire", reason=None, request_id=None
+            UsersService(self.runtime).put(
+                user,
+                tier=tier,
+                rotation_policy=None,
+                actor="fire",
+                reason=None,
+                request_id=None,
+                must_exist=True,
             ),
         )
         if change is None:

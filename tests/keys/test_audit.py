@@ -39,6 +39,7 @@ async def test_each_step_of_a_rotation_leaves_exactly_one_row(
     key = await keys.current_key(owner)
     await keys.reveal(key, actor="service:reader", request_id="r1")
     assert await _actions(database) == [
+        "user.created",
         "key.create.requested",
         "key.create.planned",
         "key.created_at_openrouter",
@@ -51,7 +52,7 @@ async def test_each_step_of_a_rotation_leaves_exactly_one_row(
         "key.settled",  # its final usage read, then deleted at OpenRouter
         "key.revealed",
     ]
-    assert await _verify(database) == (None, 11)
+    assert await _verify(database) == (None, 12)
 
 
 @pytest.mark.parametrize("tampering", ["update", "delete"])
@@ -108,8 +109,8 @@ async def test_the_cli_and_the_admin_route_report_the_chain(
 
     intact = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     route = await api.get("/api/admin/audit/verify", headers=admin)
-    assert (intact.returncode, intact.stdout.strip()) == (0, "audit chain intact: 4 rows")
-    assert route.json() == {"intact": True, "rows_checked": 4, "broken_seq": None, "problem": None}
+    assert (intact.returncode, intact.stdout.strip()) == (0, "audit chain intact: 5 rows")
+    assert route.json() == {"intact": True, "rows_checked": 5, "broken_seq": None, "problem": None}
 
     async with database.connection() as conn:
         await conn.execute("alter table audit_log disable trigger audit_log_append_only")
@@ -128,7 +129,7 @@ async def test_the_cli_and_the_admin_route_report_the_chain(
 async def test_concurrent_writers_keep_the_chain_intact(
     keys: KeyLifecycleService, database: Database
 ) -> None:
-    # GIVEN twelve owners whose keys are created at once (each create writes four audit rows
+    # GIVEN twelve owners whose keys are created at once (each create writes five audit rows
     # from its own transactions, interleaved with the others')
     await asyncio.gather(
         *(keys.create_key(Owner.user(f"concurrent-{n}"), actor="t") for n in range(12))
@@ -136,4 +137,4 @@ async def test_concurrent_writers_keep_the_chain_intact(
 
     # THEN the chain verifies: seq order is the order rows were chained in
     broken, checked = await _verify(database)
-    assert broken is None and checked == 48
+    assert broken is None and checked == 60

@@ -33,10 +33,12 @@ def service_token(runtime: Runtime) -> TokenMaker:
 async def test_a_backend_creates_a_key_and_gets_the_secret_once(
     api: httpx.AsyncClient, service_token: TokenMaker, emulator: Emulator
 ) -> None:
+    # the subscription system puts the user on their tier; the backend makes their key
+    subscriptions = await service_token(Scope.USERS_WRITE, name="billing")
+    placed = await api.put(f"/api/users/{ALICE}", headers=subscriptions, json={"tier": "micro"})
+    assert placed.status_code == 201
     writer = await service_token(Scope.KEYS_WRITE, Scope.KEYS_READ)
-    created = await api.post(
-        "/api/keys/create", headers=writer, json={"user_id": ALICE, "tier": "micro"}
-    )
+    created = await api.post("/api/keys/create", headers=writer, json={"user_id": ALICE})
     assert created.status_code == 201
     body = created.json()
     assert body["secret"] == emulator.user_keys()[0].secret
@@ -153,7 +155,7 @@ async def test_system_keys_are_read_by_the_service_they_belong_to(
 
 
 async def test_bad_requests_are_4xx(api: httpx.AsyncClient, service_token: TokenMaker) -> None:
-    writer = await service_token(Scope.KEYS_WRITE)
+    writer = await service_token(Scope.KEYS_WRITE, Scope.USERS_WRITE)
     both = await api.post(
         "/api/keys/create", headers=writer, json={"user_id": "a", "system_name": "b"}
     )

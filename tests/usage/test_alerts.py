@@ -13,11 +13,11 @@ from pydantic import SecretStr
 
 from shared.config import Settings
 from shared.db.database import Database
-from shared.keys.repository import KeyRepository
 from shared.openrouter.client import OpenRouterClient
 from shared.runtime import Runtime
 from shared.usage.alerts import SIGNATURE_HEADER, deliver_alerts
 from shared.usage.service import UsageService
+from shared.users.repository import UserRepository
 
 WEBHOOK = "https://alerts.platform.test/hooks/openrouter-agent"
 SECRET = "webhook-signing-secret-0123456789"
@@ -37,9 +37,7 @@ async def alerting(settings: Settings, openrouter: OpenRouterClient) -> AsyncIte
 
 async def _cross_thresholds(runtime: Runtime, database: Database) -> None:
     async with database.connection() as conn:
-        await KeyRepository(conn).ensure_user(
-            "alerted", tier="free", rotation_policy=None, actor="t"
-        )
+        await UserRepository(conn).upsert("alerted", tier="free", rotation_policy=None, actor="t")
     await UsageService(runtime).log(
         [
             {"user_id": "alerted", "generation_id": f"a{i}", "model": "m", "cost_usd": "3"}

@@ -24,6 +24,7 @@ from shared.openrouter.emulator import Emulator, EmulatorApiError
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.budgets import BudgetService
 from shared.usage.service import UsageService
+from shared.users.service import UsersService
 from tests.conftest import TEMPLATE_DATABASE
 
 TIERS = {"free": Decimal(10), "standard": Decimal(50), "micro": Decimal(100)}
@@ -123,7 +124,15 @@ async def _run(dsn: str, local_dir: Path, steps: list[tuple[object, ...]]) -> Bo
                     await keys.advance_due_operations()
                 elif kind == "tier":
                     tier = str(step[1])
-                    await budgets.change_tier(USER, tier, actor="t", reason=None, request_id=None)
+                    await UsersService(runtime).put(
+                        USER,
+                        tier=tier,
+                        rotation_policy=None,
+                        actor="t",
+                        reason=None,
+                        request_id=None,
+                        must_exist=True,
+                    )
                     books.max_budget = max(books.max_budget, TIERS[tier])
                 elif kind == "reset":
                     [outcome] = await budgets.reset(

@@ -17,10 +17,10 @@ from shared.access.service import AccessService
 from shared.config import Settings
 from shared.db.database import Database, PoolLimits
 from shared.db.rpc import PostgresRpc
-from shared.keys.repository import KeyRepository
 from shared.runtime import Runtime
 from shared.usage.service import UsageService
 from shared.usage.store import UsageStore
+from shared.users.repository import UserRepository
 
 Headers = dict[str, str]
 
@@ -41,7 +41,7 @@ def make_users(database: Database) -> Callable[..., Awaitable[None]]:
     async def make(*user_ids: str, tier: str = "free") -> None:
         async with database.connection() as conn:
             for user_id in user_ids:
-                await KeyRepository(conn).ensure_user(
+                await UserRepository(conn).upsert(
                     user_id, tier=tier, rotation_policy=None, actor="test"
                 )
 

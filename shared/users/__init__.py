@@ -1,0 +1,1 @@
+"""The platform's users: their subscription tier and rotation policy."""

@@ -1,0 +1,52 @@
+"""Users, for the subscription system (users:write) and admins: create or update a user,
+move a user to a tier. Served by the admin function."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from shared.access.rules import UsersWriter
+from shared.keys.schemas import UserId
+from shared.observability import current_request_id
+from shared.users.schemas import UserInfo, UserPut, UserTierChange, UserTierChanged
+from shared.users.service import UsersService
+from shared.web.deps import RuntimeDep
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+
+
+@router.put("/{user_id}", response_model=UserInfo)
+async def put_user(
+    user_id: UserId, body: UserPut, caller: UsersWriter, runtime: RuntimeDep, response: Response
+) -> UserInfo:
+    """Create the user (201) or update their tier and rotation policy (200), before or after
+    their first key; a tier change reaches their key's limit as PUT .../tier does. Audited."""
+    written = await UsersService(runtime).put(
+        user_id,
+        tier=body.tier,
+        rotation_policy=body.rotation_policy,
+        actor=caller.actor,
+        reason=body.reason,
+        request_id=current_request_id.get(),
+    )
+    if written.change.created:
+        response.status_code = 201
+    return UserInfo.of(written)
+
+
+@router.put("/{user_id}/tier", response_model=UserTierChanged)
+async def change_user_tier(
+    user_id: UserId, body: UserTierChange, caller: UsersWriter, runtime: RuntimeDep
+) -> UserTierChanged:
+    """Move an existing user to a tier (the subscription system calls this). Takes effect at
+    once on their budget and their key's OpenRouter limit; idempotent; audited."""
+    written = await UsersService(runtime).put(
+        user_id,
+        tier=body.tier,
+        rotation_policy=None,
+        actor=caller.actor,
+        reason=body.reason,
+        request_id=current_request_id.get(),
+        must_exist=True,
+    )
+    return UserTierChanged.of(written)

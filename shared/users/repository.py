@@ -1,0 +1,99 @@
+"""All SQL of users: who they are, their tier, their rotation policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from shared.db.database import Connection
+
+DEFAULT_TIER = "free"
+DEFAULT_ROTATION_POLICY = "on_demand"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    user_id: str
+    tier: str
+    rotation_policy: str
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> UserRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    """A user before and after a write; `before` is None when the write created them."""
+
+    before: UserRecord | None
+    after: UserRecord
+
+    @property
+    def created(self) -> bool:
+        return self.before is None
+
+    @property
+    def tier_changed(self) -> bool:
+        return self.before is not None and self.before.tier != self.after.tier
+
+    @property
+    def policy_changed(self) -> bool:
+        return self.before is not None and self.before.rotation_policy != self.after.rotation_policy
+
+
+class UserRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def get(self, user_id: str, *, for_update: bool = False) -> UserRecord | None:
+        query = "select * from users where user_id = %s"
+        if for_update:
+            query = "select * from users where user_id = %s for update"
+        cursor = await self._conn.execute(query, (user_id,))
+        row = await cursor.fetchone()
+        return None if row is None else UserRecord.from_row(row)
+
+    async def upsert(
+        self, user_id: str, *, tier: str | None, rotation_policy: str | None, actor: str
+    ) -> UserChange:
+        """Create the user (free tier, on-demand rotation unless told) or change what is given.
+        Call within a transaction that read the user with for_update, so `before` is exact."""
+        before = await self.get(user_id, for_update=True)
+        cursor = await self._conn.execute(
+            "insert into users as u (user_id, tier, rotation_policy, updated_by)"
+            " values (%(user)s, coalesce(%(tier)s::text, %(default_tier)s),"
+            "  coalesce(%(policy)s::text, %(default_policy)s), %(actor)s)"
+            " on conflict (user_id) do update set"
+            "  tier = coalesce(%(tier)s::text, u.tier),"
+            "  rotation_policy = coalesce(%(policy)s::text, u.rotation_policy),"
+            "  updated_at = case when (coalesce(%(tier)s::text, u.tier), coalesce(%(policy)s::text,"
+            "   u.rotation_policy)) is distinct from (u.tier, u.rotation_policy)"
+            "   then now() else u.updated_at end,"
+            "  updated_by = case when (coalesce(%(tier)s::text, u.tier), coalesce(%(policy)s::text,"
+            "   u.rotation_policy)) is distinct from (u.tier, u.rotation_policy)"
+            "   then excluded.updated_by else u.updated_by end"
+            " returning *",
+            {
+                "user": user_id,
+                "tier": tier,
+                "policy": rotation_policy,
+                "actor": actor,
+                "default_tier": DEFAULT_TIER,
+                "default_policy": DEFAULT_ROTATION_POLICY,
+            },
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return UserChange(before, UserRecord.from_row(row))
+
+    async def in_scope(self, *, user_id: str | None, tier: str | None, everyone: bool) -> list[str]:
+        cursor = await self._conn.execute(
+            "select user_id from users where %s or user_id = %s or tier = %s order by user_id",
+            (everyone, user_id, tier),
+        )
+        return [str(row["user_id"]) for row in await cursor.fetchall()]
