@@ -79,17 +79,13 @@ class Budget:
         assert self.budget is not None
         return self.budget - self.adjustments
 
-    def room(self, committed_elsewhere: Decimal, usage: Decimal = Decimal(0)) -> Decimal:
-        """The limit a key that has spent `usage` may have, when the other keys are committed
-        to `committed_elsewhere` (settled spend included). A reset gives back at most what
-        was spent: the whole budget again, never more."""
+    def room(self, committed_elsewhere: Decimal) -> Decimal:
+        """The limit a key may have when the other keys are committed to
+        `committed_elsewhere` (settled spend included)."""
         assert self.budget is not None
         if committed_elsewhere == UNLIMITED:
             return Decimal(0)  # another key may still spend without a limit
-        by_total = self.total - committed_elsewhere
-        if committed_elsewhere + self.adjustments < 0:
-            by_total = min(by_total, usage + self.budget)
-        return max(down_to_micro(by_total), Decimal(0))
+        return max(down_to_micro(self.total - committed_elsewhere), Decimal(0))
 
 
 class KeyLimits:
@@ -375,12 +371,41 @@ class KeyLimits:
             in_play = await keys.keys_in_play(lease.owner)
         if not in_play:
             return None
+        await self._weigh_resets(lease, in_play)
         for key in in_play:
             if key.state == "previous" and key.grace_until is not None and key.grace_until <= now:
                 key = await self.end_grace(lease, key)
             if key.state == "revoked":
                 await self.settle(lease, key)
         return await self.rebalance(lease)
+
+    async def _weigh_resets(self, lease: OwnerLease, in_play: list[KeyRecord]) -> None:
+        """Set what each new reset gives back: at most what OpenRouter counted as spent this
+        month and not given back yet, so a reset makes the whole budget available again,
+        never more, whatever the ledger said."""
+        owner = Owner.parse(lease.owner)
+        if owner.user_id is None:
+            return
+        period = current_period()
+        async with self._store.read() as keys:
+            unweighed = await keys.unweighed_adjustments(owner.user_id, period)
+            if not unweighed:
+                return
+            spent = await keys.settled_spend(owner.key, period)
+            given_back = await keys.adjustments_of(owner.user_id, period)
+        for key in in_play:
+            if key.openrouter_hash is not None and key.deleted_at is None:
+                try:
+                    spent += await self.usage(key)
+                except KeyVanished:
+                    spent += key.observed_usage_usd or 0
+        async with self._store.read() as keys:
+            for adjustment_id, amount in unweighed:
+                effect = amount
+                if amount < 0:
+                    effect = max(amount, -max(spent + given_back, Decimal(0)))
+                    given_back += effect
+                await keys.weigh_adjustment(adjustment_id, effect)
 
     async def rebalance(self, lease: OwnerLease) -> KeyRecord | None:
         """The current key's limit: what the budget leaves once every other key's commitment
@@ -430,10 +455,7 @@ class KeyLimits:
         if current is None or current.openrouter_hash is None:
             await self._sync_others(in_play, current)
             return current
-        usage = Decimal(0)
-        if elsewhere + budget.adjustments < 0:
-            usage = await self.usage(current)
-        target = budget.room(elsewhere, usage)
+        target = budget.room(elsewhere)
         # Lowerings first, raises last: at no moment may two keys hold the same budget.
         if current.limit_usd is None or target < current.limit_usd:
             current = await self.lower(

@@ -138,18 +138,35 @@ class KeyRepository:
         return None if budget is None else Decimal(budget)  # type: ignore[arg-type]
 
     async def adjustments_of(self, user_id: str | None, period: date) -> Decimal:
-        """Resets and corrections of the owner's usage this period (negative: budget given
-        back). System keys have none."""
+        """What resets and corrections do to the owner's budget this period (negative: budget
+        given back). A reset not yet weighed against what OpenRouter counted gives nothing
+        back yet. System keys have none."""
         if user_id is None:
             return Decimal(0)
         cursor = await self._conn.execute(
-            "select coalesce(sum(amount_usd), 0) as total from usage_adjustments"
-            " where user_id = %s and period = %s",
+            "select coalesce(sum(coalesce(budget_effect_usd, greatest(amount_usd, 0))), 0)"
+            " as total from usage_adjustments where user_id = %s and period = %s",
             (user_id, period),
         )
         row = await cursor.fetchone()
         assert row is not None
         return Decimal(row["total"])  # type: ignore[arg-type]
+
+    async def unweighed_adjustments(self, user_id: str, period: date) -> list[tuple[int, Decimal]]:
+        """Adjustments whose effect on the budget is not set yet: (id, amount), in order."""
+        cursor = await self._conn.execute(
+            "select id, amount_usd from usage_adjustments where user_id = %s and period = %s"
+            " and budget_effect_usd is null order by id",
+            (user_id, period),
+        )
+        return [(int(r["id"]), Decimal(r["amount_usd"])) for r in await cursor.fetchall()]  # type: ignore[call-overload, arg-type]
+
+    async def weigh_adjustment(self, adjustment_id: int, effect: Decimal) -> None:
+        await self._conn.execute(
+            "update usage_adjustments set budget_effect_usd = %s"
+            " where id = %s and budget_effect_usd is null",
+            (effect, adjustment_id),
+        )
 
     # ----- keys -----
 
@@ -294,13 +311,16 @@ class KeyRepository:
         """Record many keys' usage this month at once (from a listing of every key)."""
         if not usage_by_hash:
             return 0
+        # Rows locked elsewhere (an operation writing the key) are skipped, not waited for: an
+        # observation is evidence, not a change, and waiting in no fixed order can deadlock.
         cursor = await self._conn.execute(
-            "update api_keys k set observed_usage_usd = case when k.observed_period = %s"
-            "  then greatest(k.observed_usage_usd, o.usage) else o.usage end,"
-            " observed_period = %s, observed_at = now()"
-            " from unnest(%s::text[], %s::numeric[]) as o(hash, usage)"
-            " where k.openrouter_hash = o.hash",
-            (period, period, list(usage_by_hash), list(usage_by_hash.values())),
+            "with seen as (select k.id, o.usage from api_keys k"
+            "  join unnest(%s::text[], %s::numeric[]) as o(hash, usage)"
+            "  on k.openrouter_hash = o.hash order by k.id for update of k skip locked)"
+            " update api_keys k set observed_usage_usd = case when k.observed_period = %s"
+            "  then greatest(k.observed_usage_usd, seen.usage) else seen.usage end,"
+            " observed_period = %s, observed_at = now() from seen where k.id = seen.id",
+            (list(usage_by_hash), list(usage_by_hash.values()), period, period),
         )
         return cursor.rowcount
 

@@ -115,7 +115,7 @@ class KeyOperationSaga:
                 # The old key keeps working for its grace period, on a share of what is left.
                 old_usage = await self._limits.usage(old)
                 others = await self._limits.committed_elsewhere(budget, in_play, besides=elsewhere)
-                headroom = max(budget.room(others, old_usage) - old_usage, Decimal(0))
+                headroom = max(budget.room(others) - old_usage, Decimal(0))
                 fraction = self._runtime.settings.rotation_grace_budget_fraction
                 allowance = down_to_micro(headroom * fraction)
                 frozen_at = old_usage + allowance

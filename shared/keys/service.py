@@ -533,14 +533,18 @@ class KeyLifecycleService:
         settings = self._runtime.settings
         client = self._runtime.openrouter()
         prefix = f"{settings.openrouter_key_name_prefix}-"
+        # The database first, OpenRouter second: a key made in between is then unknown (and
+        # too young to judge), never live-but-missing. Each key missing from the listing is
+        # still read again, under its owner's lease, before it is written off.
+        async with self._store.read() as keys:
+            known = await keys.known_openrouter_names()
+            live = await keys.live_keys()
         try:
             remote = [k for k in await client.list_all_keys() if k.name.startswith(prefix)]
         except OpenRouterError as error:
             raise openrouter_unavailable(error, {"step": "list keys"}) from error
         async with self._store.read() as keys:
             await keys.observe_many({k.hash: k.usage_monthly for k in remote}, current_period())
-            known = await keys.known_openrouter_names()
-            live = await keys.live_keys()
         report = ReconcileReport()
         now = datetime.now(UTC)
         for key in remote:
@@ -602,6 +606,11 @@ class KeyLifecycleService:
                     fresh = await self._store.get_key(record.id)
                     if fresh.state not in ("current", "previous", "pending"):
                         continue  # the operation we just finished took care of it
+                    try:
+                        await self._limits.usage(fresh)
+                        continue  # OpenRouter has it: the listing missed it, not OpenRouter
+                    except KeyVanished:
+                        pass
                     await self._limits.vanished(lease, fresh)
                     report.revoked_missing.append(fresh.id)
                 async with self._store.read() as keys:

@@ -20,7 +20,7 @@ from shared.config import Settings, get_settings
 from shared.observability import configure_logging
 from shared.runtime import Runtime
 from shared.web.error_handlers import install_error_handlers
-from shared.web.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from shared.web.middleware import RequestBodyMiddleware, RequestContextMiddleware
 
 LIVENESS = "shared.health.liveness:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
@@ -100,7 +100,7 @@ def create_app(
     app.state.access_rules = access_rules
     install_error_handlers(app)
     # Added last runs first: the request id exists before the size check can answer.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=runtime.settings.max_request_body_bytes)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=runtime.settings.max_request_body_bytes)
     if runtime.settings.cors_allowed_origins:
         # Without configured origins there is no CORS middleware at all: browsers are refused.
         app.add_middleware(

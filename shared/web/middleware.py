@@ -125,8 +125,10 @@ class RequestContextMiddleware:
             current_request_id.reset(token)
 
 
-class BodySizeLimitMiddleware:
-    """Refuses bodies over max_bytes with 413, by Content-Length or by counting a streamed body."""
+class RequestBodyMiddleware:
+    """Every request body is JSON, and at most max_bytes: a body of another type is refused
+    with 415 before any route runs (a browser may send text/plain across origins without
+    asking), a larger one with 413, by Content-Length or by counting a streamed body."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -136,15 +138,28 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared, content_type, streamed = 0, "", False
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > self.max_bytes:
-                    await self._refuse(send)
-                    return
+            elif name == b"content-type":
+                content_type = value.decode("latin-1").split(";")[0].strip().lower()
+            elif name == b"transfer-encoding":
+                streamed = True
+        if declared > self.max_bytes:
+            await self._refuse(send, 413, "payload_too_large", self._message())
+            return
+        if (declared > 0 or streamed) and not _is_json(content_type):
+            await self._refuse(
+                send,
+                415,
+                "unsupported_media_type",
+                "request bodies are JSON: send Content-Type: application/json",
+            )
+            return
         received = 0
 
         async def counting_receive() -> Message:
@@ -163,12 +178,12 @@ class BodySizeLimitMiddleware:
     def _message(self) -> str:
         return f"the request body is larger than {self.max_bytes} bytes"
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(error_body("payload_too_large", self._message())).encode()
+    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
+        body = json.dumps(error_body(code, message)).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -176,3 +191,9 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )

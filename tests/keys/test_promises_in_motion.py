@@ -21,7 +21,7 @@ from shared.jobs.queue import QueueSettings
 from shared.keys import scheduled_rotation
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.client import OpenRouterClient
-from shared.openrouter.emulator import Emulator, EmulatorApiError
+from shared.openrouter.emulator import Emulator, EmulatorApiError, Fault
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.service import UsageService
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
@@ -468,3 +468,97 @@ async def test_what_a_frozen_key_is_billed_afterwards_comes_off_its_successor(
     assert (await keys.get_key(second.key.id)).limit_usd == Decimal(1)
     assert await _spend_all(emulator, [first.secret, second.secret], Decimal("0.01")) == 1
     await client.aclose()
+
+
+# ----- found from outside after the first fixes -------------------------------------------------
+
+
+async def test_a_key_made_while_reconcile_lists_openrouter_is_not_taken_for_vanished(
+    keys: KeyLifecycleService, emulator: Emulator, database: Database, runtime: Runtime
+) -> None:
+    # GIVEN a free user, and an OpenRouter whose listing answers slowly
+    owner = Owner.user("racing")
+    first = await keys.create_key(owner, actor=ACTOR, tier="free")
+    emulator.inject(Fault("latency", method="GET", path="/keys", delay_s=0.3))
+
+    # WHEN the key is rotated while reconcile waits for its listing
+    reconciling = asyncio.create_task(keys.reconcile(actor="admin", request_id=None))
+    while ("GET", "/api/v1/keys") not in emulator.requests:
+        await asyncio.sleep(0.005)
+    rotated = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=0)
+    report = await reconciling
+
+    # THEN the new key is not taken for vanished, nothing is replaced, and the user can
+    # spend their $10 once
+    assert rotated.key.id not in report.revoked_missing
+    assert report.reprovisioned == []
+    assert (await keys.current_key(owner)).id == rotated.key.id
+    secrets = [first.secret or "", rotated.secret or ""]
+    assert await _spend_all(emulator, secrets, Decimal("0.5")) == 10
+    invariants = await check_invariants(database, emulator, runtime)
+    assert invariants.orphans_at_openrouter == [] and invariants.live_missing_at_openrouter == []
+
+
+async def test_concurrent_reconciles_and_rotations_do_not_deadlock(
+    keys: KeyLifecycleService,
+) -> None:
+    owners = [Owner.user(f"busy-{n}") for n in range(8)]
+    for owner in owners:
+        await keys.create_key(owner, actor=ACTOR)
+    results = await asyncio.gather(
+        *(keys.reconcile(actor="admin", request_id=None) for _ in range(3)),
+        *(keys.rotate_key(owner, actor=ACTOR, grace_seconds=0) for owner in owners),
+        *(keys.reconcile(actor="admin", request_id=None) for _ in range(3)),
+        return_exceptions=True,
+    )
+    unexpected = [
+        r
+        for r in results
+        if isinstance(r, BaseException) and getattr(r, "code", "") != "operation_in_progress"
+    ]
+    assert unexpected == []
+
+
+async def test_a_reset_gives_back_at_most_what_openrouter_counted(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    # GIVEN a free user who spent $2, and a service that reported $9,058 by mistake
+    owner = Owner.user("overreported")
+    first = await keys.create_key(owner, actor=ACTOR, tier="free")
+    assert first.secret is not None
+    emulator.charge(first.secret, Decimal(2))
+    await _report(runtime, "overreported", "9058.378958212153", "over-1")
+
+    # WHEN an admin resets their usage
+    reset = await api.post(
+        "/api/admin/reset-usage",
+        headers=ADMIN,
+        json={"user_id": "overreported", "reason": "support"},
+    )
+
+    # THEN the whole budget is there again, never more: $10 on top of the $2
+    assert Decimal(reset.json()["users"][0]["key_limit_usd"]) == 12
+    assert await _spend_all(emulator, [first.secret], Decimal("0.5")) == 10
+    # and a rotation, or a second reset with nothing reported since, hands out nothing more
+    second = await keys.rotate_key(owner, actor=ACTOR, grace_seconds=0)
+    again = await api.post(
+        "/api/admin/reset-usage",
+        headers=ADMIN,
+        json={"user_id": "overreported", "reason": "support"},
+    )
+    assert again.status_code == 200
+    assert await _spend_all(emulator, [first.secret, second.secret or ""], Decimal("0.5")) == 0
+
+
+async def test_a_body_that_is_not_json_is_refused_before_anything_runs(
+    api: httpx.AsyncClient, keys: KeyLifecycleService
+) -> None:
+    await keys.create_key(Owner.user("plain"), actor=ACTOR)
+    refused = await api.post(
+        "/api/admin/emergency-rotate",
+        headers={**ADMIN, "Content-Type": "text/plain"},
+        content=b'{"all": true, "reason": "a fuzzer"}',
+    )
+    assert refused.status_code == 415, refused.text
+    assert refused.json()["error"]["code"] == "unsupported_media_type"
+    assert (await keys.current_key(Owner.user("plain"))).state == "current"
