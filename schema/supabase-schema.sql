@@ -50,6 +50,10 @@ on conflict (version) do nothing;
 
 -- Access control: Supabase's roles and auth helpers where they are missing (plain Postgres,
 -- the embedded server), user subscriptions, service tokens, and rate-limit counters.
+--
+-- amends: 7261e2a91d2e4f7c5aa2e652db36f8cdc8680a5eb0925e7de5ea607f42aa0e51
+-- (the schema grants below now run only on schemas we own; where this migration ran before,
+-- they had run already, so nothing is to be done there.)
 
 -- ---------------------------------------------------------------------------------------------
 -- Supabase compatibility. On Supabase these roles and functions exist and nothing here runs;
@@ -71,8 +75,20 @@ end
 $$;
 
 create schema if not exists auth;
-grant usage on schema auth to anon, authenticated, service_role;
-grant usage on schema public to anon, authenticated, service_role;
+-- Only on schemas we own: on Supabase, auth is Supabase's own (and its API roles already use
+-- it), and a grant there only earns "WARNING: no privileges were granted".
+do $$
+begin
+    if (select nspowner from pg_namespace where nspname = 'auth')
+           = (select oid from pg_roles where rolname = current_user) then
+        grant usage on schema auth to anon, authenticated, service_role;
+    end if;
+    if (select nspowner from pg_namespace where nspname = 'public')
+           = (select oid from pg_roles where rolname = current_user) then
+        grant usage on schema public to anon, authenticated, service_role;
+    end if;
+end
+$$;
 
 do $$
 begin
@@ -237,7 +253,7 @@ grant select on users to authenticated;
 create policy users_own_row on users
     for select to authenticated using (user_id = auth.uid()::text);
 
-insert into schema_migrations (version, name, checksum) values ('0002', 'access_control', '7261e2a91d2e4f7c5aa2e652db36f8cdc8680a5eb0925e7de5ea607f42aa0e51')
+insert into schema_migrations (version, name, checksum) values ('0002', 'access_control', '2ed6f354293cde2472764e82b9b9beda2128b1cdca722328e1227f0a7843ae5f')
 on conflict (version) do nothing;
 
 -- ===== migration 0003_key_lifecycle.sql =====
@@ -1274,6 +1290,69 @@ comment on column usage_adjustments.budget_effect_usd is
     'counted as spent. Null until the owner''s keys were tended after it.';
 
 insert into schema_migrations (version, name, checksum) values ('0014', 'reset_budget_effect', '504bdb5819bf7b845026a693b3237dad69a99fc83bbca090cd3602e98f7dd49b')
+on conflict (version) do nothing;
+
+-- ===== migration 0015_supabase_default_privileges.sql =====
+
+-- Supabase grants anon, authenticated and service_role everything on every new table, function
+-- and sequence in public (its default privileges), and PostgreSQL grants EXECUTE on every new
+-- function to PUBLIC. Our migrations revoked some of that, not all: helper functions stayed
+-- callable by anyone, identity sequences readable and writable by the API roles, the audit log
+-- writable in every way by service_role, the migrations table open to it. Here every object we
+-- created is taken back from all of them, by name (public may hold the project's own objects,
+-- which are none of our business), and given only what the access rules allow, as reviewed in
+-- tests/db/test_supabase_privileges.py. Any later migration does the same for what it creates.
+
+revoke all on subscription_tiers, users, service_tokens, rate_limit_counters, schema_migrations,
+    api_keys, key_operations, audit_log, emergency_rotations, emergency_rotation_items,
+    usage_events, usage_adjustments, usage_totals, usage_breakdown, usage_threshold_crossings,
+    alert_outbox, usage_drift, work_jobs, work_items, work_job_progress,
+    owner_leases
+    from public, anon, authenticated, service_role;
+revoke all on sequence usage_events_id_seq, usage_adjustments_id_seq, alert_outbox_id_seq
+    from public, anon, authenticated, service_role;
+revoke all on function
+    authenticate_service_token(bytea), consume_rate_limit(text, integer, integer),
+    prune_rate_limit_counters(), record_usage_events(jsonb, text),
+    reset_usage(text, date, text, text), store_authenticate_service_token(jsonb),
+    store_consume_rate_limit(jsonb), store_probe(jsonb), store_record_usage_events(jsonb),
+    store_usage_history(jsonb), store_usage_month(jsonb), store_usage_period(text, date),
+    verify_audit_chain(), claim_work_items(uuid, text, integer, integer),
+    complete_work_item(uuid, text, text), fail_work_item(uuid, text, text, text, numeric),
+    audit_row_payload(audit_log), usage_effective(usage_totals), audit_log_append_only(),
+    audit_log_chain()
+    from public, anon, authenticated, service_role;
+
+-- The service (service_role through Supabase's REST gateway): what it reads and writes.
+grant select, insert, update, delete, truncate, references, trigger on
+    subscription_tiers, users, service_tokens, rate_limit_counters, api_keys, key_operations,
+    emergency_rotations, emergency_rotation_items, usage_events, usage_adjustments,
+    usage_totals, usage_breakdown, usage_threshold_crossings, alert_outbox, usage_drift,
+    work_jobs, work_items
+    to service_role;
+grant select, insert on audit_log to service_role;  -- append-only, whoever asks
+grant select on work_job_progress to service_role;
+grant select, insert, update on owner_leases to service_role;
+grant execute on function
+    authenticate_service_token(bytea), consume_rate_limit(text, integer, integer),
+    prune_rate_limit_counters(), record_usage_events(jsonb, text),
+    reset_usage(text, date, text, text), store_authenticate_service_token(jsonb),
+    store_consume_rate_limit(jsonb), store_probe(jsonb), store_record_usage_events(jsonb),
+    store_usage_history(jsonb), store_usage_month(jsonb), store_usage_period(text, date),
+    verify_audit_chain(), claim_work_items(uuid, text, integer, integer),
+    complete_work_item(uuid, text, text), fail_work_item(uuid, text, text, text, numeric),
+    -- helpers the functions above call as their caller
+    audit_row_payload(audit_log), usage_effective(usage_totals)
+    to service_role;
+
+-- Signed-in users (authenticated): their own rows, read only (row-level security policies).
+grant select on subscription_tiers, users, usage_totals, usage_breakdown, usage_events,
+    usage_adjustments, usage_threshold_crossings to authenticated;
+grant select (id, owner, user_id, state, openrouter_hash, label, limit_usd, limit_period,
+              disabled, created_at, activated_at, superseded_at, grace_until, revoked_at)
+    on api_keys to authenticated;
+
+insert into schema_migrations (version, name, checksum) values ('0015', 'supabase_default_privileges', '567f0b5d0dfc1b6b78c833627fcaabf01ed33877b5ea68dbc41581935cf584af')
 on conflict (version) do nothing;
 
 commit;

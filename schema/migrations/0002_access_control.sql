@@ -1,5 +1,9 @@
 -- Access control: Supabase's roles and auth helpers where they are missing (plain Postgres,
 -- the embedded server), user subscriptions, service tokens, and rate-limit counters.
+--
+-- amends: 7261e2a91d2e4f7c5aa2e652db36f8cdc8680a5eb0925e7de5ea607f42aa0e51
+-- (the schema grants below now run only on schemas we own; where this migration ran before,
+-- they had run already, so nothing is to be done there.)
 
 -- ---------------------------------------------------------------------------------------------
 -- Supabase compatibility. On Supabase these roles and functions exist and nothing here runs;
@@ -21,8 +25,20 @@ end
 $$;
 
 create schema if not exists auth;
-grant usage on schema auth to anon, authenticated, service_role;
-grant usage on schema public to anon, authenticated, service_role;
+-- Only on schemas we own: on Supabase, auth is Supabase's own (and its API roles already use
+-- it), and a grant there only earns "WARNING: no privileges were granted".
+do $$
+begin
+    if (select nspowner from pg_namespace where nspname = 'auth')
+           = (select oid from pg_roles where rolname = current_user) then
+        grant usage on schema auth to anon, authenticated, service_role;
+    end if;
+    if (select nspowner from pg_namespace where nspname = 'public')
+           = (select oid from pg_roles where rolname = current_user) then
+        grant usage on schema public to anon, authenticated, service_role;
+    end if;
+end
+$$;
 
 do $$
 begin

@@ -4,6 +4,11 @@ Applied versions and their checksums are recorded in schema_migrations. A sessio
 serialises concurrent runners (several cold starts, a CLI run during a deploy): the second one
 waits, then finds nothing left to do. An applied migration whose file changed is refused, since
 silently diverging schemas are worse than a failed deploy.
+
+One exception, declared in the file: a migration may be amended in a way that changes nothing
+where it already ran (a statement made conditional on a schema it runs against, say). The file
+then says `-- amends: <checksum of its earlier text>`, and a database that recorded that
+checksum records the new one instead of refusing.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ MIGRATIONS_DIR = REPOSITORY_ROOT / "schema" / "migrations"
 SUPABASE_SCHEMA_FILE = REPOSITORY_ROOT / "schema" / "supabase-schema.sql"
 
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_AMENDS = re.compile(r"^-- amends: (?P<checksum>[0-9a-f]{64})$", re.MULTILINE)
 # Any fixed 64-bit number; it only has to be the same for every runner of this schema.
 _ADVISORY_LOCK_KEY = 0x6F72_6167_656E_7431
 
@@ -52,6 +58,11 @@ class Migration:
     @property
     def file_name(self) -> str:
         return f"{self.version}_{self.name}.sql"
+
+    @property
+    def amends(self) -> frozenset[str]:
+        """Checksums of earlier texts this one replaces where they were applied."""
+        return frozenset(m["checksum"] for m in _AMENDS.finditer(self.sql))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +138,12 @@ class MigrationRunner:
                 for migration in migrations:
                     checksum = recorded.get(migration.version)
                     if checksum is not None:
-                        if checksum != migration.checksum:
+                        if checksum in migration.amends:
+                            await conn.execute(
+                                "update schema_migrations set checksum = %s where version = %s",
+                                (migration.checksum, migration.version),
+                            )
+                        elif checksum != migration.checksum:
                             raise MigrationError(
                                 f"migration {migration.file_name} was applied with different "
                                 "content; write a new migration instead of editing an applied one"

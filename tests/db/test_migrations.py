@@ -131,3 +131,24 @@ async def test_tier_budgets_are_exact_and_unlimited_is_null(database_dsn: str) -
         "admin": None,
         "future4200": None,
     }
+
+
+async def test_a_migration_amended_in_place_is_accepted_where_its_earlier_text_ran(
+    empty_database_dsn: str,
+) -> None:
+    # GIVEN a database where migration 0002 ran in the text it had before it was amended
+    database = Database(empty_database_dsn)
+    migrations = load_migrations()
+    amended = next(m for m in migrations if m.version == "0002")
+    [earlier] = amended.amends
+    await MigrationRunner(database).migrate(migrations)
+    async with database.connection() as conn:
+        await conn.execute(
+            "update schema_migrations set checksum = %s where version = '0002'", (earlier,)
+        )
+
+    # WHEN the runner meets it again THEN it records the amended text instead of refusing
+    assert await MigrationRunner(database).migrate(migrations) == []
+    recorded = {a.version: a.checksum for a in await MigrationRunner(database).applied()}
+    await database.close()
+    assert recorded["0002"] == amended.checksum
