@@ -49,6 +49,7 @@ from tests.access.signing import (  # noqa: E402
     new_es256_key,
     new_rs256_key,
 )
+from tests.db.supabase_stack import SupabaseGateway, postgrest  # noqa: E402
 
 TEMPLATE_DATABASE = "openrouter_agent_template"
 
@@ -214,6 +215,8 @@ def jwks_endpoint(auth_server: AuthServer) -> Iterator[respx.Route]:
         route = router.get(JWKS_URL).mock(
             side_effect=lambda request: httpx.Response(200, json=auth_server.jwks())
         )
+        # Our own test servers on loopback (PostgREST and its gateway) are real.
+        router.route(host="127.0.0.1").pass_through()
         yield route
 
 
@@ -253,6 +256,27 @@ async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def supabase_gateway() -> Iterator[SupabaseGateway]:
+    """Supabase's API gateway (apikey checks) in front of whichever PostgREST a test runs."""
+    gateway = SupabaseGateway()
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def supabase_rest(
+    database_dsn: str, supabase_gateway: SupabaseGateway
+) -> Iterator[SupabaseGateway]:
+    """The real PostgREST on this test's database, behind the gateway: Supabase's REST API."""
+    with postgrest(database_dsn) as url:
+        supabase_gateway.upstream = url
+        supabase_gateway.calls.clear()
+        yield supabase_gateway
+        supabase_gateway.upstream = None
 
 
 @pytest.fixture

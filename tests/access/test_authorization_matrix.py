@@ -7,10 +7,12 @@ rule does not admit gets 403. A route that declares no rule cannot even be built
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -105,6 +107,15 @@ async def _callers(
     )
     await access.revoke_token(revoked.record.id, revoked_by="test")
     callers.append(Caller("revoked service token", f"Bearer {revoked.token}", None))
+    # A token this instance verified (and cached) while it was valid, used after it expired.
+    expires_at = datetime.now(UTC) + timedelta(seconds=1)
+    expiring = await access.issue_token(
+        issued_by="test", name="expiring", scopes=list(Scope), expires_at=expires_at
+    )
+    await access.authenticate(expiring.token)
+    while datetime.now(UTC) <= expires_at:
+        await asyncio.sleep(0.05)  # its own expiry, which must have passed: not a race
+    callers.append(Caller("expired service token, cached", f"Bearer {expiring.token}", None))
     return callers
 
 
@@ -258,3 +269,49 @@ async def test_whoami_reports_the_verified_identity(
     token = auth_server.token(user_id=USER_A, app_metadata={"role": "admin"})
     body = (await api.get("/api/auth/whoami", headers={"Authorization": f"Bearer {token}"})).json()
     assert body == {"kind": "user", "id": USER_A, "is_admin": True, "scopes": [], "name": None}
+
+
+# ----- tiers: whichever route sets one, only admins and users:write may -------------------------
+
+TIER_ROUTES = [
+    ("POST", "/api/keys/create", lambda user: {"user_id": user, "tier": "admin"}),
+    ("PUT", "/api/users/{user}", lambda user: {"tier": "admin"}),
+    ("PUT", "/api/users/{user}/tier", lambda user: {"tier": "admin"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), TIER_ROUTES)
+async def test_no_route_lets_a_caller_who_may_not_set_tiers_set_one(
+    matrix_client: MatrixClient, runtime: Runtime, method: str, path: str, body: object
+) -> None:
+    client, _ = matrix_client
+    access = AccessService(runtime)
+    for scopes in [[s] for s in Scope] + [[Scope.KEYS_WRITE, Scope.KEYS_READ, Scope.USAGE_WRITE]]:
+        # GIVEN a free user with no key (a create may run), and a caller with these scopes
+        user = f"tiered-{uuid.uuid4().hex[:8]}"
+        async with runtime.database().connection() as conn:
+            await conn.execute(
+                "insert into users (user_id, tier, updated_by) values (%s, 'free', 't')", (user,)
+            )
+        issued = await access.issue_token(
+            issued_by="test", name="tier probe", scopes=scopes, expires_at=None
+        )
+        response = await client.request(
+            method,
+            path.format(user=user),
+            headers={"Authorization": f"Bearer {issued.token}"},
+            json=body(user),  # type: ignore[operator]
+        )
+        async with runtime.database().connection() as conn:
+            cursor = await conn.execute("select tier from users where user_id = %s", (user,))
+            tier = (await cursor.fetchone() or {}).get("tier")
+        may = Scope.ADMIN in scopes or (
+            Scope.USERS_WRITE in scopes and path.startswith("/api/users")
+        )
+        names = "+".join(scopes)
+        if may:
+            assert response.status_code in (200, 201), f"{names}: {response.text}"
+            assert tier == "admin", names
+        else:
+            assert response.status_code == 403, f"{names} {method} {path}: {response.status_code}"
+            assert tier == "free", f"{names} changed the tier through {method} {path}"

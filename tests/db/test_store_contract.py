@@ -1,5 +1,6 @@
 """The store contract, run on both transports: the direct Postgres connection, and Supabase's
-REST gateway (a PostgREST-compatible endpoint on the same embedded database, as service_role)."""
+REST API (the real PostgREST on the same embedded database, behind a gateway that checks the
+apikey as Supabase's does), with a legacy service-role key and with a new secret key."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import jwt
 import pytest
 
 from shared.access.principals import Scope
@@ -24,36 +24,25 @@ from shared.health.service import expected_migration_version
 from shared.runtime import Runtime
 from shared.usage.store import UsageStore
 from shared.users.repository import UserRepository
-from tests.access.signing import HS256_SECRET
-from tests.db.postgrest_gateway import PostgrestGateway
+from tests.db.supabase_stack import SECRET_KEY, SERVICE_ROLE_KEY, SupabaseGateway
 
 SUPABASE_URL = "https://project-ref.supabase.co"
-SERVICE_ROLE_KEY = jwt.encode({"role": "service_role", "iss": "supabase"}, HS256_SECRET)
-NEW_SECRET_KEY = "sb_secret_" + "k" * 32
 TODAY = datetime.now(UTC)
 PERIOD = date(TODAY.year, TODAY.month, 1)
 
 
-@pytest.fixture
-def gateway(database_dsn: str) -> PostgrestGateway:
-    return PostgrestGateway(
-        database_dsn, jwt_secret=HS256_SECRET, api_keys={SERVICE_ROLE_KEY, NEW_SECRET_KEY}
-    )
-
-
 @pytest.fixture(params=["postgres", "supabase", "supabase-secret-key"])
-async def store(
-    request: pytest.FixtureRequest, database: Database, gateway: PostgrestGateway
-) -> AsyncIterator[StoreRpc]:
+async def store(request: pytest.FixtureRequest, database: Database) -> AsyncIterator[StoreRpc]:
     if request.param == "postgres":
         yield PostgresRpc(database)
         return
-    key = SERVICE_ROLE_KEY if request.param == "supabase" else NEW_SECRET_KEY
-    rpc = PostgrestRpc(SUPABASE_URL, key, transport=gateway)
+    rest: SupabaseGateway = request.getfixturevalue("supabase_rest")
+    key = SERVICE_ROLE_KEY if request.param == "supabase" else SECRET_KEY
+    rpc = PostgrestRpc(rest.url, key)
     yield rpc
     await rpc.aclose()
-    # Every call ran as the service role, never as the table owner.
-    assert {role for _, role in gateway.calls} <= {"service_role"}
+    # Every call reached PostgREST as the service role, never as the table owner.
+    assert rest.calls and {role for _, role in rest.calls} == {"service_role"}
 
 
 async def make_user(database: Database, user_id: str, tier: str = "free") -> None:

@@ -1,5 +1,5 @@
 """The functions on the Supabase transport: chosen by configuration, and serving the hot path
-end to end through the REST gateway (a PostgREST-compatible endpoint on the real schema)."""
+end to end through Supabase's REST API (the real PostgREST behind an apikey gateway)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from shared.db.database import DatabaseUnavailable
 from shared.db.rpc import PostgrestRpc
 from shared.runtime import Runtime
 from shared.web.app_factory import create_app
-from tests.access.signing import HS256_SECRET, AuthServer
-from tests.db.postgrest_gateway import PostgrestGateway
-from tests.db.test_store_contract import SERVICE_ROLE_KEY, SUPABASE_URL
+from tests.access.signing import AuthServer
+from tests.db.supabase_stack import SERVICE_ROLE_KEY, SupabaseGateway
+from tests.db.test_store_contract import SUPABASE_URL
 
 ALICE = "0b7c9a2e-6f7d-4c1e-9a3b-5d2f8e4a1c6b"
 
@@ -47,11 +47,11 @@ def test_without_supabase_the_store_is_the_direct_connection(settings: Settings)
 
 @pytest.fixture
 async def supabase_api(
-    runtime: Runtime, database_dsn: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, PostgrestGateway]]:
-    """Every group of the app, its store calls going through the gateway."""
-    gateway = PostgrestGateway(database_dsn, jwt_secret=HS256_SECRET, api_keys={SERVICE_ROLE_KEY})
-    store = PostgrestRpc(SUPABASE_URL, SERVICE_ROLE_KEY, transport=gateway)
+    runtime: Runtime, supabase_rest: SupabaseGateway
+) -> AsyncIterator[tuple[httpx.AsyncClient, SupabaseGateway]]:
+    """Every group of the app, its store calls going through Supabase's REST API."""
+    gateway = supabase_rest
+    store = PostgrestRpc(gateway.url, SERVICE_ROLE_KEY)
     on_supabase = Runtime(
         runtime.settings,
         database=runtime.database(),  # key lifecycle and admin still connect directly
@@ -65,7 +65,7 @@ async def supabase_api(
 
 
 async def test_usage_is_logged_and_read_through_the_gateway(
-    supabase_api: tuple[httpx.AsyncClient, PostgrestGateway],
+    supabase_api: tuple[httpx.AsyncClient, SupabaseGateway],
     runtime: Runtime,
     auth_server: AuthServer,
 ) -> None:
@@ -94,7 +94,7 @@ async def test_usage_is_logged_and_read_through_the_gateway(
     assert logged.status_code == 200 and logged.json()["stored"] == 1
     assert month.status_code == 200 and month.json()["spent_usd"] == "5"
     assert health.json()["transport"] == "supabase"
-    called = {function for function, role in gateway.calls if role == "service_role"}
+    called = {path.removeprefix("rpc/") for path, role in gateway.calls if role == "service_role"}
     assert {
         "store_authenticate_service_token",
         "store_consume_rate_limit",
