@@ -141,11 +141,14 @@ class Runtime:
         return server.dsn
 
     def emulator(self) -> Emulator:
+        """The built-in OpenRouter emulator (no management key). Its state lives in
+        LOCAL_DATA_DIR, so the local server, every command beside it, and the next start all
+        work on the same keys, usage and management key."""
         from shared.openrouter.emulator import Emulator
 
         with self._lock:
             if self._emulator is None:
-                self._emulator = Emulator()
+                self._emulator = Emulator(state_dir=self.settings.local_data_dir)
             return self._emulator
 
     def openrouter(self) -> OpenRouterClient:

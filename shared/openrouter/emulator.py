@@ -23,13 +23,17 @@ connection faults surface as a stalled response that the client's timeout cuts o
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import json
+import os
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -64,6 +68,10 @@ def new_secret() -> str:
     return "sk-or-v1-" + secrets.token_hex(32)
 
 
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 @dataclass(slots=True)
 class Charge:
     at: datetime
@@ -74,7 +82,7 @@ class Charge:
 @dataclass(slots=True)
 class EmulatedKey:
     hash: str
-    secret: str
+    secret: str  # in this process's memory only ("" otherwise): a state file keeps its digest
     name: str
     sequence: int
     created_at: datetime
@@ -92,10 +100,8 @@ class EmulatedKey:
     charges: list[Charge] = field(default_factory=list)
     in_flight: Decimal = Decimal(0)  # worst case of requests admitted and not yet billed
     deleted_at: datetime | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.secret[:12]}...{self.secret[-4:]}"
+    secret_digest: str = ""
+    label: str = ""
 
 
 @dataclass(slots=True)
@@ -163,6 +169,7 @@ class Emulator:
         connection_faults: Literal["raise", "stall"] = "raise",
         stall_s: float = 120.0,
         billing_delay_s: float = 0.0,
+        state_dir: Path | None = None,
     ) -> None:
         self.clock = clock
         self.total_credits = total_credits
@@ -175,11 +182,12 @@ class Emulator:
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         self._keys: dict[str, EmulatedKey] = {}
-        self._by_secret: dict[str, EmulatedKey] = {}
+        self._by_secret: dict[str, EmulatedKey] = {}  # by the secret's digest
         self._deleted: dict[str, EmulatedKey] = {}  # still billed for requests in flight
         self._sequence = 0
-        self._lock = threading.Lock()
-        self.management_key = self.add_management_key()
+        self._lock = _SharedState(self, state_dir)
+        self.management_key = self._lock.management_key() or self.add_management_key()
+        self._lock.keep_management_key(self.management_key)
         self.app = self._build_app()
 
     # ----- Python-side controls (tests, benchmarks) -----
@@ -255,7 +263,7 @@ class Emulator:
     def _admit(
         self, secret: str, cost: Decimal, *, byok: bool, max_cost: Decimal | None
     ) -> EmulatedKey:
-        key = self._by_secret.get(secret)
+        key = self._by_secret.get(_digest(secret))
         now = self.clock()
         if key is None or key.disabled or key.is_management or self._expired(key, now):
             raise EmulatorApiError(401, "User not found.")
@@ -311,17 +319,67 @@ class Emulator:
 
     def _new_key(self, *, name: str, is_management: bool = False) -> EmulatedKey:
         self._sequence += 1
+        secret = new_secret()
         key = EmulatedKey(
             hash=secrets.token_hex(32),
-            secret=new_secret(),
+            secret=secret,
             name=name,
             sequence=self._sequence,
             created_at=self.clock(),
             is_management=is_management,
+            secret_digest=_digest(secret),
+            label=f"{secret[:12]}...{secret[-4:]}",
         )
         self._keys[key.hash] = key
-        self._by_secret[key.secret] = key
+        self._by_secret[key.secret_digest] = key
         return key
+
+    # ----- a state file, for an emulator that outlives its process -----
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the emulator knows, secrets excepted (digests only), as JSON data."""
+
+        def key_data(key: EmulatedKey) -> dict[str, Any]:
+            data = asdict(key)
+            data.pop("secret")
+            data["charges"] = [[_iso(c.at), str(c.amount), c.byok] for c in key.charges]
+            for name in ("created_at", "updated_at", "expires_at", "last_used_at", "deleted_at"):
+                data[name] = _iso(data[name])
+            for name in ("limit", "in_flight"):
+                data[name] = None if data[name] is None else str(data[name])
+            return data
+
+        every = [*self._keys.values(), *self._deleted.values()]
+        return {
+            "version": 1,
+            "sequence": self._sequence,
+            "total_credits": str(self.total_credits),
+            "keys": [key_data(k) for k in sorted(every, key=lambda k: k.sequence)],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace what the emulator knows by a snapshot (secrets stay those in memory)."""
+        secrets_known = {k.hash: k.secret for k in [*self._keys.values(), *self._deleted.values()]}
+        self._keys, self._by_secret, self._deleted = {}, {}, {}
+        self._sequence = int(data["sequence"])
+        self.total_credits = Decimal(data["total_credits"])
+        for raw in data["keys"]:
+            fields_ = dict(raw)
+            for name in ("created_at", "updated_at", "expires_at", "last_used_at", "deleted_at"):
+                value = fields_[name]
+                fields_[name] = None if value is None else datetime.fromisoformat(value)
+            fields_["limit"] = None if fields_["limit"] is None else Decimal(fields_["limit"])
+            fields_["in_flight"] = Decimal(fields_["in_flight"])
+            fields_["charges"] = [
+                Charge(at=datetime.fromisoformat(at), amount=Decimal(amount), byok=byok)
+                for at, amount, byok in fields_["charges"]
+            ]
+            key = EmulatedKey(secret=secrets_known.get(fields_["hash"], ""), **fields_)
+            if key.deleted_at is None:
+                self._keys[key.hash] = key
+                self._by_secret[key.secret_digest] = key
+            else:
+                self._deleted[key.hash] = key
 
     @staticmethod
     def _expired(key: EmulatedKey, now: datetime) -> bool:
@@ -497,7 +555,7 @@ class Emulator:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
             raise EmulatorApiError(401, "Missing Authentication header")
-        key = self._by_secret.get(header[7:].strip())
+        key = self._by_secret.get(_digest(header[7:].strip()))
         if key is None or key.disabled or self._expired(key, self.clock()):
             raise EmulatorApiError(401, "User not found.")
         if management and not key.is_management:
@@ -608,7 +666,7 @@ class Emulator:
         with self._lock:
             key = self._managed_key(request.path_params["key_hash"])
             del self._keys[key.hash]
-            del self._by_secret[key.secret]
+            del self._by_secret[key.secret_digest]
             key.deleted_at = self.clock()
             self._deleted[key.hash] = key
         return _json(200, {"deleted": True})
@@ -754,6 +812,87 @@ def _parse_expires_at(value: Any) -> datetime | None:
     if moment.utcoffset() != timedelta(0):
         raise EmulatorApiError(400, "expires_at: only UTC is accepted")
     return moment
+
+
+class _SharedState:
+    """The emulator's lock. With a state directory it is also the state's file lock: every
+    section first reads what another process (the local server, a command beside it) wrote, and
+    afterwards writes what it changed, so they all share one emulator. Reentrant."""
+
+    def __init__(self, emulator: Emulator, directory: Path | None) -> None:
+        self._emulator = emulator
+        self._directory = directory
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._seen: tuple[int, int] | None = None
+        self._written: str | None = None
+        self._lock_file: Any = None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._state_path = directory / "openrouter-emulator.json"
+            self._key_path = directory / "openrouter-emulator.key"
+            self._lock_path = directory / "openrouter-emulator.lock"
+
+    def management_key(self) -> str | None:
+        """The management key kept from an earlier process, if the state and its key exist."""
+        if self._directory is None or not self._key_path.exists():
+            return None
+        with self:
+            key = self._key_path.read_text().strip()
+            known = self._emulator._by_secret.get(_digest(key))
+            return key if known is not None and known.is_management else None
+
+    def keep_management_key(self, key: str) -> None:
+        if self._directory is None:
+            return
+        with self:
+            if not self._key_path.exists() or self._key_path.read_text().strip() != key:
+                descriptor = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(key + "\n")
+
+    def __enter__(self) -> _SharedState:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._directory is not None:
+            if self._lock_file is None:
+                self._lock_file = open(self._lock_path, "a")  # held for the process's life
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            self._reload()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            if self._depth == 1 and self._directory is not None:
+                try:
+                    self._save()
+                finally:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._lock.release()
+
+    def _reload(self) -> None:
+        try:
+            stat = self._state_path.stat()
+        except FileNotFoundError:
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._seen:
+            return
+        text = self._state_path.read_text()
+        self._emulator.restore(json.loads(text))
+        self._seen, self._written = stamp, text
+
+    def _save(self) -> None:
+        text = json.dumps(self._emulator.snapshot(), indent=1)
+        if text == self._written:
+            return
+        temporary = self._state_path.with_suffix(".tmp")
+        temporary.write_text(text)
+        temporary.replace(self._state_path)
+        stat = self._state_path.stat()
+        self._seen, self._written = (stat.st_mtime_ns, stat.st_size), text
 
 
 class _InProcessTransport(httpx.AsyncBaseTransport):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -124,3 +125,30 @@ async def test_latency_lands_after_the_request_was_handled() -> None:
             await asyncio.sleep(0.005)
         assert not creating.done()
         assert (await creating).status_code == 201
+
+
+# ----- one emulator for a whole local installation ----------------------------------------------
+
+
+def test_emulators_on_one_state_directory_are_one_emulator(tmp_path: Path) -> None:
+    # GIVEN the local server's emulator, and a command's beside it, on the same folder
+    server = Emulator(state_dir=tmp_path)
+    command = Emulator(state_dir=tmp_path)
+    assert command.management_key == server.management_key
+
+    # WHEN one makes a key and the other spends on it
+    key = server.add_key(name="ora-shared", limit=Decimal(10), limit_reset="monthly")
+    command.charge(key.secret, Decimal(3))
+
+    # THEN both see it, and so does an emulator started later (after a restart)
+    restarted = Emulator(state_dir=tmp_path)
+    for emulator in (server, command, restarted):
+        assert _usage(emulator, key.hash) == Decimal(3)
+    assert restarted.management_key == server.management_key
+    with pytest.raises(EmulatorApiError):
+        restarted.charge(key.secret, Decimal(8))  # its limit is remembered too
+    # and no key's secret is written down, only its digest; the management key sits in a
+    # file of its own that only its owner may read
+    state = (tmp_path / "openrouter-emulator.json").read_text()
+    assert key.secret not in state and server.management_key not in state
+    assert (tmp_path / "openrouter-emulator.key").stat().st_mode & 0o777 == 0o600
