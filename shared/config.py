@@ -291,6 +291,16 @@ class Settings(BaseModel):
         description="Keys under our prefix unknown to the database are deleted by the reconciler "
         "only when at least this old (a create may still be in flight).",
     )
+    local_jobs_enabled: bool = Field(
+        default=True,
+        description="The local server (serve) runs the scheduled jobs itself, on the "
+        "deployments' schedules. false: only cron routes and `openrouter-agent jobs run` do.",
+    )
+    local_jobs_poll_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=5.0,
+        description="How often the local server looks for key operations and emergency "
+        "rotations due before their job's next minute (a grace period ending, say).",
+    )
     job_time_budget_s: Annotated[float, Field(gt=0, le=840)] = Field(
         default=45.0,
         description="Seconds one invocation of a bulk job works before it stops cleanly and "

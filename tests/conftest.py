@@ -8,6 +8,8 @@ import io
 import logging
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -52,6 +54,14 @@ from tests.access.signing import (  # noqa: E402
 from tests.db.supabase_stack import SupabaseGateway, postgrest  # noqa: E402
 
 TEMPLATE_DATABASE = "openrouter_agent_template"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary folders of this run's own: under pytest's shared default, another pytest run on
+    the machine prunes older runs' folders, and once deleted this run's database mid-run."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="openrouter-agent-tests-")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
 
 
 # What no log line may hold: an OpenRouter key, one of our service tokens, a bearer value.

@@ -57,6 +57,21 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout_s: float
     raise AssertionError(f"no line with {needle!r} within {timeout_s}s; output:\n{''.join(seen)}")
 
 
+def _wait_until_serving(process: subprocess.Popen[str], url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"the process exited ({process.returncode}):\n{output}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     port = _free_port()
@@ -143,8 +158,10 @@ def test_the_emulator_command_serves_the_api_to_other_programs(tmp_path: Path) -
         text=True,
     )
     try:
-        _wait_for_line(process, "Uvicorn running on", timeout_s=30)
+        # Ready when it answers (not when it logs so): under load, start-up can be slow, and a
+        # process that died says so at once.
         base_url = f"http://127.0.0.1:{port}/api/v1"
+        _wait_until_serving(process, f"http://127.0.0.1:{port}/_emulator/state", timeout_s=120)
         injected = httpx.post(
             f"http://127.0.0.1:{port}/_emulator/faults",
             json={

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +18,13 @@ from shared.cli.audit import app as audit_app
 from shared.cli.jobs import app as jobs_app
 from shared.cli.keys import app as keys_app
 from shared.cli.keys import reconcile
-from shared.cli.support import DsnOption, log_to_stderr, resolve_database
+from shared.cli.support import (
+    EXIT_PROBLEM,
+    DsnOption,
+    begin_command,
+    log_to_stderr,
+    resolve_database,
+)
 from shared.cli.tokens import app as tokens_app
 from shared.cli.usage import app as usage_app
 from shared.cli.usage import reset_usage, tiers_app
@@ -36,7 +43,20 @@ from shared.observability import configure_logging, logger
 from shared.redaction import redact
 from shared.runtime import Runtime, pool_limits
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# No rich tracebacks with local variables: they would print settings and credentials.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _every_command() -> None:
+    begin_command()
+
+
 app.add_typer(keys_app, name="keys")
 app.add_typer(usage_app, name="usage")
 app.add_typer(tiers_app, name="tiers")
@@ -112,6 +132,7 @@ def serve(
     """Start every endpoint group on one local server, on embedded defaults where unset."""
     import uvicorn
 
+    from shared.jobs.schedule import LocalScheduler
     from shared.web.app_factory import create_app
 
     launched_at = _launched_at()
@@ -155,13 +176,26 @@ def serve(
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
+        scheduler: LocalScheduler | None = None
+        jobs: asyncio.Task[None] | None = None
         if server.started:
             url = f"http://{host or settings.host}:{port or settings.port}"
             logger.info(
                 f"ready: {url} (docs at {url}/docs)",
                 extra={"ready_in_s": round(time.time() - launched_at, 2)},
             )
-        await serving
+            if settings.local_jobs_enabled:
+                # No Vercel or EventBridge here: the jobs run in process, on their schedules.
+                scheduler = LocalScheduler(runtime, poll_s=settings.local_jobs_poll_s)
+                jobs = asyncio.create_task(scheduler.run())
+                logger.info("scheduled jobs run in process (LOCAL_JOBS_ENABLED=false: off)")
+        try:
+            await serving
+        finally:
+            if jobs is not None and scheduler is not None:
+                jobs.cancel()
+                await asyncio.gather(jobs, return_exceptions=True)
+                await scheduler.stop()
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -186,6 +220,10 @@ def emulator(
     key_file: Annotated[
         Path | None, typer.Option(help="Write the emulator's management key to this file.")
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where its keys and usage persist. Default: LOCAL_DATA_DIR/emulator."),
+    ] = None,
 ) -> None:
     """Serve the OpenRouter emulator on loopback for other programs to use."""
     import uvicorn
@@ -196,6 +234,7 @@ def emulator(
         latency_s=latency_ms / 1000,
         connection_faults="stall",
         billing_delay_s=billing_delay_ms / 1000,
+        state_dir=state_dir or get_settings().local_data_dir / "emulator",
     )
     if key_file is not None:
         key_file.write_text(emulated.management_key + "\n")
@@ -209,7 +248,11 @@ def emulator(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as error:  # anything the commands did not turn into their own line
+        sys.stderr.write(f"error: internal_error: {redact(f'{type(error).__name__}: {error}')}\n")
+        raise SystemExit(EXIT_PROBLEM) from None
 
 
 if __name__ == "__main__":

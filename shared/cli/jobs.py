@@ -1,4 +1,4 @@
-"""`openrouter-agent jobs list / show`: progress of bulk jobs (the work queue)."""
+"""`openrouter-agent jobs list / show / run`: bulk jobs' progress, and any scheduled job now."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from rich.table import Table
 
 from shared.cli.support import DsnOption, JsonOption, emit_json, run
 from shared.jobs import queue
+from shared.jobs.schedule import run_job, scheduled_jobs
 from shared.jobs.schemas import JobStatusInfo, JobStatusList
 
-app = typer.Typer(no_args_is_help=True, help="Bulk jobs: scheduled rotations, monthly restores.")
+app = typer.Typer(no_args_is_help=True, help="Jobs: bulk jobs' progress; any scheduled job, now.")
 
 
 @app.command("list")
@@ -57,3 +58,20 @@ def show(job_id: UUID, as_json: JsonOption = False, dsn: DsnOption = None) -> No
         f" {job.failed:,} failed, {job.retrying:,} retrying; rate {job.rate_per_s or '-'}/s;"
         f" eta {job.eta or '-'}"
     )
+
+
+@app.command("run")
+def run_now(
+    name: Annotated[str, typer.Argument(help="A scheduled job, e.g. advance-key-operations.")],
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Run one scheduled job now, as its cron would (the local server runs them all itself)."""
+    known = scheduled_jobs()
+    if name not in known:
+        raise typer.BadParameter(f"known jobs: {', '.join(sorted(known))}", param_hint="NAME")
+    result = run(dsn, lambda r: run_job(r, name))
+    if as_json:
+        emit_json({"job": name, "result": result})
+        return
+    typer.echo(f"{name}: {result}")

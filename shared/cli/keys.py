@@ -74,7 +74,6 @@ def create(
     issued = run(
         dsn,
         lambda r: KeyLifecycleService(r).create_key(owner, actor=operator(), tier=tier),
-        calls_openrouter=True,
     )
     response = KeyIssuedResponse.of(issued)
     if as_json:
@@ -119,7 +118,6 @@ def rotate(
         lambda r: KeyLifecycleService(r).rotate_key(
             owner, actor=operator(), grace_seconds=grace_seconds, reason=reason
         ),
-        calls_openrouter=True,
     )
     response = KeyIssuedResponse.of(issued)
     if as_json:
@@ -169,7 +167,7 @@ def _emergency(
                     break
         return status
 
-    final = EmergencyRotationInfo.of(run(dsn, rotate_all, calls_openrouter=True))
+    final = EmergencyRotationInfo.of(run(dsn, rotate_all))
     if as_json:
         emit_json(final)
     else:
@@ -193,7 +191,6 @@ def revoke(
         lambda r: KeyLifecycleService(r).revoke_key(
             key_id, actor=operator(), reason=reason, request_id=None
         ),
-        calls_openrouter=True,
     )
     typer.echo(f"revoked {key.id} ({key.owner})")
 
@@ -273,7 +270,6 @@ def reconcile(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
     report = run(
         dsn,
         lambda r: KeyLifecycleService(r).reconcile(actor=operator(), request_id=None),
-        calls_openrouter=True,
     )
     result = ReconcileResult(**asdict(report))
     if as_json:

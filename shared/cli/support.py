@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -28,8 +29,10 @@ from pydantic import BaseModel
 from shared.config import Settings, get_settings
 from shared.db.database import Database
 from shared.db.embedded import EmbeddedPostgres, start_embedded_postgres
+from shared.db.migrations import MIGRATIONS_DIR, MigrationRunner, load_migrations
 from shared.errors import AppError
 from shared.observability import configure_logging, logger
+from shared.redaction import redact
 from shared.runtime import Runtime, pool_limits
 
 T = TypeVar("T")
@@ -43,7 +46,28 @@ EXIT_UNAVAILABLE = 5
 DsnOption = Annotated[
     str | None, typer.Option("--dsn", help="Postgres DSN; default DATABASE_URL, else embedded.")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+# Whether this command was asked for --json: then its one document on stdout is its result,
+# or, if it fails, its error ({"error": {"code", "message", "exit_code"}}).
+_json_output = False
+
+
+def begin_command() -> None:
+    """Before each command (in one process, a test runs many)."""
+    global _json_output
+    _json_output = False
+
+
+def _remember_json(value: bool) -> bool:
+    global _json_output
+    _json_output = _json_output or value
+    return value
+
+
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Machine-readable output (errors too).", callback=_remember_json),
+]
 
 
 def operator() -> str:
@@ -68,20 +92,17 @@ def resolve_database(settings: Settings, dsn: str | None) -> tuple[str, Embedded
     return server.dsn, server
 
 
-async def _with_runtime(
-    dsn: str | None, action: Callable[[Runtime], Awaitable[T]], *, calls_openrouter: bool
-) -> T:
+async def _with_runtime(dsn: str | None, action: Callable[[Runtime], Awaitable[T]]) -> T:
+    # Without a management key, every command works on the local server's own emulator (its
+    # state lives in LOCAL_DATA_DIR), whether the server runs or not.
     settings = get_settings()
-    if calls_openrouter and settings.uses_openrouter_emulator:
-        logger.warning(
-            "no OPENROUTER_MANAGEMENT_KEY: OpenRouter calls go to a throwaway in-process "
-            "emulator; to share one with `serve`, run `openrouter-agent emulator` and set "
-            "OPENROUTER_BASE_URL and OPENROUTER_MANAGEMENT_KEY"
-        )
     target, embedded = resolve_database(settings, dsn)
     database = Database(target, pool_limits(settings))
     runtime = build_runtime(settings, database)
     try:
+        if embedded is not None and settings.should_auto_migrate:
+            # A fresh data folder, before `serve` ever ran: prepare it as `serve` does.
+            await MigrationRunner(database).migrate(load_migrations(MIGRATIONS_DIR))
         return await action(runtime)
     finally:
         await database.close()
@@ -119,20 +140,45 @@ def log_to_stderr() -> None:
     logger.registered_handler.setStream(_CurrentStderr())  # type: ignore[attr-defined]
 
 
-def run(
-    dsn: str | None,
-    action: Callable[[Runtime], Awaitable[T]],
-    *,
-    calls_openrouter: bool = False,
-) -> T:
+def run(dsn: str | None, action: Callable[[Runtime], Awaitable[T]]) -> T:
     """Run one command's work; an AppError becomes its message on stderr and its exit code."""
     configure_logging("WARNING")
     log_to_stderr()
+    # CloudWatch EMF lines are for Lambda's log; here they would only garble stdout.
+    metrics_were = os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = metrics_were or "true"
     try:
-        return asyncio.run(_with_runtime(dsn, action, calls_openrouter=calls_openrouter))
+        return asyncio.run(_with_runtime(dsn, action))
     except AppError as error:
-        typer.echo(f"error: {error.code}: {error.message}", err=True)
-        raise typer.Exit(exit_code_for(error)) from error
+        fail(error.code, error.message, exit_code_for(error))
+    except Exception as error:  # never a traceback for the operator: one line, an exit code
+        fail(*_described(error))
+    finally:
+        if metrics_were is None:
+            os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
+
+
+def _described(error: Exception) -> tuple[str, str, int]:
+    from shared.openrouter.errors import OpenRouterError
+
+    if isinstance(error, OpenRouterError):
+        return "openrouter_unavailable", f"OpenRouter failed: {error}", EXIT_UNAVAILABLE
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(error, psycopg.OperationalError):
+        return "database_unavailable", "the database could not be reached", EXIT_UNAVAILABLE
+    return "internal_error", f"{type(error).__name__}: {error}", EXIT_PROBLEM
+
+
+def fail(code: str, message: str, exit_code: int) -> NoReturn:
+    """End the command with one line on stderr (or, under --json, one document on stdout)."""
+    message = redact(message)
+    if _json_output:
+        typer.echo(
+            json.dumps({"error": {"code": code, "message": message, "exit_code": exit_code}})
+        )
+    else:
+        typer.echo(f"error: {code}: {message}", err=True)
+    raise typer.Exit(exit_code)
 
 
 def emit_json(value: BaseModel | list[BaseModel] | dict[str, Any]) -> None:

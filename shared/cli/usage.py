@@ -118,7 +118,6 @@ def reset_usage(
             actor=operator(),
             request_id=None,
         ),
-        calls_openrouter=True,
     )
     response = ResetUsageResponse.of(outcomes)
     if as_json:
@@ -184,7 +183,6 @@ def tiers_user(
             request_id=None,
             must_exist=True,
         ),
-        calls_openrouter=True,
     )
     changed = UserTierChanged.of(written)
     if as_json:
