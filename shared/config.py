@@ -213,6 +213,11 @@ class Settings(BaseModel):
         description="Required `iss` of user tokens. Default: SUPABASE_URL/auth/v1.",
     )
     jwt_audience: str = Field(default="authenticated", description="Required `aud` of user tokens.")
+    jwt_leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(
+        default=30.0,
+        description="Clock skew allowed on a user token's `exp` and `nbf`: an expired token"
+        " works this much longer.",
+    )
     jwks_cache_ttl_s: Annotated[float, Field(gt=0)] = Field(
         default=600.0, description="How long fetched signing keys are trusted before a refetch."
     )

@@ -262,5 +262,6 @@ class Runtime:
                     ),
                     issuer=settings.effective_jwt_issuer,
                     audience=settings.jwt_audience,
+                    leeway_s=settings.jwt_leeway_s,
                 )
             return self._user_token_verifier

@@ -178,6 +178,13 @@ def test_tokens_jobs_audit_and_reconcile(cli: Invoke, database_dsn: str) -> None
     listed = as_json(cli("tokens", "list", "--json"))
     assert [t["name"] for t in listed] == ["ops"] and token not in json.dumps(listed)
     assert cli("tokens", "revoke", listed[0]["id"]).exit_code == 0
+    # a lifetime past any storable date is refused like one past the maximum, not a traceback
+    for days in ("731", "3000000", "99999999999"):
+        refused = cli(
+            "tokens", "issue", "--name", "far", "--scope", "keys:read", "--expires-in-days", days
+        )
+        assert refused.exit_code == 2, (days, refused.output)
+        assert "expiry_too_far" in refused.output and "Traceback" not in refused.output
 
     # Jobs: the month's scheduled rotation shows up with its progress
     assert cli("keys", "create", "--system", "formul8").exit_code == 0

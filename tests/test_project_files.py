@@ -196,3 +196,39 @@ def test_both_platforms_run_the_same_python() -> None:
     serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
     vercel_python = (REPOSITORY_ROOT / ".python-version").read_text().strip()
     assert serverless["provider"]["runtime"] == f"python{vercel_python}"
+
+
+def _error_codes_in(source: str) -> set[str]:
+    """Codes an error may carry: AppError classes' `code = ...`, `code=...` arguments, and the
+    first string of error_response(status, code, ...) and TokenRejected(code, ...)."""
+    import ast
+
+    codes: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+            "code"
+        ]:
+            value = node.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                codes.add(value.value)
+        if isinstance(node, ast.Call):
+            for keyword in node.keywords:
+                if keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
+                    codes.add(str(keyword.value.value))
+            name = getattr(node.func, "id", None)
+            position = {"error_response": 1, "TokenRejected": 0}.get(str(name))
+            if position is not None and len(node.args) > position:
+                argument = node.args[position]
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                    codes.add(argument.value)
+    return codes
+
+
+def test_every_error_code_the_code_can_answer_is_in_the_readme() -> None:
+    readme = (REPOSITORY_ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`([a-z_]+)`", readme))
+    answered = set().union(
+        *(_error_codes_in(path.read_text()) for path in (REPOSITORY_ROOT / "shared").rglob("*.py"))
+    )
+    assert answered, "the scan found no codes at all"
+    assert sorted(answered - documented) == []

@@ -11,7 +11,15 @@ import typer
 from shared.access.principals import Scope
 from shared.access.schemas import ServiceTokenInfo
 from shared.access.service import AccessService
-from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
+from shared.cli.support import (
+    EXIT_INVALID,
+    DsnOption,
+    JsonOption,
+    emit_json,
+    fail,
+    operator,
+    run,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Service tokens: issue, list, revoke.")
 
@@ -24,9 +32,12 @@ def issue(
     dsn: DsnOption = None,
 ) -> None:
     """Issue a service token. It is printed once, on its own line; store it now."""
-    expires_at = (
-        None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
-    )
+    try:
+        expires_at = (
+            None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
+        )
+    except OverflowError:
+        fail("expiry_too_far", f"{expires_in_days} days is past any date we store", EXIT_INVALID)
     issued = run(
         dsn,
         lambda runtime: AccessService(runtime).issue_token(

@@ -58,7 +58,7 @@ async def _decimal_json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = json.loads(raw, parse_float=Decimal)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise BadRequest("the request body is not valid JSON", code="malformed_json") from error
     if not isinstance(body, dict):
         raise ValidationFailed(

@@ -64,17 +64,6 @@ class UsageRepository:
         )
         return [str(row["user_id"]) for row in await cursor.fetchall()]
 
-    async def set_tier(self, user_id: str, tier: str, *, actor: str) -> tuple[str, str] | None:
-        """(previous tier, new tier), or None for an unknown user."""
-        cursor = await self._conn.execute(
-            "update users u set tier = %s, updated_at = now(), updated_by = %s"
-            " from (select user_id, tier as previous from users where user_id = %s for update) p"
-            " where u.user_id = p.user_id returning p.previous, u.tier",
-            (tier, actor, user_id),
-        )
-        row = await cursor.fetchone()
-        return None if row is None else (str(row["previous"]), str(row["tier"]))
-
     async def tiers(self) -> list[tuple[str, Decimal | None, str]]:
         cursor = await self._conn.execute(
             "select tier, monthly_budget_usd, description from subscription_tiers order by"

@@ -30,7 +30,7 @@ async def write_user(
     request_id: str | None = None,
 ) -> UserChange:
     """Create or update the user within the caller's transaction, audited in it."""
-    before = await users.get(user_id, for_update=True)
+    before = await users.lock(user_id)
     tier_now = DEFAULT_TIER if before is None else before.tier
     if tier is not None and tier != tier_now and not may_change_tier:
         raise TierChangeForbidden(

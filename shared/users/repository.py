@@ -50,11 +50,20 @@ class UserRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def get(self, user_id: str, *, for_update: bool = False) -> UserRecord | None:
-        query = "select * from users where user_id = %s"
-        if for_update:
-            query = "select * from users where user_id = %s for update"
-        cursor = await self._conn.execute(query, (user_id,))
+    async def get(self, user_id: str) -> UserRecord | None:
+        cursor = await self._conn.execute("select * from users where user_id = %s", (user_id,))
+        row = await cursor.fetchone()
+        return None if row is None else UserRecord.from_row(row)
+
+    async def lock(self, user_id: str) -> UserRecord | None:
+        """The user, held for this transaction, or None; writers of a user not yet created
+        are serialised too (on a lock of the id), so only the first of them creates it."""
+        await self._conn.execute(
+            "select pg_advisory_xact_lock(hashtextextended('users:' || %s, 0))", (user_id,)
+        )
+        cursor = await self._conn.execute(
+            "select * from users where user_id = %s for update", (user_id,)
+        )
         row = await cursor.fetchone()
         return None if row is None else UserRecord.from_row(row)
 
@@ -62,8 +71,8 @@ class UserRepository:
         self, user_id: str, *, tier: str | None, rotation_policy: str | None, actor: str
     ) -> UserChange:
         """Create the user (free tier, on-demand rotation unless told) or change what is given.
-        Call within a transaction that read the user with for_update, so `before` is exact."""
-        before = await self.get(user_id, for_update=True)
+        Call within a transaction that holds the user (lock), so `before` is exact."""
+        before = await self.lock(user_id)
         cursor = await self._conn.execute(
             "insert into users as u (user_id, tier, rotation_policy, updated_by)"
             " values (%(user)s, coalesce(%(tier)s::text, %(default_tier)s),"
@@ -90,10 +99,3 @@ class UserRepository:
         row = await cursor.fetchone()
         assert row is not None
         return UserChange(before, UserRecord.from_row(row))
-
-    async def in_scope(self, *, user_id: str | None, tier: str | None, everyone: bool) -> list[str]:
-        cursor = await self._conn.execute(
-            "select user_id from users where %s or user_id = %s or tier = %s order by user_id",
-            (everyone, user_id, tier),
-        )
-        return [str(row["user_id"]) for row in await cursor.fetchall()]

@@ -74,6 +74,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI's body parsing failed on input json.loads refuses other than by a
+        # JSONDecodeError: nested deeper than it descends, or bytes that are not UTF-8.
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
     code = _HTTP_STATUS_CODES.get(exc.status_code, "http_error")
     if exc.status_code == 404:
         message = f"no route matches {request.method} {request.url.path}"

@@ -15,10 +15,14 @@ import pytest
 
 from shared.access.principals import Scope
 from shared.access.service import AccessService
+from shared.audit.repository import AuditRepository
 from shared.db.database import Database
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.emulator import Emulator
 from shared.runtime import Runtime
+from shared.users.domain import write_user
+from shared.users.repository import UserRepository
+from shared.users.service import UsersService
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
@@ -207,6 +211,64 @@ async def test_the_subscription_scope_creates_and_moves_users_and_nothing_else(
     ]:
         refused = await api.request(method, path, headers=subscriptions, json=body)
         assert refused.status_code == 403, f"{method} {path}: {refused.status_code}"
+
+
+async def _waits_on_a_lock(database: Database, task: asyncio.Task[object]) -> bool:
+    """True once another backend is seen waiting on a lock, False if the task ends first."""
+    async with database.connection() as conn:
+        while not task.done():
+            cursor = await conn.execute(
+                "select count(*) as n from pg_stat_activity"
+                " where wait_event_type = 'Lock' and pid <> pg_backend_pid()"
+            )
+            row = await cursor.fetchone()
+            if row is not None and int(row["n"]) > 0:  # type: ignore[call-overload]
+                return True
+            await asyncio.sleep(0.01)  # polling an observable state, not waiting out a race
+    return False
+
+
+async def test_a_second_writer_of_a_user_not_yet_created_waits_for_the_first(
+    runtime: Runtime, database: Database
+) -> None:
+    # GIVEN a key writer creating a user nobody has seen (their first key, as "free"),
+    # holding the user in its transaction
+    async with database.connection() as conn, conn.transaction():
+        users = UserRepository(conn)
+        assert await users.lock("newcomer") is None
+
+        # WHEN the subscription system puts the same user on beta meanwhile
+        subscription = asyncio.create_task(
+            UsersService(runtime).put(
+                "newcomer",
+                tier="beta",
+                rotation_policy=None,
+                actor="billing",
+                reason=None,
+                request_id=None,
+            )
+        )
+        # THEN it waits for the first writer instead of creating the user a second time
+        assert await _waits_on_a_lock(database, subscription)
+        await write_user(
+            users,
+            AuditRepository(conn),
+            "newcomer",
+            tier="free",
+            rotation_policy=None,
+            actor="agent",
+            may_change_tier=False,
+        )
+    written = await subscription
+
+    # and the user ends on beta, created once, the change from free audited as a change
+    assert written.change.before is not None and written.change.before.tier == "free"
+    assert written.change.after.tier == "beta"
+    actions = [a for a in await _audit_actions(database) if a[2] == "user:newcomer"]
+    assert actions == [
+        ("agent", "user.created", "user:newcomer"),
+        ("billing", "user.tier_changed", "user:newcomer"),
+    ]
 
 
 # ----- 6. reveal needs keys:reveal, admins included ---------------------------------------------

@@ -17,6 +17,8 @@ from shared.access.user_tokens import (
     TokenRejected,
     UserTokenVerifier,
 )
+from shared.config import Settings
+from shared.runtime import Runtime
 from tests.access.signing import (
     HS256_SECRET,
     ISSUER,
@@ -235,3 +237,18 @@ async def test_without_any_key_configured_user_tokens_are_refused(
 ) -> None:
     verifier = UserTokenVerifier(hs256_secret=None, jwks=None, issuer=None, audience="x")
     assert await _rejection(verifier, auth_server.hs256_token()) == "user_auth_not_configured"
+
+
+@pytest.mark.parametrize(("leeway_s", "accepted"), [(0.0, False), (30.0, True)])
+async def test_an_expired_token_works_no_longer_than_the_configured_leeway(
+    settings: Settings, auth_server: AuthServer, leeway_s: float, accepted: bool
+) -> None:
+    # GIVEN the verifier the runtime builds from JWT_LEEWAY_S
+    verifier = Runtime(settings.model_copy(update={"jwt_leeway_s": leeway_s})).user_token_verifier()
+    # WHEN a token that expired five seconds ago is presented
+    token = auth_server.token(exp=int(time.time()) - 5)
+    # THEN it passes only within the leeway
+    if accepted:
+        assert (await verifier.verify(token)).user_id
+    else:
+        assert await _rejection(verifier, token) == "token_expired"

@@ -68,6 +68,30 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
     assert _error(response)["code"] == "malformed_json"
 
 
+@pytest.mark.parametrize("path", ["/probe/echo", "/api/usage/log"])
+async def test_json_nested_past_the_parsers_depth_is_malformed_not_a_500(
+    runtime: Runtime, path: str
+) -> None:
+    # GIVEN a body of 5,000 nested arrays: valid JSON that Python's parser cannot descend
+    deep = b"[" * 5_000 + b"]" * 5_000
+    app = create_app("usage", runtime=runtime, extra_routers=(probe,))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        # WHEN it is posted to a route FastAPI parses and to the one that parses itself
+        response = await client.post(
+            path,
+            content=deep,
+            headers={
+                "content-type": "application/json",
+                "authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}",
+            },
+        )
+    # THEN both say what is wrong with it, as the same 400
+    assert response.status_code == 400, response.text
+    assert _error(response)["code"] == "malformed_json"
+
+
 async def test_wrong_types_are_422_with_locations_but_not_the_input(
     client: httpx.AsyncClient,
 ) -> None:
