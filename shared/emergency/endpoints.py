@@ -15,6 +15,7 @@ from shared.emergency.service import EmergencyRotationService, EmergencyScope, E
 from shared.keys.schemas import KeyInfo, TierName, UserId
 from shared.observability import current_request_id
 from shared.web.deps import RuntimeDep
+from shared.web.openapi import answers
 
 router = APIRouter(prefix="/api/admin/emergency-rotate", tags=["emergency"])
 
@@ -110,7 +111,15 @@ class EmergencyDryRun(BaseModel):
     keys: list[KeyInfo]
 
 
-@router.post("", response_model=EmergencyRotationInfo | EmergencyDryRun, status_code=202)
+@router.post(
+    "",
+    response_model=EmergencyRotationInfo | EmergencyDryRun,
+    status_code=202,
+    responses={
+        200: {"description": "A dry run: what would be rotated.", "model": EmergencyDryRun},
+        **answers(404, 409),
+    },
+)
 async def emergency_rotate(
     body: EmergencyRotateRequest, caller: AdminCaller, runtime: RuntimeDep, response: Response
 ) -> EmergencyRotationInfo | EmergencyDryRun:

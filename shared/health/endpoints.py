@@ -10,12 +10,16 @@ from shared.access.rules import PublicCaller
 from shared.health import service
 from shared.health.schemas import DatabaseHealth, KeysHealth
 from shared.web.deps import RuntimeDep
+from shared.web.openapi import ErrorEnvelope
 
 # The dependency checks; every function also serves liveness (shared/health/liveness.py).
 router = APIRouter(prefix="/health", tags=["health"])
 
 _UNHEALTHY: dict[int | str, dict[str, Any]] = {
-    503: {"description": "A check failed; the error names the check and the reason."}
+    503: {
+        "description": "A check failed; the error names the check and the reason.",
+        "model": ErrorEnvelope,
+    }
 }
 
 

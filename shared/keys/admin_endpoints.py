@@ -15,11 +15,12 @@ from shared.keys.schemas import ReconcileResult
 from shared.keys.service import KeyLifecycleService
 from shared.observability import current_request_id
 from shared.web.deps import RuntimeDep
+from shared.web.openapi import answers
 
 router = APIRouter(prefix="/api/admin/keys", tags=["keys (admin)"])
 
 
-@router.post("/reconcile", response_model=ReconcileResult)
+@router.post("/reconcile", response_model=ReconcileResult, responses=answers(409))
 async def reconcile_keys(caller: AdminCaller, runtime: RuntimeDep) -> ReconcileResult:
     """Make OpenRouter and the database agree: delete orphans, replace keys gone missing."""
     report = await KeyLifecycleService(runtime).reconcile(

@@ -33,6 +33,7 @@ from shared.keys.service import KeyLifecycleService, Owner
 from shared.observability import current_request_id
 from shared.runtime import Runtime
 from shared.web.deps import RuntimeDep
+from shared.web.openapi import answers
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
@@ -88,7 +89,7 @@ async def _current(
     return CurrentKeyResponse.of(owned, secret=secret)
 
 
-@router.post("/create", response_model=KeyIssuedResponse, status_code=201)
+@router.post("/create", response_model=KeyIssuedResponse, status_code=201, responses=answers(409))
 async def create_key(
     body: CreateKeyRequest,
     caller: RateLimitedKeyWriter,
@@ -108,7 +109,7 @@ async def create_key(
     return KeyIssuedResponse.of(issued)
 
 
-@router.post("/rotate", response_model=KeyIssuedResponse)
+@router.post("/rotate", response_model=KeyIssuedResponse, responses=answers(404, 409))
 async def rotate_key(
     body: RotateKeyRequest,
     caller: RateLimitedKeyWriter,
@@ -170,7 +171,7 @@ async def get_key(key_id: UUID, caller: KeyReader, runtime: RuntimeDep) -> KeyIn
     return KeyInfo.of(_visible(caller, await KeyLifecycleService(runtime).get_key(key_id)))
 
 
-@router.delete("/{key_id}", response_model=KeyInfo)
+@router.delete("/{key_id}", response_model=KeyInfo, responses=answers(409))
 async def revoke_key(
     key_id: UUID,
     caller: KeyWriter,
@@ -184,7 +185,7 @@ async def revoke_key(
     return KeyInfo.of(revoked)
 
 
-@router.post("/{key_id}/disable", response_model=KeyInfo)
+@router.post("/{key_id}/disable", response_model=KeyInfo, responses=answers(409))
 async def disable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> KeyInfo:
     """Block the key at OpenRouter without deleting it (reversible)."""
     key = await KeyLifecycleService(runtime).set_disabled(
@@ -197,7 +198,7 @@ async def disable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> K
     return KeyInfo.of(key)
 
 
-@router.post("/{key_id}/enable", response_model=KeyInfo)
+@router.post("/{key_id}/enable", response_model=KeyInfo, responses=answers(409))
 async def enable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> KeyInfo:
     """Unblock a disabled key."""
     key = await KeyLifecycleService(runtime).set_disabled(

@@ -16,11 +16,14 @@ from shared.usage.schemas import (
     TierList,
 )
 from shared.web.deps import RuntimeDep
+from shared.web.openapi import answers
 
 router = APIRouter(tags=["budgets (admin)"])
 
 
-@router.post("/api/admin/reset-usage", response_model=ResetUsageResponse)
+@router.post(
+    "/api/admin/reset-usage", response_model=ResetUsageResponse, responses=answers(404, 409)
+)
 async def reset_usage(
     body: ResetUsageRequest, caller: AdminCaller, runtime: RuntimeDep
 ) -> ResetUsageResponse:

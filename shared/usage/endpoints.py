@@ -44,7 +44,12 @@ _LOG_BODY_DOC: dict[str, Any] = {
         "events. cost_usd may be a string or a JSON number; either is read as an exact decimal.",
         "content": {
             "application/json": {
-                "schema": {"type": "object"},
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/UsageEvent"},
+                        {"$ref": "#/components/schemas/UsageEventBatch"},
+                    ]
+                },
                 "examples": {"event": {"value": _EXAMPLE_EVENT}},
             }
         },

@@ -53,6 +53,14 @@ class UsageEvent(BaseModel):
     )
 
 
+class UsageEventBatch(BaseModel):
+    """A batch as the API documents it (UsageBatch reads it, leaving events to the service)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[UsageEvent], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
 class UsageBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -11,11 +11,16 @@ from shared.observability import current_request_id
 from shared.users.schemas import UserInfo, UserPut, UserTierChange, UserTierChanged
 from shared.users.service import UsersService
 from shared.web.deps import RuntimeDep
+from shared.web.openapi import answers
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 
 
-@router.put("/{user_id}", response_model=UserInfo)
+@router.put(
+    "/{user_id}",
+    response_model=UserInfo,
+    responses={201: {"description": "The user was created.", "model": UserInfo}, **answers(409)},
+)
 async def put_user(
     user_id: UserId, body: UserPut, caller: UsersWriter, runtime: RuntimeDep, response: Response
 ) -> UserInfo:
@@ -34,7 +39,7 @@ async def put_user(
     return UserInfo.of(written)
 
 
-@router.put("/{user_id}/tier", response_model=UserTierChanged)
+@router.put("/{user_id}/tier", response_model=UserTierChanged, responses=answers(409))
 async def change_user_tier(
     user_id: UserId, body: UserTierChange, caller: UsersWriter, runtime: RuntimeDep
 ) -> UserTierChanged:

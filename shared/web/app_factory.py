@@ -21,6 +21,7 @@ from shared.observability import configure_logging
 from shared.runtime import Runtime
 from shared.web.error_handlers import install_error_handlers
 from shared.web.middleware import RequestBodyMiddleware, RequestContextMiddleware
+from shared.web.openapi import install_contract_and_docs
 
 LIVENESS = "shared.health.liveness:liveness_router"
 GROUP_ROUTERS: Final[dict[str, tuple[str, ...]]] = {
@@ -78,6 +79,8 @@ def create_app(
         title=title,
         version=__version__,
         description="Per-user OpenRouter API keys: creation, rotation, budgets, usage, audit.",
+        docs_url=None,  # served offline by install_contract_and_docs
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.group = group or "all"
@@ -89,15 +92,18 @@ def create_app(
     ]
     routers.extend(extra_routers)
     access_rules: list[RouteAccess] = []
+    api_routes: list[APIRoute] = []
     for router in routers:
         for route in router.routes:
             if isinstance(route, APIRoute):
+                api_routes.append(route)
                 # Raises for a route that declares no rule: nothing is open by default.
                 access_rules.append(
                     RouteAccess(route.path, frozenset(route.methods or ()), rule_of(route))
                 )
         app.include_router(router)
     app.state.access_rules = access_rules
+    install_contract_and_docs(app, api_routes)
     install_error_handlers(app)
     # Added last runs first: the request id exists before the size check can answer.
     app.add_middleware(RequestBodyMiddleware, max_bytes=runtime.settings.max_request_body_bytes)
@@ -106,7 +112,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=runtime.settings.cors_allowed_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
             allow_credentials=False,

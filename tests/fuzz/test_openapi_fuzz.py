@@ -1,6 +1,6 @@
 """Schemathesis against the OpenAPI schema of every group, as an admin, a user and no one:
-no 5xx, every error in the envelope, every documented response true to its schema, and the
-security headers on every response."""
+no 5xx, every status answered documented, every error in the envelope, every response true to
+its documented schema and content type, and the security headers on every response."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from shared.runtime import Runtime
 from shared.web.app_factory import create_app
@@ -32,7 +36,16 @@ def _check(case: Any, auth_server: AuthServer) -> None:
     for name, headers in principals.items():
         response = case.call(headers={**(case.headers or {}), **headers})
         CASES[name] += 1
-        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+        # every status answered is documented, with the documented content type and schema
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
         problem = _envelope_problems(response) or _missing_security_headers(response)
         assert problem is None, f"{case.method} {case.formatted_path} as {name}: {problem}"
 

@@ -120,6 +120,8 @@ def browser() -> Iterator[WebDriver]:
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--window-size=1280,1700",
+        # offline: every name but the loopback server's fails to resolve
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
@@ -210,3 +212,31 @@ def test_an_emergency_rotation_started_from_the_page_shows_progress_and_complete
     assert {key.hash for key in emulator.user_keys()}.isdisjoint(before)
     assert "leaked in a log" in browser.find_element(By.ID, "emergencies").text
     screenshot(browser, "dashboard-emergency-rotation")
+
+
+def test_the_api_docs_render_offline_and_offer_to_authorize(
+    server: str, browser: WebDriver
+) -> None:
+    # WHEN a new user opens /docs with no way to reach any CDN
+    browser.get(f"{server}/docs")
+
+    # THEN Swagger UI renders the document, with the Authorize button for a bearer token,
+    # and everything it loaded came from the app itself
+    title = WebDriverWait(browser, 20).until(
+        expected_conditions.visibility_of_element_located(
+            (By.CSS_SELECTOR, ".swagger-ui .info .title")
+        )
+    )
+    assert title.text.startswith("openrouter-agent")
+    assert browser.find_element(By.CSS_SELECTOR, "button.authorize").is_displayed()
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(entry => entry.name)"
+    )
+    assert loaded and all(url.startswith(server) for url in loaded), loaded
+    screenshot(browser, "api-docs")
+
+    # and ReDoc renders too
+    browser.get(f"{server}/redoc")
+    WebDriverWait(browser, 20).until(
+        expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, ".api-content h1"))
+    )
