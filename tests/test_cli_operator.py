@@ -10,7 +10,9 @@ import asyncio
 import base64
 import json
 import os
+import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -248,3 +250,92 @@ def test_keys_rewrap_moves_every_data_key_to_a_new_master_key(
     # THEN both moved once, and nothing is left under the old key
     assert first.exit_code == 0 and first.stdout.strip() == "re-wrapped 2 data keys"
     assert again.stdout.strip() == "re-wrapped 0 data keys"
+
+
+MONEY = r"-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?"
+
+
+def _money_fields(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every field of a JSON document that holds dollars (its name ends in _usd)."""
+    if isinstance(value, dict):
+        return [
+            found
+            for key, item in value.items()
+            for found in (
+                [(f"{path}.{key}", item)]
+                if key.endswith("_usd") and not isinstance(item, dict)
+                else _money_fields(item, f"{path}.{key}")
+            )
+        ]
+    if isinstance(value, list):
+        return [
+            found for n, item in enumerate(value) for found in _money_fields(item, f"{path}[{n}]")
+        ]
+    return []
+
+
+def test_reports_after_a_reset_read_true_and_money_is_written_one_way(
+    cli: Invoke, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a line of the report, unwrapped
+    # GIVEN a free user who spent $8.20 over three events in two models, then was reset
+    assert cli("keys", "create", "--user", "dana", "--tier", "free").exit_code == 0
+    asyncio.run(
+        UsageService(runtime).log(
+            [
+                {"user_id": "dana", "generation_id": f"d{n}", "model": model, "cost_usd": cost}
+                for n, (model, cost) in enumerate([("m1", "4.5"), ("m2", "3.2"), ("m2", "0.5")])
+            ],
+            actor="t",
+        )
+    )
+    assert cli("reset-usage", "--user", "dana", "--reason", "goodwill").exit_code == 0
+
+    # WHEN the operator reads the user's month and the system's, as tables and as JSON
+    mine = as_json(cli("usage", "report", "--user", "dana", "--json"))
+    system = as_json(cli("usage", "report", "--json"))
+    user_table = cli("usage", "report", "--user", "dana").stdout
+    system_table = cli("usage", "report").stdout
+
+    # THEN both say the same: spent = events + adjustments, the breakdowns sum to the events
+    for report, breakdowns in ((mine, ("by_model",)), (system, ("by_model", "by_tier"))):
+        assert (report["spent_usd"], report["events_usd"], report["adjustments_usd"]) == (
+            "0",
+            "8.2",
+            "-8.2",
+        ), report
+        for name in breakdowns:
+            assert sum(Decimal(row["cost_usd"]) for row in report[name]) == Decimal("8.2")
+    for table in (user_table, system_table):
+        assert "spent $0.00" in table, table
+        assert "events $8.20 over 3 events, adjustments -$8.20" in table, table
+        assert "events by model" in table
+    assert "adjustments -$8.20) by 1 user\n" in system_table
+    # AND every amount in every JSON document is an exact decimal string, written one way
+    tiers = as_json(cli("tiers", "list", "--json"))
+    keys = as_json(cli("keys", "list", "--json"))
+    fields = [f for doc in (mine, system, tiers, keys) for f in _money_fields(doc)]
+    assert len(fields) > 10
+    for path, value in fields:
+        assert value is None or (isinstance(value, str) and re.fullmatch(MONEY, value)), (
+            path,
+            value,
+        )
+
+
+def test_a_key_limited_to_nothing_is_not_shown_as_unlimited(cli: Invoke) -> None:
+    # GIVEN a tier whose budget is $0, and a key of a user on it
+    assert cli("tiers", "set", "free", "0", "--reason", "closed beta").exit_code == 0
+    assert cli("keys", "create", "--user", "zero", "--tier", "free").exit_code == 0
+
+    # WHEN the operator shows it, lists it, and lists an emergency's one key in scope
+    shown = cli("keys", "show", "--user", "zero").stdout
+    listed = cli("keys", "list", "--user", "zero").stdout
+    dry = cli(
+        "keys", "rotate", "--emergency", "--user", "zero", "--reason", "lost laptop", "--dry-run"
+    )
+
+    # THEN the limit is $0.00, and one key is one key
+    assert "limit $0.00" in shown and "unlimited" not in shown, shown
+    assert "$0.00" in listed and "unlimited" not in listed, listed
+    assert "1 key in scope" in dry.stdout, dry.stdout

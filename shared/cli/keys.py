@@ -32,6 +32,7 @@ from shared.keys.schemas import (
     ReconcileResult,
 )
 from shared.keys.service import KeyLifecycleService
+from shared.money import usd_display
 from shared.runtime import Runtime
 from shared.usage import report_service
 from shared.usage.schemas import KeyPage
@@ -135,7 +136,8 @@ def _emergency(
         if as_json:
             emit_json(result)
         else:
-            typer.echo(f"{result.total} keys in scope (nothing changed):")
+            noun = "key" if result.total == 1 else "keys"
+            typer.echo(f"{result.total} {noun} in scope (nothing changed):")
             for info in result.keys:
                 typer.echo(f"  {info.id}  {info.owner}")
         return
@@ -213,7 +215,7 @@ def show(
         emit_json(response)
         return
     key = response.key
-    typer.echo(f"{key.id}  {key.owner}  {key.state}  limit {key.limit_usd or 'unlimited'}")
+    typer.echo(f"{key.id}  {key.owner}  {key.state}  limit {usd_display(key.limit_usd)}")
     typer.echo(f"created {key.created_at}  activated {key.activated_at}")
     if response.rotation is not None:
         typer.echo(f"operation in progress: {response.rotation.id} ({response.rotation.status})")
@@ -246,7 +248,7 @@ def list_keys(
             info.owner,
             info.tier or "",
             info.state,
-            "unlimited" if info.limit_usd is None else str(info.limit_usd),
+            usd_display(info.limit_usd),
             info.created_at.isoformat(timespec="seconds"),
         )
     Console().print(table)

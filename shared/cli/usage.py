@@ -12,6 +12,7 @@ from rich.table import Table
 from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
 from shared.errors import ValidationFailed
 from shared.keys.domain import current_period, parse_period
+from shared.money import usd_display
 from shared.usage import report_service
 from shared.usage.budgets import BudgetService
 from shared.usage.schemas import (
@@ -31,8 +32,19 @@ app = typer.Typer(no_args_is_help=True, help="Usage: a user's month, or the mont
 tiers_app = typer.Typer(no_args_is_help=True, help="Subscription tiers and their budgets.")
 
 
-def _money(value: Decimal | None) -> str:
-    return "unlimited" if value is None else f"${value:,.2f}"
+_money = usd_display
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _books(events_usd: Decimal, adjustments_usd: Decimal, events: int) -> str:
+    """Gross, adjustments and net said the same way in every report."""
+    return (
+        f"events {_money(events_usd)} over {_count(events, 'event')}, "
+        f"adjustments {_money(adjustments_usd)}"
+    )
 
 
 def _breakdown_table(title: str, rows: list[Breakdown]) -> Table:
@@ -69,11 +81,12 @@ def report(
             return
         console.print(
             f"[bold]{mine.user_id}[/] ({mine.tier}) {mine.period:%Y-%m}: spent "
-            f"{_money(mine.spent_usd)} of {_money(mine.limit_usd)}, remaining "
+            f"{_money(mine.spent_usd)} of {_money(mine.limit_usd)} "
+            f"({_books(mine.events_usd, mine.adjustments_usd, mine.events)}), remaining "
             f"{_money(mine.remaining_usd)}; forecast {_money(mine.forecast_month_end_usd)}"
         )
-        console.print(_breakdown_table("by model", mine.by_model))
-        console.print(_breakdown_table("by agent", mine.by_agent))
+        console.print(_breakdown_table("events by model", mine.by_model))
+        console.print(_breakdown_table("events by agent", mine.by_agent))
         return
     try:
         month = current_period() if period is None else parse_period(period)
@@ -84,12 +97,13 @@ def report(
         emit_json(system)
         return
     console.print(
-        f"[bold]{system.period:%Y-%m}[/]: {_money(system.spent_usd)} over "
-        f"{system.events:,} events by {system.users:,} users"
+        f"[bold]{system.period:%Y-%m}[/]: spent {_money(system.spent_usd)} "
+        f"({_books(system.events_usd, system.adjustments_usd, system.events)}) by "
+        f"{_count(system.users, 'user')}"
     )
-    console.print(_breakdown_table("by tier", system.by_tier))
-    console.print(_breakdown_table("by model", system.by_model))
-    console.print(_breakdown_table("by agent", system.by_agent))
+    console.print(_breakdown_table("events by tier", system.by_tier))
+    console.print(_breakdown_table("events by model", system.by_model))
+    console.print(_breakdown_table("events by agent", system.by_agent))
     console.print(_shares_table("top users", system.top_users))
     console.print(_shares_table("over 80 %", system.over_80_percent))
     console.print(_shares_table("over 100 %", system.over_100_percent))
@@ -124,7 +138,7 @@ def reset_usage(
         emit_json(response)
         return
     for result in response.users:
-        typer.echo(f"{result.user_id}: adjusted {result.amount_usd}; {_key_limit(result)}")
+        typer.echo(f"{result.user_id}: adjusted {_money(result.amount_usd)}; {_key_limit(result)}")
 
 
 @tiers_app.command("list")

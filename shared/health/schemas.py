@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel
+
+from shared.money import Usd
 
 
 class Liveness(BaseModel):
@@ -28,9 +29,9 @@ class DatabaseHealth(BaseModel):
 
 
 class CreditsSummary(BaseModel):
-    total_credits: Decimal
-    total_usage: Decimal
-    balance: Decimal
+    total_credits: Usd
+    total_usage: Usd
+    balance: Usd
 
 
 class KeysHealth(BaseModel):

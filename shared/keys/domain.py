@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from shared.keys.repository import KeyRecord, OperationRecord
 
 Checkpoint = Callable[[str], None]
-MICRO_DOLLAR = Decimal("0.000001")
 
 
 def no_checkpoint(_: str) -> None:

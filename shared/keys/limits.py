@@ -25,9 +25,10 @@ from decimal import ROUND_DOWN, Decimal
 from uuid import UUID
 
 from shared.errors import Conflict
-from shared.keys.domain import MICRO_DOLLAR, Checkpoint, Owner, current_period, no_checkpoint
+from shared.keys.domain import Checkpoint, Owner, current_period, no_checkpoint
 from shared.keys.repository import KeyRecord
 from shared.keys.store import KeyStore
+from shared.money import MICRO_DOLLAR
 from shared.openrouter.client import UNSET, _Unset
 from shared.openrouter.errors import OpenRouterError, OpenRouterNotFound
 from shared.openrouter.models import ApiKey

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.keys.domain import IssuedKey, Owner
+from shared.money import Usd
 
 if TYPE_CHECKING:
     from shared.keys.repository import KeyRecord, OperationRecord
@@ -75,7 +75,7 @@ class KeyInfo(BaseModel):
     state: str
     openrouter_hash: str | None
     label: str | None
-    limit_usd: Decimal | None
+    limit_usd: Usd | None
     limit_period: date
     disabled: bool
     fingerprint: str | None

@@ -64,7 +64,9 @@ async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
     [everyone] = [row for row in tiers if row["name"] is None]
     return SystemUsage(
         period=month,
-        spent_usd=everyone["cost_usd"],
+        spent_usd=everyone["net_usd"],
+        events_usd=everyone["cost_usd"],
+        adjustments_usd=everyone["adjusted_usd"],
         events=everyone["events"],
         users=everyone["users"],
         by_tier=_breakdown([row for row in tiers if row["name"] is not None]),

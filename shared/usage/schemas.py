@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from shared.keys.schemas import KeyInfo, TierName, UserId
+from shared.money import Usd
 from shared.timestamps import UtcDatetime
 
 if TYPE_CHECKING:
@@ -78,9 +79,9 @@ class EventOutcome(BaseModel):
 class UserUsageSummary(BaseModel):
     user_id: str
     period: date
-    spent_usd: Decimal
-    limit_usd: Decimal | None
-    remaining_usd: Decimal | None
+    spent_usd: Usd
+    limit_usd: Usd | None
+    remaining_usd: Usd | None
     percent_used: Decimal | None
     thresholds_crossed: list[int] = Field(description="Crossed by this call.")
 
@@ -95,18 +96,20 @@ class UsageLogResponse(BaseModel):
 
 class Breakdown(BaseModel):
     name: str
-    cost_usd: Decimal
+    cost_usd: Usd
     events: int
 
 
 class MonthUsage(BaseModel):
     period: date
-    spent_usd: Decimal = Field(description="Events less resets: what counts against the budget.")
-    events_usd: Decimal
-    adjustments_usd: Decimal
+    spent_usd: Usd = Field(
+        description="events + adjustments (never below 0): what counts against the budget."
+    )
+    events_usd: Usd = Field(description="What the month's events cost; the breakdowns sum to it.")
+    adjustments_usd: Usd = Field(description="What resets took off (negative).")
     events: int
-    limit_usd: Decimal | None
-    remaining_usd: Decimal | None
+    limit_usd: Usd | None
+    remaining_usd: Usd | None
     percent_used: Decimal | None
     by_model: list[Breakdown]
     by_agent: list[Breakdown]
@@ -116,8 +119,9 @@ class MonthUsage(BaseModel):
 class CurrentUsage(MonthUsage):
     user_id: str
     tier: str
-    forecast_month_end_usd: Decimal = Field(
-        description="This month's spend so far, at its daily pace, projected to the month's end."
+    forecast_month_end_usd: Usd = Field(
+        description="spent so far, plus the pace of the last 7 days (across the month's start)"
+        " for the days left; never more than the limit, which the key cannot spend past."
     )
     as_of: datetime
 
@@ -146,22 +150,27 @@ class KeyPage(BaseModel):
 class UserShare(BaseModel):
     user_id: str
     tier: str
-    spent_usd: Decimal
-    limit_usd: Decimal | None
+    spent_usd: Usd
+    limit_usd: Usd | None
     percent_used: Decimal | None
 
 
 class DriftRow(BaseModel):
     user_id: str
-    openrouter_usd: Decimal
-    ledger_usd: Decimal
-    drift_usd: Decimal
+    openrouter_usd: Usd
+    ledger_usd: Usd
+    drift_usd: Usd
     measured_at: datetime
 
 
 class SystemUsage(BaseModel):
+    """The month system-wide. spent is what counts against budgets: events less adjustments
+    (each user's never below 0); the breakdowns are what the events cost, before adjustments."""
+
     period: date
-    spent_usd: Decimal
+    spent_usd: Usd
+    events_usd: Usd = Field(description="What the month's events cost.")
+    adjustments_usd: Usd = Field(description="What resets took off (negative).")
     events: int
     users: int
     by_tier: list[Breakdown]
@@ -201,7 +210,7 @@ class KeyLimitOutcome(BaseModel):
         "invocation holds the user's keys (a rotation being made, say); it applies the change "
         "before it lets go, within seconds. no_key: the user has no current key."
     )
-    key_limit_usd: Decimal | None = Field(
+    key_limit_usd: Usd | None = Field(
         description="The key's OpenRouter limit when applied and limited; otherwise null "
         "(see key_unlimited and key_limit_status)."
     )
@@ -219,7 +228,7 @@ class KeyLimitOutcome(BaseModel):
 
 class ResetUsageResult(KeyLimitOutcome):
     user_id: str
-    amount_usd: Decimal = Field(description="The adjustment entered (negative: budget given back).")
+    amount_usd: Usd = Field(description="The adjustment entered (negative: budget given back).")
     key_updated: bool = Field(description="Same as key_limit_status == 'applied'.")
 
 
@@ -243,7 +252,7 @@ class ResetUsageResponse(BaseModel):
 
 class TierInfo(BaseModel):
     tier: str
-    monthly_budget_usd: Decimal | None = Field(description="null: unlimited.")
+    monthly_budget_usd: Usd | None = Field(description="null: unlimited.")
     description: str
 
 
@@ -261,5 +270,5 @@ class TierList(BaseModel):
 class TierBudgetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    monthly_budget_usd: Annotated[Decimal, Field(ge=0, le=10_000_000, allow_inf_nan=False)] | None
+    monthly_budget_usd: Annotated[Usd, Field(ge=0, le=10_000_000, allow_inf_nan=False)] | None
     reason: Reason | None = None

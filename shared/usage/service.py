@@ -193,16 +193,22 @@ class UsageService:
     async def current(self, user_id: str) -> CurrentUsage:
         now = self._clock()
         period = current_period(now)
-        books = await UsageStore(self._runtime.store()).month(user_id, period)
+        books = await UsageStore(self._runtime.store()).month(user_id, period, as_of=now)
         if books is None:
             raise NotFound(f"no user {user_id}", code="user_not_found")
         [book] = books.months
+        month = _month(book, books.budget_usd)
         return CurrentUsage(
-            **_month(book, books.budget_usd).model_dump(),
+            **month.model_dump(),
             user_id=user_id,
             tier=books.tier,
             as_of=now,
-            forecast_month_end_usd=forecast_month_end(book.total.effective_usd, period, now),
+            forecast_month_end_usd=forecast_month_end(
+                book.total.effective_usd,
+                books.last_7_days_usd or Decimal(0),
+                month.limit_usd,
+                now,
+            ),
         )
 
     async def monthly(self, user_id: str, *, limit: int, before: date | None) -> MonthlyUsage:
@@ -216,14 +222,20 @@ class UsageService:
         )
 
 
-def forecast_month_end(spent: Decimal, period: date, now: datetime) -> Decimal:
-    """Spend so far at its daily pace, projected to the end of this UTC month (a day at least
-    counts as elapsed, so that a first hour's spend is not multiplied by 720)."""
+def forecast_month_end(
+    spent: Decimal, last_7_days: Decimal, limit: Decimal | None, now: datetime
+) -> Decimal:
+    """What the month will have cost by its end (UTC): spent so far, plus the pace of the last
+    seven days (across the month's start) for the days left, never more than the limit (the
+    key cannot spend past it). A burst in the first hour is one day's spend in seven."""
+    period = current_period(now)
     start = datetime(period.year, period.month, 1, tzinfo=UTC)
     next_month = (start + timedelta(days=32)).replace(day=1)
-    elapsed_days = max(Decimal(str((now - start).total_seconds())) / 86_400, Decimal(1))
-    month_days = Decimal((next_month - start).days)
-    return (spent / elapsed_days * month_days).quantize(Decimal("0.000001"))
+    days_left = Decimal(str((next_month - now).total_seconds())) / 86_400
+    forecast = spent + last_7_days / 7 * days_left
+    if limit is not None:
+        forecast = min(forecast, max(limit, spent))
+    return forecast.quantize(Decimal("0.000001"))
 
 
 def _breakdown(rows: list[BreakdownRow], key: str) -> list[Breakdown]:

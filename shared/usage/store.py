@@ -7,7 +7,7 @@ reports) keeps its SQL in repository.py, on the direct connection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +27,7 @@ class UserBooks:
     tier: str
     budget_usd: Decimal | None
     months: list[PeriodBook]
+    last_7_days_usd: Decimal | None = None  # what events cost in the 7 days to as_of (month())
 
 
 def _period_book(raw: dict[str, Any]) -> PeriodBook:
@@ -57,10 +58,12 @@ def _books(raw: dict[str, Any] | None) -> UserBooks | None:
     if raw is None:
         return None
     budget = raw["budget_usd"]
+    pace = raw.get("last_7_days_usd")
     return UserBooks(
         tier=str(raw["tier"]),
         budget_usd=None if budget is None else Decimal(budget),
         months=[_period_book(month) for month in raw["months"]],
+        last_7_days_usd=None if pace is None else Decimal(str(pace)),
     )
 
 
@@ -89,10 +92,14 @@ class UsageStore:
             for row in rows
         ]
 
-    async def month(self, user_id: str, period: date) -> UserBooks | None:
-        """The user's book of one period (empty if nothing was logged); None: no such user."""
+    async def month(self, user_id: str, period: date, *, as_of: datetime) -> UserBooks | None:
+        """The user's book of one period (empty if nothing was logged) and their spend of the
+        7 days to `as_of`; None: no such user."""
         return _books(
-            await self._rpc.call("store_usage_month", {"user_id": user_id, "period": period})
+            await self._rpc.call(
+                "store_usage_month",
+                {"user_id": user_id, "period": period, "as_of": as_of.isoformat()},
+            )
         )
 
     async def history(self, user_id: str, *, limit: int, before: date | None) -> UserBooks | None:

@@ -107,7 +107,7 @@ async def test_a_bad_value_is_refused_with_its_sqlstate_and_nothing_is_written(
 
     # THEN the whole call is refused as bad data, and the good event was not kept either
     assert refused.value.sqlstate == "22P02" and refused.value.is_bad_data
-    books = await usage.month("bob", PERIOD)
+    books = await usage.month("bob", PERIOD, as_of=datetime.now(UTC))
     assert books is not None and books.months[0].total.events == 0
 
 
@@ -134,7 +134,7 @@ async def test_a_month_and_the_history_read_back_what_was_logged(
         )
 
     # WHEN the current month and the history are read
-    month = await usage.month("carol", PERIOD)
+    month = await usage.month("carol", PERIOD, as_of=datetime.now(UTC))
     history = await usage.history("carol", limit=1, before=None)
     older = await usage.history("carol", limit=5, before=PERIOD)
 
@@ -155,9 +155,36 @@ async def test_a_month_and_the_history_read_back_what_was_logged(
     ]
 
 
+async def test_a_month_carries_the_pace_of_the_seven_days_before_it_across_months(
+    store: StoreRpc, database: Database
+) -> None:
+    # GIVEN spend eight days, six days and one hour before a moment early in a month
+    await make_user(database, "erin", tier="standard")
+    usage = UsageStore(store)
+    as_of = datetime.now(UTC).replace(microsecond=0)
+    spends = {"g-old": (8 * 24, "4"), "g-week": (6 * 24, "0.5"), "g-hour": (1, "0.25")}
+    await usage.record_events(
+        [
+            usage_event("erin", gid, cost, occurred_at=(as_of - timedelta(hours=h)).isoformat())
+            for gid, (h, cost) in spends.items()
+        ],
+        recorded_by="agents",
+    )
+
+    # WHEN the month is read as of that moment
+    books = await usage.month("erin", current_month(as_of), as_of=as_of)
+
+    # THEN the pace counts exactly the last seven days, whichever month they fell in
+    assert books is not None and books.last_7_days_usd == Decimal("0.75")
+
+
+def current_month(moment: datetime) -> date:
+    return date(moment.year, moment.month, 1)
+
+
 async def test_an_unknown_user_has_no_books(store: StoreRpc) -> None:
     usage = UsageStore(store)
-    assert await usage.month("nobody", PERIOD) is None
+    assert await usage.month("nobody", PERIOD, as_of=datetime.now(UTC)) is None
     assert await usage.history("nobody", limit=3, before=None) is None
 
 
@@ -174,7 +201,7 @@ async def test_concurrent_batches_sum_exactly(store: StoreRpc, database: Databas
     await asyncio.gather(*(writer(n) for n in range(8)))
 
     # THEN each distinct event counts once: 150 of them, $0.000150
-    month = await usage.month("dave", PERIOD)
+    month = await usage.month("dave", PERIOD, as_of=datetime.now(UTC))
     assert month is not None
     assert month.months[0].total.events == 150
     assert month.months[0].total.spent_usd == Decimal("0.000150")

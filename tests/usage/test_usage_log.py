@@ -273,3 +273,41 @@ async def test_an_event_the_database_refuses_is_named_and_the_rest_kept(
     async with database.connection() as conn:
         cursor = await conn.execute("select count(*) as n from usage_events")
         assert (await cursor.fetchone() or {})["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("tier", "spends", "expected"),
+    [
+        # $8.20 in the first half hour of the month on $10: the limit, not 31 days of it
+        ("free", [(timedelta(minutes=-30), "8.2")], "10"),
+        # nothing yet this month, $7 over last month's last week: that week's pace ahead
+        ("standard", [(timedelta(days=-d, hours=-2), "1") for d in range(7)], None),
+    ],
+)
+async def test_the_forecast_on_the_first_of_the_month_is_one_a_user_would_trust(
+    runtime: Runtime,
+    make_users: Callable[..., Awaitable[None]],
+    tier: str,
+    spends: list[tuple[timedelta, str]],
+    expected: str | None,
+) -> None:
+    # GIVEN a moment an hour into a month, and the user's spend before it
+    now = datetime.now(UTC).replace(day=1, hour=1, minute=0, second=0, microsecond=0)
+    usage = UsageService(runtime, clock=lambda: now)
+    await make_users("early", tier=tier)
+    result = await usage.log(
+        [
+            event("early", f"e-{n}", cost, occurred_at=(now + offset).isoformat())
+            for n, (offset, cost) in enumerate(spends)
+        ],
+        actor="t",
+    )
+    assert result.count("stored") == len(spends)
+
+    # WHEN the month is read then
+    forecast = (await usage.current("early")).forecast_month_end_usd
+
+    # THEN the forecast is capped by the budget, or is last week's $1 a day for the days left
+    next_month = (now.replace(day=28) + timedelta(days=4)).replace(day=1, hour=0)
+    days_left = Decimal((next_month - now).total_seconds()) / 86_400
+    assert forecast == (Decimal(expected) if expected else days_left.quantize(Decimal("0.000001")))
