@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.access.rules import AdminCaller
 from shared.audit import service
@@ -27,6 +27,7 @@ class AuditEventInfo(BaseModel):
     request_id: str | None
     fingerprint: str | None
     details: dict[str, Any]
+    actor_name: str | None = Field(description="The service token's name, when the actor is one.")
 
 
 class AuditPage(BaseModel):

@@ -23,6 +23,7 @@ class AuditEvent:
     request_id: str | None
     fingerprint: str | None
     details: dict[str, Any]
+    actor_name: str | None = None  # a service token's name, for an actor that is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +67,11 @@ class AuditRepository:
 
     async def recent(self, *, limit: int, before_seq: int | None = None) -> list[AuditEvent]:
         cursor = await self._conn.execute(
-            "select seq, occurred_at, actor, action, target, outcome, reason, request_id,"
-            " fingerprint, details from audit_log"
-            " where %s::bigint is null or seq < %s::bigint order by seq desc limit %s",
+            "select a.seq, a.occurred_at, a.actor, a.action, a.target, a.outcome, a.reason,"
+            " a.request_id, a.fingerprint, a.details, t.name as actor_name from audit_log a"
+            " left join service_tokens t on t.id = case when a.actor ~ '^service:[0-9a-f-]{36}$'"
+            "  then substr(a.actor, 9)::uuid end"
+            " where %s::bigint is null or a.seq < %s::bigint order by a.seq desc limit %s",
             (before_seq, before_seq, limit),
         )
         return [AuditEvent(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]

@@ -24,7 +24,11 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
-MEDIA_TYPES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+MEDIA_TYPES = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 
 router = APIRouter(tags=["dashboard"])
 
@@ -46,6 +50,6 @@ async def dashboard(_: PublicCaller) -> Response:
 
 @router.get("/admin/static/{name}", include_in_schema=False)
 async def dashboard_asset(
-    name: Literal["dashboard.js", "dashboard.css"], _: PublicCaller
+    name: Literal["dashboard.js", "dashboard.css", "favicon.svg"], _: PublicCaller
 ) -> Response:
     return Response(_asset(name), media_type=MEDIA_TYPES[name])

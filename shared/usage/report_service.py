@@ -36,6 +36,8 @@ def _shares(rows: list[dict[str, Any]]) -> list[UserShare]:
             spent_usd=r["spent_usd"],
             limit_usd=r["limit_usd"],
             percent_used=percent_used(r["spent_usd"], r["limit_usd"]),
+            key_limit_usd=r["key_limit_usd"],
+            has_key=r["has_key"],
         )
         for r in rows
     ]

@@ -106,9 +106,12 @@ class ReportRepository:
         """Users by spend this period, highest first (an index walk, not a sort)."""
         return await self._rows(
             "select t.user_id, u.tier, greatest(t.spent_usd + t.adjusted_usd, 0) as spent_usd,"
-            " s.monthly_budget_usd as limit_usd from usage_totals t"
+            " s.monthly_budget_usd as limit_usd, k.limit_usd as key_limit_usd,"
+            " k.id is not null as has_key from usage_totals t"
             " join users u on u.user_id = t.user_id"
-            " join subscription_tiers s on s.tier = u.tier where t.period = %s"
+            " join subscription_tiers s on s.tier = u.tier"
+            " left join api_keys k on k.owner = 'user:' || t.user_id and k.state = 'current'"
+            " where t.period = %s"
             " order by greatest(t.spent_usd + t.adjusted_usd, 0) desc, t.user_id limit %s",
             (period, limit),
         )
@@ -121,9 +124,12 @@ class ReportRepository:
         to its own tier's budget."""
         return await self._rows(
             "select t.user_id, u.tier, greatest(t.spent_usd + t.adjusted_usd, 0) as spent_usd,"
-            " s.monthly_budget_usd as limit_usd from usage_totals t"
+            " s.monthly_budget_usd as limit_usd, k.limit_usd as key_limit_usd,"
+            " k.id is not null as has_key from usage_totals t"
             " join users u on u.user_id = t.user_id"
-            " join subscription_tiers s on s.tier = u.tier where t.period = %(period)s"
+            " join subscription_tiers s on s.tier = u.tier"
+            " left join api_keys k on k.owner = 'user:' || t.user_id and k.state = 'current'"
+            " where t.period = %(period)s"
             " and greatest(t.spent_usd + t.adjusted_usd, 0) * 100 >= %(percent)s *"
             "  (select min(monthly_budget_usd) from subscription_tiers)"
             " and s.monthly_budget_usd is not null"

@@ -151,8 +151,13 @@ class UserShare(BaseModel):
     user_id: str
     tier: str
     spent_usd: Usd
-    limit_usd: Usd | None
+    limit_usd: Usd | None = Field(description="The tier's monthly budget; null: unlimited.")
     percent_used: Decimal | None
+    key_limit_usd: Usd | None = Field(
+        description="The current key's own limit at OpenRouter (the budget less what earlier"
+        " keys spent, plus resets); null when it is unlimited or there is no key (has_key)."
+    )
+    has_key: bool
 
 
 class DriftRow(BaseModel):

@@ -124,6 +124,7 @@ def browser() -> Iterator[WebDriver]:
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for errors
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     yield driver
     driver.quit()
@@ -240,3 +241,77 @@ def test_the_api_docs_render_offline_and_offer_to_authorize(
     WebDriverWait(browser, 20).until(
         expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, ".api-content h1"))
     )
+
+
+LONG_MODEL = "openrouter/some-provider/an-extremely-long-model-name-with-a-dated-suffix-2026-11-30"
+
+
+def _rect(browser: WebDriver, element: object) -> dict[str, float]:
+    return dict(
+        browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", element)
+    )
+
+
+def test_the_dashboard_reads_true_on_a_wide_screen_and_on_a_phone(
+    seeded: dict[str, str], server: str, browser: WebDriver, runtime: Runtime
+) -> None:
+    # GIVEN a month with a model of a very long name, and a user whose usage was reset
+    async def more() -> None:
+        await UsageService(runtime).log(
+            [{"user_id": "mia", "generation_id": "g-long", "model": LONG_MODEL, "cost_usd": "2"}],
+            actor="seed",
+        )
+        await runtime.database().close()
+
+    asyncio.run(more())
+
+    # WHEN an admin signs in, and resets fiona's usage from the page
+    sign_in(browser, server, seeded["admin"])
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "spent").text != "")
+    near = browser.find_element(By.ID, "near-limit").text
+    browser.find_element(By.ID, "action-user").send_keys("fiona")
+    browser.find_element(By.ID, "action-reason").send_keys("support ticket 12")
+    browser.find_element(By.ID, "reset-user").click()
+    WebDriverWait(browser, 5).until(expected_conditions.alert_is_present())
+    browser.switch_to.alert.accept()
+    WebDriverWait(browser, 10).until(
+        lambda b: b.find_element(By.ID, "adjustments").text == "-$9.50"
+    )
+
+    # THEN the totals say net, gross and adjustments, as every report does
+    assert browser.find_element(By.ID, "spent").text == "$51.00"
+    assert browser.find_element(By.ID, "events-cost").text == "$60.50"
+    # fiona was near her limit: her tier's budget and her key's own limit, both shown
+    assert "fiona free $9.50 $10.00 $10.00 95.00 near" in near, near
+    # the long model name sits on its own line, above its bar, never across it
+    bars = {
+        b.get_attribute("data-name"): b
+        for b in browser.find_elements(By.CSS_SELECTOR, "#chart-model rect")
+    }
+    labels = browser.find_elements(By.CSS_SELECTOR, "#chart-model text")
+    label = next(t for t in labels if t.text.startswith("openrouter/some-provider"))
+    assert _rect(browser, label)["bottom"] <= _rect(browser, bars[LONG_MODEL])["top"] + 0.5
+    # empty tables say so; the actor of the reset is the token's name
+    assert browser.find_element(By.ID, "drift").text.endswith("nothing yet")
+    assert browser.find_element(By.ID, "jobs").text.endswith("nothing yet")
+    assert "ops (token)" in browser.find_element(By.ID, "audit").text
+    screenshot(browser, "dashboard-wide")
+
+    # AND at 420 px wide nothing leaves the page and the charts' text stays readable
+    browser.set_window_size(420, 1700)
+    WebDriverWait(browser, 5).until(lambda b: b.execute_script("return window.innerWidth") <= 420)
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth"
+    )
+    assert overflow <= 0, f"the page is {overflow} px wider than the screen"
+    labels = browser.find_elements(By.CSS_SELECTOR, "#chart-model text")
+    smallest = min(_rect(browser, t)["height"] for t in labels)
+    assert smallest >= 11, f"chart text {smallest:.1f} px high"
+    chart = _rect(browser, browser.find_element(By.ID, "chart-model"))
+    for text in labels:
+        assert _rect(browser, text)["right"] <= chart["right"] + 0.5, text.text
+    screenshot(browser, "dashboard-420px")
+
+    # and the console holds no error (a missing favicon was one)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors

@@ -23,7 +23,24 @@ async function api(path, options = {}) {
 }
 
 function money(value) {
-  return value === null || value === undefined ? "unlimited" : `$${Number(value).toFixed(2)}`;
+  // As the CLI writes it: cents, or every place an amount under a cent needs.
+  if (value === null || value === undefined) return "unlimited";
+  const amount = Number(value);
+  const sign = amount < 0 ? "-" : "";
+  if (amount !== 0 && Math.abs(amount) < 0.01) return `${sign}$${String(value).replace("-", "")}`;
+  return `${sign}$${Math.abs(amount).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+}
+
+function keyLimit(row) {
+  if (!row.has_key) return "no key";
+  return money(row.key_limit_usd);
+}
+
+function actor(row) {
+  // A service token is shown by its name; the raw actor stays in the tooltip.
+  const td = cell(row.actor_name ? `${row.actor_name} (token)` : row.actor);
+  td.title = row.actor;
+  return td;
 }
 
 function cell(text, className) {
@@ -34,8 +51,17 @@ function cell(text, className) {
 }
 
 function fill(tableId, rows, columns) {
-  const body = $(tableId).tBodies[0];
+  const table = $(tableId);
+  const body = table.tBodies[0];
   body.replaceChildren();
+  if (rows.length === 0) {
+    const tr = document.createElement("tr");
+    const td = cell("nothing yet", "empty");
+    td.colSpan = table.tHead ? table.tHead.rows[0].cells.length : columns.length;
+    tr.append(td);
+    body.append(tr);
+    return;
+  }
   for (const row of rows) {
     const tr = document.createElement("tr");
     for (const column of columns) tr.append(typeof column === "function" ? column(row) : cell(row[column]));
@@ -43,33 +69,68 @@ function fill(tableId, rows, columns) {
   }
 }
 
+const CHART_WIDTH = 400;
+
 function barChart(svgId, rows) {
-  // One horizontal bar per row, its width proportional to cost; labels carry the figures.
+  // One row per entry: its name on a line of its own (long model names never run into the
+  // bar), then the bar, its width proportional to cost, and the figure at the right.
   const svg = $(svgId);
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
+  const height = 30;
+  svg.setAttribute("viewBox", `0 0 ${CHART_WIDTH} ${Math.max(rows.length, 1) * height}`);
+  if (rows.length === 0) {
+    const empty = document.createElementNS(ns, "text");
+    empty.setAttribute("x", 0);
+    empty.setAttribute("y", 18);
+    empty.setAttribute("class", "empty");
+    empty.textContent = "nothing yet";
+    svg.append(empty);
+    return;
+  }
   const max = Math.max(...rows.map((r) => Number(r.cost_usd)), 0.000001);
-  const height = 22;
-  svg.setAttribute("viewBox", `0 0 400 ${Math.max(rows.length, 1) * height}`);
   rows.forEach((row, i) => {
-    const bar = document.createElementNS(ns, "rect");
-    bar.setAttribute("x", 120);
-    bar.setAttribute("y", i * height + 3);
-    bar.setAttribute("height", height - 6);
-    bar.setAttribute("width", Math.max(1, (Number(row.cost_usd) / max) * 200));
-    bar.dataset.name = row.name;
-    bar.dataset.cost = row.cost_usd;
     const label = document.createElementNS(ns, "text");
     label.setAttribute("x", 0);
-    label.setAttribute("y", i * height + 15);
+    label.setAttribute("y", i * height + 11);
     label.textContent = row.name;
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${row.name}: ${money(row.cost_usd)}`;
+    const bar = document.createElementNS(ns, "rect");
+    bar.setAttribute("x", 0);
+    bar.setAttribute("y", i * height + 15);
+    bar.setAttribute("height", 11);
+    bar.setAttribute("width", Math.max(1, (Number(row.cost_usd) / max) * 310));
+    bar.dataset.name = row.name;
+    bar.dataset.cost = row.cost_usd;
+    bar.append(title);
     const figure = document.createElementNS(ns, "text");
-    figure.setAttribute("x", 326);
-    figure.setAttribute("y", i * height + 15);
+    figure.setAttribute("x", CHART_WIDTH);
+    figure.setAttribute("y", i * height + 25);
+    figure.setAttribute("text-anchor", "end");
     figure.textContent = money(row.cost_usd);
-    svg.append(bar, label, figure);
+    svg.append(label, bar, figure);
+    fitText(label, CHART_WIDTH);
   });
 }
+
+function fitText(text, width) {
+  // Shorten a label that does not fit the chart (at this screen's font size) to what does,
+  // with an ellipsis; the bar's tooltip keeps the whole name.
+  const whole = text.textContent;
+  let shown = whole.length;
+  while (shown > 1 && text.getComputedTextLength() > width) {
+    shown -= 1;
+    text.textContent = `${whole.slice(0, shown)}…`;
+  }
+}
+
+let drawn = null;
+window.addEventListener("resize", () => {
+  if (!drawn) return;
+  barChart("chart-tier", drawn.by_tier);
+  barChart("chart-model", drawn.by_model);
+});
 
 async function load() {
   const [usage, states, jobs, emergencies, audit] = await Promise.all([
@@ -81,12 +142,16 @@ async function load() {
   ]);
   $("period").textContent = usage.period.slice(0, 7);
   $("spent").textContent = money(usage.spent_usd);
+  $("events-cost").textContent = money(usage.events_usd);
+  $("adjustments").textContent = money(usage.adjustments_usd);
   $("events").textContent = usage.events.toLocaleString();
   $("users").textContent = usage.users.toLocaleString();
+  drawn = usage;
   barChart("chart-tier", usage.by_tier);
   barChart("chart-model", usage.by_model);
   const near = [...usage.over_80_percent];
   fill("near-limit", near, ["user_id", "tier", (r) => cell(money(r.spent_usd)), (r) => cell(money(r.limit_usd)),
+    (r) => cell(keyLimit(r)),
     (r) => cell(r.percent_used, Number(r.percent_used) >= 100 ? "over" : ""),
     (r) => cell(Number(r.percent_used) >= 100 ? "over" : "near")]);
   fill("keys-by-state", Object.entries(states.counts).map(([state, n]) => ({ state, n })), ["state", "n"]);
@@ -95,7 +160,8 @@ async function load() {
   fill("jobs", jobs.data, ["kind", "name", "status", "done", "remaining", "failed",
     (r) => cell(r.rate_per_s || ""), (r) => cell(r.eta || "")]);
   fill("emergencies", emergencies.data, ["id", "status", "replaced", "failed", "total", "reason"]);
-  fill("audit", audit.data, ["seq", "occurred_at", "actor", "action", (r) => cell(r.target || "")]);
+  fill("audit", audit.data, ["seq", (r) => cell(`${r.occurred_at.slice(0, 19).replace("T", " ")}Z`), actor,
+    "action", (r) => cell(r.target || "")]);
 }
 
 async function show() {
