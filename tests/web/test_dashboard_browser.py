@@ -313,6 +313,6 @@ def test_the_dashboard_reads_true_on_a_wide_screen_and_on_a_phone(
     screenshot(browser, "dashboard-420px")
 
     # and the console holds no error (a missing favicon was one)
-    assert isinstance(browser, webdriver.Chrome)
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    console = browser.execute("getLog", {"type": "browser"})["value"]
+    errors = [e for e in console if e["level"] == "SEVERE"]
     assert errors == [], errors
