@@ -18,6 +18,8 @@ import pytest
 
 from shared.db.migrations import load_migrations
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 CLI = [sys.executable, "-m", "shared.cli"]
 
 

@@ -23,6 +23,8 @@ import pytest
 from shared.config import REPOSITORY_ROOT
 from shared.openrouter.emulator import Emulator
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 CLI = [sys.executable, "-m", "shared.cli"]
 
 

@@ -130,6 +130,7 @@ async def test_a_token_expiry_beyond_what_may_be_stored_is_refused(
 # ----- 4. admin actions are audited, and the audit numbering reads true ------------------------
 
 
+@pytest.mark.integration  # runs the CLI as its own process
 async def test_issuing_and_revoking_tokens_and_changing_a_tier_budget_are_audited(
     api: httpx.AsyncClient, database: Database, database_dsn: str, tmp_path: Path
 ) -> None:

@@ -167,6 +167,7 @@ async def test_auth_failures_are_logged_without_the_credential(
     assert forged not in logged and "A" * 20 not in logged
 
 
+@pytest.mark.integration  # runs the CLI as its own process
 async def test_the_cli_issues_lists_and_revokes(database_dsn: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
     env.update(APP_ENV="development", LOCAL_DATA_DIR=str(tmp_path))

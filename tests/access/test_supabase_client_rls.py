@@ -17,6 +17,8 @@ from shared.runtime import Runtime
 from shared.usage.service import UsageService
 from tests.db.supabase_stack import ANON_KEY, PUBLISHABLE_KEY, SupabaseGateway, user_token
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 USER_A = str(uuid.uuid4())
 USER_B = str(uuid.uuid4())
 

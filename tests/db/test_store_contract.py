@@ -31,7 +31,13 @@ TODAY = datetime.now(UTC)
 PERIOD = date(TODAY.year, TODAY.month, 1)
 
 
-@pytest.fixture(params=["postgres", "supabase", "supabase-secret-key"])
+@pytest.fixture(
+    params=[
+        "postgres",
+        pytest.param("supabase", marks=pytest.mark.integration),  # PostgREST, a process
+        pytest.param("supabase-secret-key", marks=pytest.mark.integration),
+    ]
+)
 async def store(request: pytest.FixtureRequest, database: Database) -> AsyncIterator[StoreRpc]:
     if request.param == "postgres":
         yield PostgresRpc(database)

@@ -21,6 +21,8 @@ from tests.access.signing import AuthServer
 from tests.db.supabase_stack import SERVICE_ROLE_KEY, SupabaseGateway
 from tests.db.test_store_contract import SUPABASE_URL
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 ALICE = "0b7c9a2e-6f7d-4c1e-9a3b-5d2f8e4a1c6b"
 
 

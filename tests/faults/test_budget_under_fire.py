@@ -18,6 +18,8 @@ from shared.openrouter.emulator import Emulator
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 from tests.faults.budget_under_fire import BudgetUnderFire, FireConfig
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 

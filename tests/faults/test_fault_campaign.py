@@ -29,6 +29,8 @@ from shared.usage.service import UsageService
 from tests.conftest import RecordingSleep
 from tests.faults.invariants import violations
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 TABLE = REPOSITORY_ROOT / "test-artifacts" / "fault-table.md"
 ROWS: list[str] = []
 

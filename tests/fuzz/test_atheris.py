@@ -10,6 +10,8 @@ import pytest
 
 from shared.config import REPOSITORY_ROOT
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 
 @pytest.mark.parametrize("target", ["openrouter", "jwt", "usage"])
 def test_the_parser_survives_the_fuzzer(target: str) -> None:

@@ -4,6 +4,8 @@ its documented schema and content type, and the security headers on every respon
 
 from __future__ import annotations
 
+import pytest
+
 from collections import Counter
 from typing import Any
 
@@ -21,6 +23,8 @@ from shared.web.app_factory import create_app
 from shared.web.middleware import SECURITY_HEADERS as HEADER_PAIRS
 from tests.access.signing import AuthServer
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
+
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
 
 CASES: Counter[str] = Counter()
 SECURITY_HEADERS = {name.decode(): value.decode() for name, value in HEADER_PAIRS}

@@ -94,6 +94,7 @@ async def test_editing_or_deleting_a_row_is_detected_at_that_row(
     assert broken == (target if tampering == "update" else following)
 
 
+@pytest.mark.integration  # runs the CLI as its own process
 async def test_the_cli_and_the_admin_route_report_the_chain(
     keys: KeyLifecycleService,
     database: Database,

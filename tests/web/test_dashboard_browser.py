@@ -34,6 +34,8 @@ from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.service import UsageService
 from shared.web.app_factory import create_app
 
+pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPOSITORY_ROOT / "test-artifacts"
