@@ -4,11 +4,10 @@ its documented schema and content type, and the security headers on every respon
 
 from __future__ import annotations
 
-import pytest
-
 from collections import Counter
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
