@@ -184,3 +184,21 @@ def test_a_command_on_a_fresh_data_folder_prepares_it_and_never_prints_a_traceba
     as_json = local.cli("keys", "show", "--user", "nobody", "--json")
     assert as_json.returncode == 3
     assert json.loads(as_json.stdout)["error"]["code"] == "no_current_key"
+
+
+def test_every_json_answer_is_one_document_on_stdout_errors_and_usage_errors_too(
+    local: LocalInstall,
+) -> None:
+    # a job run now, an error from the service, a usage error before any command ran
+    ran = local.cli("jobs", "run", "advance-key-operations", "--json")
+    missing = local.cli("keys", "show", "--user", "nobody", "--json")
+    unknown_job = local.cli("jobs", "run", "no-such-job", "--json")
+    bad_value = local.cli("tokens", "list", "--json", "--no-such-option")
+    for done, exit_code in ((ran, 0), (missing, 3), (unknown_job, 2), (bad_value, 2)):
+        assert done.returncode == exit_code, (done.args, done.stdout, done.stderr)
+        document = json.loads(done.stdout)  # one document and nothing else, or this raises
+        assert "Traceback" not in done.stderr
+        if exit_code:
+            assert document["error"]["exit_code"] == exit_code, document
+    assert json.loads(ran.stdout)["job"] == "advance-key-operations"
+    assert json.loads(unknown_job.stdout)["error"]["code"] == "invalid_argument"

@@ -232,3 +232,11 @@ def test_every_error_code_the_code_can_answer_is_in_the_readme() -> None:
     )
     assert answered, "the scan found no codes at all"
     assert sorted(answered - documented) == []
+
+
+def test_the_local_server_runs_the_deployed_jobs_on_their_schedules() -> None:
+    from shared.jobs.schedule import scheduled_jobs
+
+    vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
+    on_vercel = {cron["path"].rpartition("/")[2]: cron["schedule"] for cron in vercel["crons"]}
+    assert {name: cron.expression for name, (_, cron) in scheduled_jobs().items()} == on_vercel

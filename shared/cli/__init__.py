@@ -5,6 +5,7 @@ operator's tools (keys, usage, tiers, tokens, jobs, audit). Exit codes: shared/c
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from shared.cli.jobs import app as jobs_app
 from shared.cli.keys import app as keys_app
 from shared.cli.keys import reconcile
 from shared.cli.support import (
+    EXIT_INVALID,
     EXIT_PROBLEM,
     DsnOption,
     begin_command,
@@ -249,10 +251,25 @@ def emulator(
 
 def main() -> None:
     try:
-        app()
+        exit_code = app(standalone_mode=False)
+    except typer.TyperException as error:
+        # click's usage errors, as typer bundles them: a bad or missing argument
+        show, message = getattr(error, "show", None), getattr(error, "format_message", None)
+        if show is None or message is None:
+            raise
+        code = int(getattr(error, "exit_code", EXIT_INVALID))
+        if "--json" in sys.argv[1:]:
+            refused = {"code": "invalid_argument", "message": redact(message()), "exit_code": code}
+            sys.stdout.write(json.dumps({"error": refused}) + "\n")
+        else:
+            show()
+        raise SystemExit(code) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
     except Exception as error:  # anything the commands did not turn into their own line
         sys.stderr.write(f"error: internal_error: {redact(f'{type(error).__name__}: {error}')}\n")
         raise SystemExit(EXIT_PROBLEM) from None
+    raise SystemExit(exit_code if isinstance(exit_code, int) else 0)
 
 
 if __name__ == "__main__":
