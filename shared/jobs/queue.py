@@ -1,31 +1,35 @@
 """Working through a bulk job in pieces: claim items, run them with bounded concurrency until
 the invocation's time budget is spent, hand back what was not started.
 
-Several invocations may work on one job at once (cron ticks overlapping, a self-invocation):
-the database hands each item to one worker at a time (schema/migrations/0008_work_queue.sql).
-A handler must be idempotent per item, since an item whose worker died is run again; the key
-sagas are (a rotation replays by its idempotency key).
+Several invocations may work on one job at once (the work lanes, a cron tick, a request): the
+database hands each item to one worker at a time, and an item of a later phase only once every
+item of the earlier phases was tried (schema/migrations/0017_one_work_queue.sql). While it
+works, the process follows the fleet's share of OpenRouter (shared/jobs/fleet.py). A handler
+must be idempotent per item, since an item whose worker died is run again; the key sagas are
+(a rotation replays by its idempotency key). What a handler returns is kept as the item's
+result. Deadlines are read on the event loop's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from shared.config import Settings
 from shared.errors import AppError, NotFound
+from shared.jobs.fleet import fleet_member
 from shared.jobs.repository import ClaimedItem, JobProgress, WorkQueueRepository
 from shared.observability import logger
 from shared.redaction import redact
 from shared.runtime import Runtime
 
-ItemHandler = Callable[[str], Awaitable[None]]
+ItemHandler = Callable[[ClaimedItem], Awaitable[Any]]
 
 
 class RetryItemLater(Exception):
@@ -47,8 +51,9 @@ class QueueSettings:
     retry_max_s: float = 3600.0
 
     @classmethod
-    def of(cls, settings: Settings) -> QueueSettings:
-        return cls(concurrency=settings.job_concurrency, time_budget_s=settings.job_time_budget_s)
+    def of(cls, settings: Settings, *, time_budget_s: float | None = None) -> QueueSettings:
+        budget = settings.job_time_budget_s if time_budget_s is None else time_budget_s
+        return cls(concurrency=settings.job_concurrency, time_budget_s=budget)
 
 
 @dataclass(slots=True)
@@ -77,17 +82,28 @@ async def work_through(
 ) -> WorkReport:
     """Run the job's due items until none is left or the time budget is spent."""
     report = WorkReport(worker=worker or f"worker-{uuid.uuid4().hex[:12]}")
-    deadline = time.monotonic() + settings.time_budget_s
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + settings.time_budget_s
     lease_s = int(settings.time_budget_s + settings.lease_margin_s)
     database = runtime.database()
     buffer: list[ClaimedItem] = []
     claim_lock = asyncio.Lock()
     exhausted = False
+    running = 0
+    finished = 0  # items ended in this invocation: a claim made meanwhile may be stale
+    one_finished = asyncio.Event()
 
     async def next_item() -> ClaimedItem | None:
         nonlocal exhausted
-        async with claim_lock:
-            if not buffer and not exhausted and time.monotonic() < deadline:
+        while True:
+            async with claim_lock:
+                if clock() >= deadline:
+                    return None
+                if buffer:
+                    return buffer.pop(0)
+                if exhausted:
+                    return None
+                finished_before = finished
                 async with database.connection() as conn:
                     buffer.extend(
                         await WorkQueueRepository(conn).claim(
@@ -97,12 +113,19 @@ async def work_through(
                             lease_s=lease_s,
                         )
                     )
-                exhausted = not buffer
-            return buffer.pop(0) if buffer and time.monotonic() < deadline else None
+                if buffer or finished != finished_before:
+                    continue  # claimed, or an item ended meanwhile and may have opened more
+                if running == 0:
+                    exhausted = True  # nothing due, and nothing of ours that could open more
+                    return None
+                # Nothing claimable while our own items run: a later phase opens when they
+                # end, so wait for one to end and ask again.
+                one_finished.clear()
+            await one_finished.wait()
 
     async def run(claimed: ClaimedItem) -> None:
         try:
-            await handler(claimed.item)
+            result = await handler(claimed)
         except Exception as error:
             after = error.after_s if isinstance(error, RetryItemLater) else None
             if isinstance(error, AppError):
@@ -126,16 +149,24 @@ async def work_through(
             return
         async with database.connection() as conn:
             completed = await WorkQueueRepository(conn).complete(
-                job_id, claimed.item, worker=report.worker
+                job_id, claimed.item, worker=report.worker, result=result
             )
         report.done += completed
         report.lost += not completed
 
     async def lane() -> None:
+        nonlocal running, finished
         while (claimed := await next_item()) is not None:
-            await run(claimed)
+            running += 1
+            try:
+                await run(claimed)
+            finally:
+                running -= 1
+                finished += 1
+                one_finished.set()
 
-    await asyncio.gather(*(lane() for _ in range(settings.concurrency)))
+    async with fleet_member(runtime, lease_s=lease_s):
+        await asyncio.gather(*(lane() for _ in range(settings.concurrency)))
     async with database.connection() as conn:
         repository = WorkQueueRepository(conn)
         if buffer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -22,6 +22,7 @@ class WorkJob:
     created_by: str
     created_at: datetime
     finished_at: datetime | None
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,26 @@ class JobProgress:
 @dataclass(frozen=True, slots=True)
 class ClaimedItem:
     item: str
-    attempts: int
+    attempts: int  # this claim included
+    phase: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item to enqueue: its name (unique in its job), phase and payload."""
+
+    item: str
+    phase: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetShare:
+    share: int  # calls at once this worker may make
+    allowance: int  # calls at once OpenRouter takes from the whole fleet, as learned
+    workers: int
+    resume_in_s: float  # a 429's Retry-After still to wait out
 
 
 class WorkQueueRepository:
@@ -64,13 +84,14 @@ class WorkQueueRepository:
         created_by: str,
         params: dict[str, Any] | None = None,
         max_attempts: int = 5,
+        priority: int = 0,
     ) -> tuple[WorkJob, bool]:
         """The job of this kind and name, created if new; (job, created)."""
         cursor = await self._conn.execute(
-            "insert into work_jobs (kind, name, params, max_attempts, created_by)"
-            " values (%s, %s, %s::jsonb, %s, %s) on conflict (kind, name) do nothing"
+            "insert into work_jobs (kind, name, params, max_attempts, created_by, priority)"
+            " values (%s, %s, %s::jsonb, %s, %s, %s) on conflict (kind, name) do nothing"
             " returning *",
-            (kind, name, json.dumps(params or {}), max_attempts, created_by),
+            (kind, name, json.dumps(params or {}), max_attempts, created_by, priority),
         )
         row = await cursor.fetchone()
         if row is not None:
@@ -87,27 +108,103 @@ class WorkQueueRepository:
         row = await cursor.fetchone()
         return None if row is None else WorkJob(**row)  # type: ignore[arg-type]
 
-    async def enqueue(self, job_id: UUID, items: list[str]) -> int:
+    async def enqueue(self, job_id: UUID, items: list[str] | list[NewItem]) -> int:
         """Add items; an item already in the job is not added twice. The number added."""
+        new = [i if isinstance(i, NewItem) else NewItem(i) for i in items]
         cursor = await self._conn.execute(
-            "insert into work_items (job_id, item) select %s, unnest(%s::text[])"
+            "insert into work_items (job_id, item, phase, payload)"
+            " select %s, i, p, d from unnest(%s::text[], %s::smallint[], %s::jsonb[]) as u(i, p, d)"
             " on conflict do nothing",
-            (job_id, items),
+            (
+                job_id,
+                [i.item for i in new],
+                [i.phase for i in new],
+                [json.dumps(i.payload) for i in new],
+            ),
         )
         return cursor.rowcount
+
+    async def due_jobs(self, *, limit: int) -> list[WorkJob]:
+        """Running jobs with an item due now, most urgent first."""
+        cursor = await self._conn.execute("select * from work_jobs_due(%s)", (limit,))
+        return [WorkJob(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
+
+    async def results(self, job_id: UUID, *, prefix: str) -> list[Any]:
+        """The results of the job's done items whose names start with `prefix`."""
+        cursor = await self._conn.execute(
+            "select result from work_items where job_id = %s and status = 'done'"
+            " and starts_with(item, %s) and result is not null order by item",
+            (job_id, prefix),
+        )
+        return [row["result"] for row in await cursor.fetchall()]
+
+    async def open_items(self, job_id: UUID, *, prefix: str) -> int:
+        """How many of the job's items named `prefix...` are not done (pending or parked)."""
+        cursor = await self._conn.execute(
+            "select count(*) as n from work_items where job_id = %s and status <> 'done'"
+            " and starts_with(item, %s)",
+            (job_id, prefix),
+        )
+        row = await cursor.fetchone()
+        return int(row["n"]) if row else 0  # type: ignore[call-overload]
+
+    async def unfinished(self, job_id: UUID) -> list[tuple[str, str, str | None]]:
+        """(item, status, last error) of the job's items that are not done."""
+        cursor = await self._conn.execute(
+            "select item, status, last_error from work_items where job_id = %s"
+            " and status <> 'done' order by item",
+            (job_id,),
+        )
+        return [
+            (
+                str(r["item"]),
+                str(r["status"]),
+                None if r["last_error"] is None else str(r["last_error"]),
+            )
+            for r in await cursor.fetchall()
+        ]
+
+    async def fleet_share(
+        self,
+        worker: str,
+        *,
+        max_allowance: int,
+        lease_s: int,
+        successes: int,
+        throttled: bool,
+        retry_after_s: float,
+        leave: bool = False,
+    ) -> FleetShare:
+        cursor = await self._conn.execute(
+            "select * from openrouter_fleet_share(%s, %s, %s, %s, %s, %s::numeric, %s)",
+            (worker, max_allowance, lease_s, successes, throttled, retry_after_s, leave),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return FleetShare(
+            share=int(row["share"]),  # type: ignore[call-overload]
+            allowance=int(row["allowance"]),  # type: ignore[call-overload]
+            workers=int(row["workers"]),  # type: ignore[call-overload]
+            resume_in_s=float(row["resume_in_s"]),  # type: ignore[arg-type]
+        )
 
     async def claim(
         self, job_id: UUID, *, worker: str, limit: int, lease_s: int
     ) -> list[ClaimedItem]:
         cursor = await self._conn.execute(
-            "select item, attempts from claim_work_items(%s, %s, %s, %s)",
+            "select item, attempts, phase, payload from claim_work_items(%s, %s, %s, %s)"
+            " order by phase, item",
             (job_id, worker, limit, lease_s),
         )
-        return [ClaimedItem(str(r["item"]), int(r["attempts"])) for r in await cursor.fetchall()]  # type: ignore[call-overload]
+        return [
+            ClaimedItem(str(r["item"]), int(r["attempts"]), int(r["phase"]), dict(r["payload"]))  # type: ignore[call-overload]
+            for r in await cursor.fetchall()
+        ]
 
-    async def complete(self, job_id: UUID, item: str, *, worker: str) -> bool:
+    async def complete(self, job_id: UUID, item: str, *, worker: str, result: Any = None) -> bool:
         cursor = await self._conn.execute(
-            "select complete_work_item(%s, %s, %s) as done", (job_id, item, worker)
+            "select complete_work_item(%s, %s, %s, %s::jsonb) as done",
+            (job_id, item, worker, None if result is None else json.dumps(result)),
         )
         row = await cursor.fetchone()
         return bool(row and row["done"])

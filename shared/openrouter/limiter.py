@@ -4,6 +4,11 @@ Additive increase, multiplicative decrease: a 429 halves the number of calls all
 and pauses new calls until its Retry-After has passed; every run of successes as long as the
 current limit earns one more slot, up to the configured maximum. So a bulk job that hits
 OpenRouter's rate limit slows down as a whole instead of every task retrying on its own.
+
+A process working a bulk job is one of a fleet of invocations: it then follows the fleet's
+share instead (shared/jobs/fleet.py), reporting its successes and 429s and taking the number of
+calls at once the fleet's allowance leaves it, so that the fleet, not each invocation, stays
+within what OpenRouter takes.
 """
 
 from __future__ import annotations
@@ -12,8 +17,19 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class FleetLink(Protocol):
+    """The fleet's shared allowance: report what was seen, get this process's share."""
+
+    async def sync(
+        self, *, successes: int, throttled: bool, retry_after_s: float
+    ) -> tuple[int, float]:
+        """(calls at once this process may make, seconds of a Retry-After still to wait)."""
+        ...
 
 
 class AdaptiveLimiter:
@@ -36,6 +52,58 @@ class AdaptiveLimiter:
         self._clock = clock
         self._freed: asyncio.Condition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.fleet: FleetLink | None = None
+        self.fleet_sync_s = 0.5
+        self._fleet_members = 0
+        self._fleet_successes = 0
+        self._fleet_throttled = False
+        self._fleet_retry_after_s = 0.0
+        self._fleet_synced_at = float("-inf")
+        self._fleet_syncing = False
+
+    def join(self, fleet: FleetLink) -> None:
+        """Follow the fleet's share while at least one bulk job runs in this process."""
+        self._fleet_members += 1
+        if self.fleet is not fleet:
+            self.fleet = fleet
+            self._fleet_synced_at = float("-inf")
+
+    def leave(self) -> bool:
+        """Whether that was the last bulk job of this process (it then leaves the fleet)."""
+        self._fleet_members = max(0, self._fleet_members - 1)
+        if self._fleet_members == 0:
+            self.fleet = None
+            self.limit = self.max_concurrency
+            return True
+        return False
+
+    async def _follow_fleet(self) -> None:
+        fleet = self.fleet
+        due = self._fleet_throttled or self._clock() - self._fleet_synced_at >= self.fleet_sync_s
+        if fleet is None or not due or self._fleet_syncing:
+            return
+        self._fleet_syncing = True
+        successes, throttled = self._fleet_successes, self._fleet_throttled
+        retry_after_s = self._fleet_retry_after_s
+        self._fleet_successes, self._fleet_throttled, self._fleet_retry_after_s = 0, False, 0.0
+        try:
+            share, resume_in_s = await fleet.sync(
+                successes=successes, throttled=throttled, retry_after_s=retry_after_s
+            )
+        except Exception:  # the database is the fleet's: without it, go on as a lone process
+            self._fleet_successes += successes
+            self._fleet_throttled = self._fleet_throttled or throttled
+            share, resume_in_s = self.limit, 0.0
+        finally:
+            self._fleet_syncing = False
+            self._fleet_synced_at = self._clock()
+        if self.fleet is fleet:
+            self.limit = max(1, min(self.max_concurrency, share))
+            if resume_in_s > 0:
+                self._resume_at = max(self._resume_at, self._clock() + resume_in_s)
+            if self._freed is not None and self._loop is asyncio.get_running_loop():
+                async with self._freed:
+                    self._freed.notify_all()  # a larger share admits waiters now
 
     def _condition(self) -> asyncio.Condition:
         loop = asyncio.get_running_loop()
@@ -47,6 +115,8 @@ class AdaptiveLimiter:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         freed = self._condition()
+        if self.fleet is not None:
+            await self._follow_fleet()
         waited_for = 0.0
         while True:
             resume_at = self._resume_at
@@ -75,8 +145,14 @@ class AdaptiveLimiter:
         self._successes = 0
         wait = retry_after_s if retry_after_s is not None else 1.0
         self._resume_at = max(self._resume_at, self._clock() + wait)
+        if self.fleet is not None:
+            self._fleet_throttled = True
+            self._fleet_retry_after_s = max(self._fleet_retry_after_s, wait)
 
     def succeeded(self) -> None:
+        if self.fleet is not None:
+            self._fleet_successes += 1
+            return  # the fleet's allowance grows, not this process's own
         self._successes += 1
         if self._successes >= self.limit and self.limit < self.max_concurrency:
             # One slot more; the next release wakes a waiter to use it.
