@@ -25,6 +25,7 @@ class EmergencyRotationRecord:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    job_id: UUID | None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> EmergencyRotationRecord:
@@ -40,12 +41,12 @@ class EmergencyItemRecord:
     revoke_ms: Decimal | None
     replacement_key_id: UUID | None
     error: str | None
-    attempts: int
     updated_at: datetime
+    attempts: int = 0  # tries of its work items (blocking it, replacing its owner's keys)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> EmergencyItemRecord:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
 class EmergencyRepository:
@@ -72,6 +73,8 @@ class EmergencyRepository:
     async def insert_rotation(
         self,
         *,
+        rotation_id: UUID,
+        job_id: UUID,
         requested_by: str,
         reason: str,
         scope: dict[str, Any],
@@ -79,20 +82,19 @@ class EmergencyRepository:
         request_id: str | None,
     ) -> EmergencyRotationRecord:
         cursor = await self._conn.execute(
-            "insert into emergency_rotations (requested_by, reason, scope, status, total,"
-            " request_id) values (%s, %s, %s::jsonb, 'running', %s, %s) returning *",
-            (requested_by, reason, json.dumps(scope), len(keys), request_id),
+            "insert into emergency_rotations (id, job_id, requested_by, reason, scope, status,"
+            " total, request_id) values (%s, %s, %s, %s, %s::jsonb, 'running', %s, %s)"
+            " returning *",
+            (rotation_id, job_id, requested_by, reason, json.dumps(scope), len(keys), request_id),
         )
         row = await cursor.fetchone()
         assert row is not None
-        rotation = EmergencyRotationRecord.from_row(row)
-        async with self._conn.cursor() as cur:
-            await cur.executemany(
-                "insert into emergency_rotation_items (rotation_id, key_id, owner, status)"
-                " values (%s, %s, %s, 'pending')",
-                [(rotation.id, key.id, key.owner) for key in keys],
-            )
-        return rotation
+        await self._conn.execute(
+            "insert into emergency_rotation_items (rotation_id, key_id, owner, status)"
+            " select %s, k, o, 'pending' from unnest(%s::uuid[], %s::text[]) as u(k, o)",
+            (rotation_id, [key.id for key in keys], [key.owner for key in keys]),
+        )
+        return EmergencyRotationRecord.from_row(row)
 
     async def get_rotation(self, rotation_id: UUID) -> EmergencyRotationRecord | None:
         cursor = await self._conn.execute(
@@ -129,27 +131,22 @@ class EmergencyRepository:
 
     async def items(self, rotation_id: UUID) -> list[EmergencyItemRecord]:
         cursor = await self._conn.execute(
-            "select * from emergency_rotation_items where rotation_id = %s order by owner",
+            "select i.*, coalesce(b.attempts, 0) + coalesce(o.attempts, 0) as attempts"
+            " from emergency_rotation_items i join emergency_rotations r on r.id = i.rotation_id"
+            " left join work_items b on b.job_id = r.job_id and b.item = 'revoke:' || i.key_id"
+            " left join work_items o on o.job_id = r.job_id and o.item = 'replace:' || i.owner"
+            " where i.rotation_id = %s order by i.owner, i.key_id",
             (rotation_id,),
         )
         return [EmergencyItemRecord.from_row(row) for row in await cursor.fetchall()]
 
-    async def claim_items(
-        self, rotation_id: UUID, *, limit: int, lease_s: int
-    ) -> list[EmergencyItemRecord]:
-        """Items no one is working on; SKIP LOCKED so that parallel workers split them."""
+    async def item(self, rotation_id: UUID, key_id: UUID) -> EmergencyItemRecord | None:
         cursor = await self._conn.execute(
-            "update emergency_rotation_items i"
-            " set lease_until = now() + make_interval(secs => %s), attempts = attempts + 1"
-            " from (select rotation_id, key_id from emergency_rotation_items"
-            "       where rotation_id = %s and status in ('pending', 'disabled')"
-            "       and (lease_until is null or lease_until < now())"
-            "       order by owner limit %s for update skip locked) claimable"
-            " where i.rotation_id = claimable.rotation_id and i.key_id = claimable.key_id"
-            " returning i.*",
-            (lease_s, rotation_id, limit),
+            "select * from emergency_rotation_items where rotation_id = %s and key_id = %s",
+            (rotation_id, key_id),
         )
-        return [EmergencyItemRecord.from_row(row) for row in await cursor.fetchall()]
+        row = await cursor.fetchone()
+        return None if row is None else EmergencyItemRecord.from_row(row)
 
     async def mark_item(
         self,
@@ -159,27 +156,14 @@ class EmergencyRepository:
         revoke_ms: Decimal | None = None,
         replacement_key_id: UUID | None = None,
         error: str | None = None,
-        retry_after_s: int | None = None,
     ) -> None:
-        """Record an item's state; retry_after_s keeps it from being claimed again too soon."""
         await self._conn.execute(
             "update emergency_rotation_items set status = %s,"
             " revoke_ms = coalesce(%s, revoke_ms),"
             " replacement_key_id = coalesce(%s, replacement_key_id), error = %s,"
-            " lease_until = case when %s::integer is null then null"
-            "   else now() + make_interval(secs => %s::integer) end,"
             " updated_at = now()"
             " where rotation_id = %s and key_id = %s",
-            (
-                status,
-                revoke_ms,
-                replacement_key_id,
-                error,
-                retry_after_s,
-                retry_after_s,
-                item.rotation_id,
-                item.key_id,
-            ),
+            (status, revoke_ms, replacement_key_id, error, item.rotation_id, item.key_id),
         )
 
     async def owner_items(self, rotation_id: UUID, owner: str) -> list[EmergencyItemRecord]:

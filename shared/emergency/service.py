@@ -2,10 +2,13 @@
 
 Revoke-first is the point: a leaked key stops working before anything else happens. The scope
 is every key that can still spend: current, previous (in a grace period) and pending (being
-made). Each key is an item of a persisted job, processed with bounded concurrency until the
-invocation's time budget is spent; the rest is picked up by the next invocation. An operation
-in progress for an owner does not stall it: the emergency supersedes it. The job always ends,
-completed or failed with each key's reason.
+made). It runs on the one work queue, at the highest priority: a job whose first phase blocks
+each key (one item a key: disable, read back, timed) and whose second replaces each owner's
+keys (one item an owner), the second starting only once every key of the first was tried. The
+request that starts it works it for EMERGENCY_REQUEST_BUDGET_S; the work lanes take it from
+there, as many at once as the fan-out allows. An operation in progress for an owner does not
+stall it: the emergency supersedes it. The job always ends, completed or failed with each key's
+reason (emergency_rotation_items keeps every key's outcome).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,6 +31,8 @@ from shared.emergency.repository import (
     EmergencyRotationRecord,
 )
 from shared.errors import AppError, NotFound
+from shared.jobs.queue import ItemHandler, QueueSettings, RetryItemLater, work_through
+from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.limits import KeyVanished, OwnerLease
 from shared.keys.repository import KeyRecord, KeyRepository
 from shared.keys.service import KeyLifecycleService, Owner
@@ -34,9 +40,11 @@ from shared.observability import logger
 from shared.openrouter.errors import OpenRouterError
 from shared.runtime import Runtime
 
+KIND = "emergency_rotation"
+PRIORITY = 9  # before every other bulk job
 # An outage at OpenRouter must not fail an emergency: retry with backoff for about an hour.
 MAX_ATTEMPTS = 12
-_ITEM_LEASE_S = 120
+BLOCK_PHASE, REPLACE_PHASE = 0, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +100,27 @@ class EmergencyRotationService:
         time_budget_s: float,
     ) -> EmergencyStatus:
         keys = await self.keys_in_scope(scope)
+        rotation_id = uuid.uuid4()
         async with self._runtime.database().connection() as conn, conn.transaction():
+            queue = WorkQueueRepository(conn)
+            job, _ = await queue.ensure_job(
+                KIND,
+                str(rotation_id),
+                created_by=actor,
+                max_attempts=MAX_ATTEMPTS,
+                priority=PRIORITY,
+            )
+            await queue.enqueue(
+                job.id,
+                [NewItem(f"revoke:{key.id}", BLOCK_PHASE) for key in keys]
+                + [
+                    NewItem(f"replace:{owner}", REPLACE_PHASE)
+                    for owner in sorted({key.owner for key in keys})
+                ],
+            )
             rotation = await EmergencyRepository(conn).insert_rotation(
+                rotation_id=rotation_id,
+                job_id=job.id,
                 requested_by=actor,
                 reason=reason,
                 scope=scope.as_json(),
@@ -123,51 +150,74 @@ class EmergencyRotationService:
             return await emergencies.recent_rotations(limit=limit)
 
     async def process_running(self, *, time_budget_s: float) -> int:
+        """Work every running emergency rotation, oldest first, for the time budget."""
         async with self._repository() as emergencies:
             running = await emergencies.running_rotations()
-        deadline = time.monotonic() + time_budget_s
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + time_budget_s
         for rotation in running:
-            await self.process(rotation.id, time_budget_s=max(0.0, deadline - time.monotonic()))
+            await self.process(rotation.id, time_budget_s=max(0.0, deadline - clock()))
         return len(running)
 
     async def process(self, rotation_id: UUID, *, time_budget_s: float) -> None:
-        """Work on the rotation's items until none is left or the time budget is spent:
-        every claimed key is blocked first, then each owner gets its replacement."""
-        settings = self._runtime.settings
-        deadline = time.monotonic() + time_budget_s
+        """Work the rotation's job for the time budget (every key blocked before any is
+        replaced), as any invocation of the work queue would."""
         rotation = (await self.status(rotation_id)).rotation
-        semaphore = asyncio.Semaphore(settings.emergency_concurrency)
-
-        async def bounded(work: Awaitable[None]) -> None:
-            async with semaphore:
-                await work
-
-        while time.monotonic() < deadline:
-            async with self._repository() as emergencies:
-                batch = await emergencies.claim_items(
-                    rotation_id, limit=settings.emergency_concurrency * 4, lease_s=_ITEM_LEASE_S
-                )
-            if not batch:
-                break
-            # Revoke first: nothing in the batch is replaced before everything in it is blocked.
-            blocked = await asyncio.gather(
-                *(self._block_item(rotation, item) for item in batch if item.status == "pending")
+        if rotation.job_id is None:
+            return
+        async with self._runtime.database().connection() as conn:
+            job = await WorkQueueRepository(conn).get_job(rotation.job_id)
+        if job is not None:
+            await work_through(
+                self._runtime,
+                job.id,
+                self.handler(job),
+                self.queue_settings(time_budget_s=time_budget_s),
             )
-            failed = {key_id for key_id, ok in blocked if not ok}
-            owners = sorted({item.owner for item in batch if item.key_id not in failed})
-            await asyncio.gather(*(bounded(self._replace(rotation, owner)) for owner in owners))
         async with self._repository() as emergencies:
             await emergencies.complete_if_done(rotation_id)
 
+    def queue_settings(self, *, time_budget_s: float) -> QueueSettings:
+        return QueueSettings(
+            concurrency=self._runtime.settings.emergency_concurrency,
+            time_budget_s=time_budget_s,
+        )
+
+    def handler(self, job: WorkJob) -> ItemHandler:
+        """The items of an emergency's job: revoke:<key id>, then replace:<owner>."""
+        rotation_id = UUID(job.name)
+        rotation: EmergencyRotationRecord | None = None
+
+        async def handle(claimed: ClaimedItem) -> None:
+            nonlocal rotation
+            if rotation is None:
+                rotation = (await self.status(rotation_id)).rotation
+            final = claimed.attempts >= job.max_attempts
+            kind, _, ref = claimed.item.partition(":")
+            try:
+                if kind == "revoke":
+                    await self._block_item(rotation, UUID(ref), claimed.attempts, final=final)
+                else:
+                    await self._replace(rotation, ref, claimed.attempts, final=final)
+            finally:
+                async with self._repository() as emergencies:
+                    await emergencies.complete_if_done(rotation_id)
+
+        return handle
+
     async def _block_item(
-        self, rotation: EmergencyRotationRecord, item: EmergencyItemRecord
-    ) -> tuple[UUID, bool]:
+        self, rotation: EmergencyRotationRecord, key_id: UUID, attempts: int, *, final: bool
+    ) -> None:
         """Disable the key at OpenRouter and read it back; no lease needed, it only reduces."""
+        async with self._repository() as emergencies:
+            item = await emergencies.item(rotation.id, key_id)
+        if item is None or item.status != "pending":
+            return  # its owner's replacement blocked it already, or it failed for good
         keys = KeyLifecycleService(self._runtime)
         try:
             key = await keys.get_key(item.key_id)
             if key.openrouter_hash is None or key.deleted_at is not None:
-                return item.key_id, True  # nothing at OpenRouter yet, or any more: the owner step
+                return  # nothing at OpenRouter yet, or any more: the owner step records it
             started = time.perf_counter()
             with contextlib.suppress(KeyVanished):  # gone is blocked; the owner step records it
                 key = await keys.limits.block(key)
@@ -185,12 +235,12 @@ class EmergencyRotationService:
                     fingerprint=key.fingerprint,
                     details={"revoke_ms": str(revoke_ms), "state": key.state},
                 )
-            return item.key_id, True
         except (AppError, OpenRouterError) as exc:
-            await self._retry_later(rotation, item, exc)
-            return item.key_id, False
+            raise await self._not_done(rotation, [item], exc, attempts, final=final) from exc
 
-    async def _replace(self, rotation: EmergencyRotationRecord, owner_key: str) -> None:
+    async def _replace(
+        self, rotation: EmergencyRotationRecord, owner_key: str, attempts: int, *, final: bool
+    ) -> None:
         """Under the owner's lease: end any operation in progress, make sure every key of the
         owner in scope is blocked, revoke them, and give the owner one new key."""
         keys = KeyLifecycleService(self._runtime)
@@ -223,9 +273,7 @@ class EmergencyRotationService:
                 replacement = await self._replacement(keys, lease, owner, in_scope, actor)
                 await keys.limits.tend(lease)
         except (AppError, OpenRouterError, KeyVanished) as exc:
-            for item in open_items:
-                await self._retry_later(rotation, item, exc)
-            return
+            raise await self._not_done(rotation, open_items, exc, attempts, final=final) from exc
         async with self._runtime.database().connection() as conn, conn.transaction():
             for item in open_items:
                 await EmergencyRepository(conn).mark_item(
@@ -281,26 +329,30 @@ class EmergencyRotationService:
                 details={"was": key.state},
             )
 
-    async def _retry_later(
-        self, rotation: EmergencyRotationRecord, item: EmergencyItemRecord, exc: Exception
-    ) -> None:
-        code = getattr(exc, "code", None) or type(exc).__name__
-        busy = code == "operation_in_progress"
-        final = item.attempts >= MAX_ATTEMPTS
+    async def _not_done(
+        self,
+        rotation: EmergencyRotationRecord,
+        items: list[EmergencyItemRecord],
+        exc: Exception,
+        attempts: int,
+        *,
+        final: bool,
+    ) -> RetryItemLater:
+        """The keys' outcome when their item failed: failed for good on its last attempt, else
+        tried again soon (at once when another invocation holds the owner for a moment)."""
+        code = str(getattr(exc, "code", None) or type(exc).__name__)
         logger.warning(
             "emergency item not done",
             extra={
                 "rotation_id": str(rotation.id),
-                "key_id": str(item.key_id),
+                "keys": [str(item.key_id) for item in items],
                 "error_code": code,
                 "final": final,
             },
         )
-        async with self._repository() as emergencies:
-            await emergencies.mark_item(
-                item,
-                status="failed" if final else item.status,
-                error=str(code),
-                # Another invocation holds the owner for a moment: try again soon.
-                retry_after_s=None if final else (1 if busy else min(2**item.attempts, 600)),
-            )
+        if final:
+            async with self._repository() as emergencies:
+                for item in items:
+                    await emergencies.mark_item(item, status="failed", error=code)
+        busy = code == "operation_in_progress"
+        return RetryItemLater(code, after_s=1 if busy else min(2 ** max(attempts, 1), 600))

@@ -111,7 +111,10 @@ async def test_keys_are_blocked_even_when_no_replacement_can_be_made(
     # replacements are issued
     emulator.clear_faults()
     async with database.connection() as conn:
-        await conn.execute("update emergency_rotation_items set lease_until = now()")
+        await conn.execute(
+            "update work_items set available_at = now() where job_id = %s and status = 'pending'",
+            (status.rotation.job_id,),
+        )
     assert await service.process_running(time_budget_s=5) == 1
     done = await service.status(status.rotation.id)
     assert (done.rotation.status, done.count("replaced")) == ("completed", 2)
@@ -191,7 +194,11 @@ async def test_an_emergency_ends_failed_with_each_keys_reason_when_it_cannot_fin
     )
     assert status.rotation.status == "running"
     async with database.connection() as conn:
-        await conn.execute("update emergency_rotation_items set attempts = 12, lease_until = now()")
+        await conn.execute(
+            "update work_items set attempts = 11, available_at = now()"
+            " where job_id = %s and status = 'pending'",
+            (status.rotation.job_id,),
+        )
 
     # WHEN the job runs once more
     await service.process_running(time_budget_s=2)
