@@ -487,6 +487,36 @@ class KeyRepository:
         keys = await self._many(KeyRecord, "select * from api_keys", ())
         return {key.openrouter_name: key for key in keys}
 
+    async def count_at_openrouter(self) -> int:
+        """Keys that may exist at OpenRouter under our names: what a listing will hold."""
+        cursor = await self._conn.execute(
+            "select count(*) as n from api_keys where openrouter_hash is not null"
+            " and deleted_at is null"
+        )
+        row = await cursor.fetchone()
+        return int(row["n"]) if row else 0  # type: ignore[call-overload]
+
+    async def by_openrouter_names(self, names: list[str]) -> dict[str, KeyRecord]:
+        keys = await self._many(
+            KeyRecord, "select * from api_keys where openrouter_name = any(%s)", (names,)
+        )
+        return {key.openrouter_name: key for key in keys}
+
+    async def live_keys_not_listed(self, job_id: UUID, *, before: datetime) -> list[KeyRecord]:
+        """Keys the database calls live, made before `before`, that no page of the reconcile
+        job `job_id` listed (each page's result holds the hashes it saw)."""
+        return await self._many(
+            KeyRecord,
+            "with seen as (select distinct h.hash from work_items w"
+            "  cross join lateral jsonb_array_elements_text(w.result -> 'hashes') as h(hash)"
+            "  where w.job_id = %s and w.status = 'done' and starts_with(w.item, 'page/'))"
+            " select k.* from api_keys k left join seen on seen.hash = k.openrouter_hash"
+            " where seen.hash is null and k.state in ('current', 'previous', 'pending')"
+            " and k.openrouter_hash is not null and k.created_at < %s"
+            " order by k.owner, k.created_at",
+            (job_id, before),
+        )
+
     async def live_keys(self) -> list[KeyRecord]:
         """Keys the database says exist at OpenRouter and may spend."""
         return await self._many(

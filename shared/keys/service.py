@@ -11,19 +11,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Literal
 from uuid import UUID, uuid4
 
 from shared.crypto.envelope import secret_context
 from shared.db import sql_errors
-from shared.errors import AppError, BadGateway, Conflict, NotFound, ValidationFailed
+from shared.errors import BadGateway, Conflict, NotFound, ValidationFailed
 from shared.keys.domain import (
     Checkpoint,
     IssuedKey,
     Owner,
-    OwnerOutcome,
     ReconcileReport,
     current_period,
     no_checkpoint,
@@ -69,6 +67,14 @@ class OwnerKeys:
     in_grace: list[KeyRecord]
     tier: str | None
     rotation_policy: str | None
+
+
+@dataclass
+class OwnerRepair:
+    """What reconciling one owner did."""
+
+    revoked_missing: list[UUID] = field(default_factory=list)
+    reprovisioned: list[UUID] = field(default_factory=list)
 
 
 class OwnerBusy(Conflict):
@@ -520,113 +526,58 @@ class KeyLifecycleService:
 
     # ----- reconciliation -----
 
-    async def reconcile(self, *, actor: str, request_id: str | None) -> ReconcileReport:
-        """Make OpenRouter and the database agree about every key under our name prefix.
+    async def reconcile(
+        self, *, actor: str, request_id: str | None, time_budget_s: float | None = None
+    ) -> ReconcileReport:
+        """Make OpenRouter and the database agree about every key under our name prefix, as a
+        job on the work queue (shared/keys/reconcile.py), worked here until nothing more can be
+        done now or the time budget is spent. Repeating it is harmless."""
+        from shared.keys import reconcile
 
-        Keys at OpenRouter the database does not know (older than the safety age, since a
-        create may be in flight) and keys the database already settled are deleted there.
-        Keys the database calls live but OpenRouter no longer has are taken out of play with
-        the best evidence of their spend and, if current, replaced: owner by owner, each under
-        its lease. An owner held by another invocation is skipped and reported; one that fails
-        is reported with its reason; the rest completes. Repeating it is harmless.
-        """
-        settings = self._runtime.settings
-        client = self._runtime.openrouter()
-        prefix = f"{settings.openrouter_key_name_prefix}-"
-        # The database first, OpenRouter second: a key made in between is then unknown (and
-        # too young to judge), never live-but-missing. Each key missing from the listing is
-        # still read again, under its owner's lease, before it is written off.
-        async with self._store.read() as keys:
-            known = await keys.known_openrouter_names()
-            live = await keys.live_keys()
-        try:
-            remote = [k for k in await client.list_all_keys() if k.name.startswith(prefix)]
-        except OpenRouterError as error:
-            raise openrouter_unavailable(error, {"step": "list keys"}) from error
-        async with self._store.read() as keys:
-            await keys.observe_many({k.hash: k.usage_monthly for k in remote}, current_period())
-        report = ReconcileReport()
-        now = datetime.now(UTC)
-        for key in remote:
-            record = known.get(key.name)
-            if record is not None and (
-                record.state in ("current", "previous", "pending") or record.deleted_at is None
-            ):
-                continue  # in play, or settling: its own lifecycle deletes it
-            if record is None and (
-                key.created_at is None
-                or (now - key.created_at).total_seconds() < settings.reconcile_orphan_min_age_s
-            ):
-                report.too_young_to_judge += 1
-                continue
-            try:
-                await client.delete_key(key.hash)
-            except OpenRouterError as error:
-                report.failed.append(
-                    OwnerOutcome(owner=f"openrouter:{key.hash}", reason=str(error.status_code))
-                )
-                continue
-            report.deleted_at_openrouter.append(key.hash)
-            async with self._store.transaction() as (_, audit):
-                await audit.append(
-                    actor=actor,
-                    action="reconcile.deleted_orphan",
-                    target=f"openrouter:{key.hash}",
-                    request_id=request_id,
-                    details={
-                        "name": key.name,
-                        "database_state": None if record is None else record.state,
-                    },
-                )
-        remote_hashes = {k.hash for k in remote}
-        missing_by_owner: dict[str, list[KeyRecord]] = {}
-        for record in live:
-            if record.openrouter_hash not in remote_hashes:
-                missing_by_owner.setdefault(record.owner, []).append(record)
-        for owner_key, missing in missing_by_owner.items():
-            await self._reconcile_owner(owner_key, missing, report, actor, request_id)
+        _, report = await reconcile.reconcile(
+            self._runtime, actor=actor, time_budget_s=time_budget_s
+        )
         return report
 
-    async def _reconcile_owner(
-        self,
-        owner_key: str,
-        missing: list[KeyRecord],
-        report: ReconcileReport,
-        actor: str,
-        request_id: str | None,
-    ) -> None:
+    async def repair_owner(
+        self, owner_key: str, missing: list[UUID], *, actor: str, request_id: str | None
+    ) -> OwnerRepair:
+        """Under the owner's lease: each key a listing did not show is read again, and written
+        off (with the best evidence of its spend) only if OpenRouter really lost it; a lost
+        current key is replaced. OwnerBusy if another invocation holds the owner."""
         owner = Owner.parse(owner_key)
-        try:
-            async with self.hold(
-                owner, actor=actor, reason="reconcile", request_id=request_id
-            ) as lease:
-                assert lease is not None
-                await self._finish_stalled(lease)
-                for record in missing:
-                    fresh = await self._store.get_key(record.id)
-                    if fresh.state not in ("current", "previous", "pending"):
-                        continue  # the operation we just finished took care of it
-                    try:
-                        await self._limits.usage(fresh)
-                        continue  # OpenRouter has it: the listing missed it, not OpenRouter
-                    except KeyVanished:
-                        pass
-                    await self._limits.vanished(lease, fresh)
-                    report.revoked_missing.append(fresh.id)
-                async with self._store.read() as keys:
-                    current = await keys.current_key(owner_key)
-                if current is None and any(r.state in ("current", "pending") for r in missing):
-                    replacement = await self.create_key(
-                        owner, actor=actor, request_id=request_id, lease=lease
-                    )
-                    report.reprovisioned.append(replacement.key.id)
-                await self._limits.tend(lease)
-        except OwnerBusy:
-            report.skipped.append(OwnerOutcome(owner=owner_key, reason="owner_busy"))
-        except (AppError, OpenRouterError, KeyVanished) as error:
-            code = getattr(error, "code", None) or type(error).__name__
-            logger.warning("reconcile: owner not repaired", extra={"owner": owner_key})
-            report.failed.append(OwnerOutcome(owner=owner_key, reason=str(code)))
+        repair = OwnerRepair()
+        async with self.hold(
+            owner, actor=actor, reason="reconcile", request_id=request_id
+        ) as lease:
+            assert lease is not None
+            # As they were before an operation left unfinished is finished: one that revokes
+            # the lost current key must not leave the owner without a key.
+            was_in_play = [
+                key.state in ("current", "pending")
+                for key in [await self._store.get_key(key_id) for key_id in missing]
+            ]
+            await self._finish_stalled(lease)
+            for key_id in missing:
+                fresh = await self._store.get_key(key_id)
+                if fresh.state not in ("current", "previous", "pending"):
+                    continue  # the operation we just finished took care of it
+                try:
+                    await self._limits.usage(fresh)
+                    continue  # OpenRouter has it: the listing missed it, not OpenRouter
+                except KeyVanished:
+                    pass
+                await self._limits.vanished(lease, fresh)
+                repair.revoked_missing.append(fresh.id)
+            async with self._store.read() as keys:
+                current = await keys.current_key(owner_key)
+            if current is None and any(was_in_play):
+                replacement = await self.create_key(
+                    owner, actor=actor, request_id=request_id, lease=lease
+                )
+                repair.reprovisioned.append(replacement.key.id)
+            await self._limits.tend(lease)
+        return repair
 
     # ----- revocation and disabling -----
 
