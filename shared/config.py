@@ -184,7 +184,8 @@ class Settings(BaseModel):
     )
     openrouter_max_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
         default=32,
-        description="OpenRouter calls one process makes at once; a 429 halves it for a while "
+        description="OpenRouter calls at once: of one process, and of the whole fleet of "
+        "invocations working bulk jobs (shared in the database); a 429 halves it for a while "
         "and pauses new calls for its Retry-After.",
     )
     openrouter_max_retry_after_s: Annotated[float, Field(gt=0)] = Field(
@@ -312,11 +313,17 @@ class Settings(BaseModel):
         "leaves the rest to the next (under Vercel's 60 s; up to 14 min on Lambda).",
     )
     job_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
-        default=16,
-        description="Items of a bulk job (a key rotation each) one invocation works on at once.",
+        default=32,
+        description="Items of a bulk job (a key rotation each) one invocation works on at once "
+        "(its OpenRouter calls stay within the fleet's share).",
     )
-    emergency_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
-        default=8, description="Keys an emergency rotation works on at once."
+    emergency_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=32, description="Keys an emergency rotation works on at once, per invocation."
+    )
+    work_lanes: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=2,
+        description="Invocations that work the bulk jobs every minute (the work lanes: as many "
+        "crons in vercel.json and schedules in serverless.yml).",
     )
     emergency_request_budget_s: Annotated[float, Field(ge=0, le=25)] = Field(
         default=20.0,

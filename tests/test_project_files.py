@@ -47,8 +47,8 @@ def test_every_cron_route_is_scheduled_on_both_platforms() -> None:
         for spec in serverless["functions"].values()
         if any("schedule" in event for event in spec["events"])
     }
-    assert {cron["path"] for cron in vercel["crons"]} == cron_routes
-    assert {path.rpartition("/")[2] for path in cron_routes} == scheduled_handlers
+    assert {cron["path"].partition("?")[0] for cron in vercel["crons"]} == cron_routes
+    assert {_cron_job_name(cron["path"]) for cron in vercel["crons"]} == scheduled_handlers
 
 
 def test_vercel_routes_reach_every_group_through_modules_that_export_app() -> None:
@@ -106,10 +106,17 @@ def _valid_cron(expression: str) -> bool:
     return True
 
 
+def _cron_job_name(path: str) -> str:
+    """/api/jobs/work?lane=1 -> work-lane-1, as serverless.yml's handler work_lane_1 reads."""
+    route, _, query = path.rpartition("/")[2].partition("?")
+    lane = dict(part.split("=", 1) for part in query.split("&") if part).get("lane")
+    return route if lane is None else f"{route}-lane-{lane}"
+
+
 def test_both_platforms_run_the_same_jobs_at_the_same_times() -> None:
     vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
     serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
-    on_vercel = {cron["path"].rpartition("/")[2]: cron["schedule"] for cron in vercel["crons"]}
+    on_vercel = {_cron_job_name(cron["path"]): cron["schedule"] for cron in vercel["crons"]}
     on_aws = {
         spec["handler"].rpartition(".")[2].replace("_", "-"): _eventbridge_as_cron(
             next(e["schedule"] for e in spec["events"] if "schedule" in e)
@@ -238,5 +245,28 @@ def test_the_local_server_runs_the_deployed_jobs_on_their_schedules() -> None:
     from shared.jobs.schedule import scheduled_jobs
 
     vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
-    on_vercel = {cron["path"].rpartition("/")[2]: cron["schedule"] for cron in vercel["crons"]}
+    # locally one process: one work lane stands for all of them
+    on_vercel = {
+        cron["path"].partition("?")[0].rpartition("/")[2]: cron["schedule"]
+        for cron in vercel["crons"]
+    }
     assert {name: cron.expression for name, (_, cron) in scheduled_jobs().items()} == on_vercel
+
+
+def test_both_platforms_run_as_many_work_lanes_as_configured() -> None:
+    import functions.jobs.aws as aws
+
+    vercel = json.loads((REPOSITORY_ROOT / "vercel.json").read_text())
+    serverless = yaml.safe_load((REPOSITORY_ROOT / "serverless.yml").read_text())
+    lanes = Settings().work_lanes
+    on_vercel = sorted(
+        c["path"] for c in vercel["crons"] if c["path"].startswith("/api/jobs/work?")
+    )
+    on_aws = sorted(
+        spec["handler"]
+        for spec in serverless["functions"].values()
+        if spec["handler"].startswith("functions/jobs/aws.work_lane_")
+    )
+    assert on_vercel == [f"/api/jobs/work?lane={n}" for n in range(lanes)]
+    assert on_aws == [f"functions/jobs/aws.work_lane_{n}" for n in range(lanes)]
+    assert all(callable(getattr(aws, f"work_lane_{n}")) for n in range(lanes))

@@ -1,6 +1,8 @@
 """The jobs function for AWS Lambda: the HTTP routes (API Gateway) and one plain handler per
 scheduled job (EventBridge invokes those directly)."""
 
+from functools import partial
+
 from shared.coldstart import loading
 
 with loading():
@@ -21,8 +23,13 @@ advance_key_operations = scheduled_handler(
 
 reconcile_keys = scheduled_handler("reconcile_keys", jobs.reconcile_keys, lambda: app.state.runtime)
 
-advance_emergency_rotations = scheduled_handler(
-    "advance_emergency_rotations", jobs.advance_emergency_rotations, lambda: app.state.runtime
+# The work lanes: one handler per lane, each on its own schedule (a handler that checks it is
+# a scheduled event gets no input from it). serverless.yml schedules WORK_LANES of them.
+work_lane_0 = scheduled_handler(
+    "work_lane_0", partial(jobs.work, lane=0), lambda: app.state.runtime
+)
+work_lane_1 = scheduled_handler(
+    "work_lane_1", partial(jobs.work, lane=1), lambda: app.state.runtime
 )
 
 rotate_scheduled_keys = scheduled_handler(

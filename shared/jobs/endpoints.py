@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from shared.access.rules import CronCaller
@@ -38,10 +40,21 @@ async def reconcile_keys(_: CronCaller, runtime: RuntimeDep) -> dict[str, int]:
     return await service.reconcile_keys(runtime)
 
 
-@router.get("/advance-emergency-rotations", response_model=AdvanceResult)
-async def advance_emergency_rotations(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
-    """Continue running emergency rotations (every minute)."""
-    return AdvanceResult(advanced=await service.advance_emergency_rotations(runtime))
+class LaneResult(BaseModel):
+    lane: int
+    done: int
+    failed: int
+    jobs: list[str]
+
+
+@router.get("/work", response_model=LaneResult)
+async def work(
+    _: CronCaller,
+    runtime: RuntimeDep,
+    lane: Annotated[int, Query(ge=0, le=15, description="Which of the WORK_LANES lanes.")] = 0,
+) -> LaneResult:
+    """Work the most urgent bulk jobs for the time budget (every minute, in each lane)."""
+    return LaneResult.model_validate(await service.work(runtime, lane=lane))
 
 
 @router.get("/rotate-scheduled-keys", response_model=AdvanceResult)

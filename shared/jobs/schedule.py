@@ -6,9 +6,10 @@ The local server has no Vercel or EventBridge: without this, a grace period woul
 an emergency rotation would stop after its request, and nothing would ever be reconciled. The
 scheduler runs each job at its cron minute, one run of a job at a time, each isolated (a job
 that fails is logged and runs again at its next minute; the others are not stopped). It also
-looks every LOCAL_JOBS_POLL_S seconds whether key operations or emergency rotations are due
-before their next minute, and runs their job then: the every-minute cron, as soon as it has
-work, which costs nothing a deployment would not pay.
+looks every LOCAL_JOBS_POLL_S seconds whether key operations or bulk work are due before
+their next minute, and runs their job then: the every-minute cron, as soon as it has work,
+which costs nothing a deployment would not pay. Locally one work lane is enough (one process:
+its concurrency is the lanes').
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def scheduled_jobs() -> dict[str, tuple[Job, Cron]]:
         "prune-rate-limits": (service.prune_rate_limits, "0 * * * *"),
         "advance-key-operations": (service.advance_key_operations, "* * * * *"),
         "reconcile-keys": (service.reconcile_keys, "30 2 * * *"),
-        "advance-emergency-rotations": (service.advance_emergency_rotations, "* * * * *"),
+        "work": (service.work, "* * * * *"),
         "rotate-scheduled-keys": (service.rotate_scheduled_keys, "15 * * * *"),
         "open-usage-period": (service.open_usage_period, "5,20,35,50 * 1 * *"),
         "measure-usage-drift": (service.measure_usage_drift, "40 * * * *"),
@@ -110,12 +111,7 @@ _DUE_WORK = {
         "  ('started', 'planned', 'key_created', 'activated') and updated_at < now() - interval"
         "  '5 seconds') as due"
     ),
-    "advance-emergency-rotations": (
-        "select exists (select 1 from emergency_rotation_items i join emergency_rotations r"
-        " on r.id = i.rotation_id where r.status = 'running'"
-        " and i.status in ('pending', 'disabled')"
-        " and (i.lease_until is null or i.lease_until < now())) as due"
-    ),
+    "work": ("select exists (select 1 from work_jobs_due(1)) as due"),
 }
 
 

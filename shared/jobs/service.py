@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from shared.access.service import AccessService
-from shared.emergency.service import EmergencyRotationService
-from shared.jobs.queue import QueueSettings
+from shared.jobs.queue import QueueSettings, work_through
 from shared.keys import scheduled_rotation
 from shared.keys.domain import current_period
 from shared.keys.repository import KeyRepository
@@ -31,8 +32,15 @@ async def advance_key_operations(runtime: Runtime) -> int:
 
 
 async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
-    """Daily: delete orphans at OpenRouter, replace keys that vanished there."""
-    report = await KeyLifecycleService(runtime).reconcile(actor="job:reconcile", request_id=None)
+    """Daily: today's reconcile job (pages of OpenRouter's listing, then repairs), worked for
+    the time budget; the work lanes finish it."""
+    from shared.keys import reconcile
+
+    today = datetime.now(UTC).date().isoformat()
+    job = await reconcile.start(runtime, actor="job:reconcile", name=f"daily-{today}")
+    work = reconcile.handler(runtime, job)
+    await work_through(runtime, job.id, work, QueueSettings.of(runtime.settings))
+    report = await reconcile.report_of(runtime, job)
     summary = {
         "deleted_at_openrouter": len(report.deleted_at_openrouter),
         "revoked_missing": len(report.revoked_missing),
@@ -45,13 +53,12 @@ async def reconcile_keys(runtime: Runtime) -> dict[str, int]:
     return summary
 
 
-async def advance_emergency_rotations(runtime: Runtime) -> int:
-    """Continue running emergency rotations (every minute)."""
-    running = await EmergencyRotationService(runtime).process_running(
-        time_budget_s=runtime.settings.job_time_budget_s
-    )
-    logger.info("emergency rotations advanced", extra={"running": running})
-    return running
+async def work(runtime: Runtime, *, lane: int = 0) -> dict[str, object]:
+    """Every minute, in WORK_LANES lanes: work the most urgent bulk jobs (shared/jobs/worker.py)."""
+    from shared.jobs.worker import work as work_lane
+
+    report = await work_lane(runtime, lane=lane)
+    return {"lane": lane, "done": report.done, "failed": report.failed, "jobs": report.jobs}
 
 
 async def rotate_scheduled_keys(runtime: Runtime) -> int:

@@ -5,7 +5,7 @@ its first event arrives. What changes is each key's OpenRouter limit where a rot
 downgrade or a reset had set it to part of last month's budget. Most keys are at their full
 budget already: OpenRouter resets their usage monthly by itself, so one statement moves them
 into the new month without a call. The others become the month's job on the work queue
-(created once, named by the period), each restored by one OpenRouter call; cron ticks work
+(created once, named by the period), each restored by one OpenRouter call; the work lanes work
 through it until it is done.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import date
 
 from shared.audit.repository import AuditRepository
-from shared.jobs.queue import QueueSettings, work_through
-from shared.jobs.repository import WorkQueueRepository
+from shared.jobs.queue import ItemHandler, QueueSettings, work_through
+from shared.jobs.repository import ClaimedItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import Owner, current_period
 from shared.keys.repository import KeyRepository
 from shared.keys.service import KeyLifecycleService
@@ -24,6 +24,7 @@ from shared.observability import logger
 from shared.runtime import Runtime
 
 KIND = "monthly_restore"
+PRIORITY = 5  # before the month's rotation: users wait for their limit
 ACTOR = "job:monthly"
 
 
@@ -36,12 +37,25 @@ class MonthlyRunResult:
 
 
 async def open_period(runtime: Runtime, settings: QueueSettings) -> MonthlyRunResult:
+    """Open this month (once), then work its job for the time budget."""
+    job, rolled_over = await ensure_month_job(runtime)
+    if job.status != "running":
+        return MonthlyRunResult(current_period(), "already_done", 0, 0)
+    report = await work_through(runtime, job.id, handler(runtime, job), settings)
+    return MonthlyRunResult(
+        current_period(), "done" if report.finished else "partial", rolled_over, report.done
+    )
+
+
+async def ensure_month_job(runtime: Runtime) -> tuple[WorkJob, int]:
+    """This month's job, and how many keys moved into the month without a call (0 unless
+    this call created the job)."""
     period = current_period()
     rolled_over = 0
     async with runtime.database().connection() as conn, conn.transaction():
         # One transaction: a concurrent invocation waits here, then finds the job made.
         job, created = await WorkQueueRepository(conn).ensure_job(
-            KIND, period.isoformat(), created_by=ACTOR
+            KIND, period.isoformat(), created_by=ACTOR, priority=PRIORITY
         )
         if created:
             keys = KeyRepository(conn)
@@ -59,21 +73,22 @@ async def open_period(runtime: Runtime, settings: QueueSettings) -> MonthlyRunRe
                 "usage period opened",
                 extra={"keys_rolled_over": rolled_over, "keys_to_restore": to_restore},
             )
-    if job.status != "running":
-        return MonthlyRunResult(period, "already_done", 0, 0)
-    lifecycle = KeyLifecycleService(runtime)
+    return job, rolled_over
 
-    async def restore(owner_key: str) -> None:
+
+def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
+    """An item is one owner whose key's limit is set again for the month."""
+    lifecycle = KeyLifecycleService(runtime)
+    period = job.name
+
+    async def restore(claimed: ClaimedItem) -> None:
         # If another invocation holds the owner, the change is handed to it ('pending'):
         # it applies the new month before it lets go.
         await lifecycle.apply_budget(
-            Owner.parse(owner_key),
+            Owner.parse(claimed.item),
             actor=ACTOR,
             request_id=None,
-            reason=f"new period {period.isoformat()}",
+            reason=f"new period {period}",
         )
 
-    report = await work_through(runtime, job.id, restore, settings)
-    return MonthlyRunResult(
-        period, "done" if report.finished else "partial", rolled_over, report.done
-    )
+    return restore

@@ -199,7 +199,7 @@ EXPECTED_RULES = {
     ("GET", "/api/admin/audit/verify"): "admin",
     ("POST", "/api/admin/keys/reconcile"): "admin",
     ("GET", "/api/jobs/reconcile-keys"): "cron",
-    ("GET", "/api/jobs/advance-emergency-rotations"): "cron",
+    ("GET", "/api/jobs/work"): "cron",
     ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
     ("GET", "/api/jobs/open-usage-period"): "cron",
     ("GET", "/api/jobs/measure-usage-drift"): "cron",

@@ -51,6 +51,8 @@ REVIEWED_TABLES: dict[str, dict[str, frozenset[str]]] = {
     "work_items": SERVICE_ALL,
     "work_job_progress": {"service_role": frozenset({"SELECT"})},
     "owner_leases": {"service_role": frozenset({"SELECT", "INSERT", "UPDATE"})},
+    "openrouter_fleet": SERVICE_ALL,
+    "openrouter_fleet_workers": SERVICE_ALL,
     # identity sequences: the tables' own privileges cover them
     "alert_outbox_id_seq": {},
     "usage_adjustments_id_seq": {},
@@ -95,7 +97,12 @@ REVIEWED_FUNCTIONS: dict[str, dict[str, frozenset[str]]] = {
     "claim_work_items(p_job_id uuid, p_worker text, p_limit integer, p_lease_seconds integer)": (
         EXECUTE
     ),
-    "complete_work_item(p_job_id uuid, p_item text, p_worker text)": EXECUTE,
+    "complete_work_item(p_job_id uuid, p_item text, p_worker text, p_result jsonb)": EXECUTE,
+    "work_jobs_due(p_limit integer)": EXECUTE,
+    "openrouter_fleet_share(p_worker text, p_max integer, p_lease_seconds integer,"
+    " p_successes integer, p_throttled boolean, p_retry_after_s numeric, p_leave boolean)": (
+        EXECUTE
+    ),
     "fail_work_item(p_job_id uuid, p_item text, p_worker text, p_error text,"
     " p_retry_seconds numeric)": EXECUTE,
     # helpers: called by the functions above, as their caller

@@ -476,9 +476,9 @@ class BudgetUnderFire:
                 )
                 row = await cursor.fetchone()
                 assert row is not None
-                await conn.execute(
-                    "update emergency_rotation_items set lease_until = now()"
-                    " where status in ('pending', 'disabled') and lease_until > now()"
+                await conn.execute(  # a dead worker's items, and retries, due now
+                    "update work_items set lease_until = null, available_at = now()"
+                    " where status = 'pending'"
                 )
             if not any(row.values()):
                 return

@@ -205,10 +205,6 @@ async def _recover(runtime: Runtime, database: Database, clock: VirtualClock) ->
         async with database.connection() as conn:
             await conn.execute("update owner_leases set lease_until = now() - interval '1 s'")
             await conn.execute("update work_items set available_at = now(), lease_until = null")
-            await conn.execute(
-                "update emergency_rotation_items set lease_until = now() - interval '1 s'"
-                " where status in ('pending', 'disabled')"
-            )
         await keys.advance_due_operations()
         await EmergencyRotationService(runtime).process_running(time_budget_s=10)
         await open_period(runtime, QueueSettings(concurrency=3, time_budget_s=10))

@@ -17,7 +17,8 @@ KEY_WRITERS = {
     "jobs",  # the HTTP routes that re-run any job by hand
     "advanceKeyOperations",
     "reconcileKeys",
-    "advanceEmergencyRotations",
+    "workLane0",  # the work lanes run every bulk job: emergencies and rotations among them
+    "workLane1",
     "rotateScheduledKeys",
 }
 

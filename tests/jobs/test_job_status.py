@@ -10,7 +10,7 @@ from shared.access.principals import Scope
 from shared.access.service import AccessService
 from shared.db.database import Database
 from shared.jobs.queue import QueueSettings, RetryItemLater, work_through
-from shared.jobs.repository import WorkQueueRepository
+from shared.jobs.repository import ClaimedItem, WorkQueueRepository
 from shared.runtime import Runtime
 
 
@@ -27,7 +27,8 @@ async def test_a_running_job_reports_done_remaining_failed_rate_and_eta(
         await queue.enqueue(job.id, [f"owner-{n:02d}" for n in range(30)])
     done = 0
 
-    async def handler(item: str) -> None:
+    async def handler(claimed: ClaimedItem) -> None:
+        item = claimed.item
         nonlocal done
         if item == "owner-03":
             raise RetryItemLater("OpenRouter refused", after_s=0)

@@ -12,7 +12,7 @@ import pytest
 from shared.config import Settings
 from shared.db.database import Database
 from shared.jobs.queue import QueueSettings, RetryItemLater, work_through
-from shared.jobs.repository import WorkQueueRepository
+from shared.jobs.repository import ClaimedItem, WorkQueueRepository
 from shared.runtime import Runtime, pool_limits
 
 ITEMS = [f"item-{n:04d}" for n in range(400)]
@@ -53,7 +53,8 @@ async def test_racing_workers_process_every_item_exactly_once(
     job_id = await new_job(database, ITEMS)
     calls: Counter[str] = Counter()
 
-    async def handler(item: str) -> None:
+    async def handler(claimed: ClaimedItem) -> None:
+        item = claimed.item
         calls[item] += 1
         await asyncio.sleep(0)  # let the other workers run in between
 
@@ -83,7 +84,8 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
     hang = asyncio.Event()
     doomed_calls: list[str] = []
 
-    async def doomed(item: str) -> None:
+    async def doomed(claimed: ClaimedItem) -> None:
+        item = claimed.item
         doomed_calls.append(item)
         started.set()
         await hang.wait()  # never set: the process dies here
@@ -105,7 +107,8 @@ async def test_a_worker_killed_mid_batch_loses_nothing(
         held = cursor.rowcount
     calls: Counter[str] = Counter()
 
-    async def survivor(item: str) -> None:
+    async def survivor(claimed: ClaimedItem) -> None:
+        item = claimed.item
         calls[item] += 1
 
     report = await work_through(invocations(), job_id, survivor, settings)
@@ -122,7 +125,8 @@ async def test_failing_items_are_retried_later_then_parked_without_blocking_the_
     # GIVEN a job where one item always fails
     job_id = await new_job(database, ITEMS[:20], max_attempts=3)
 
-    async def handler(item: str) -> None:
+    async def handler(claimed: ClaimedItem) -> None:
+        item = claimed.item
         if item == "item-0007":
             raise RetryItemLater("OpenRouter said no", after_s=600)
 
@@ -157,7 +161,7 @@ async def test_an_invocation_stops_at_its_budget_and_hands_back_what_it_did_not_
     # GIVEN a job, and an invocation whose budget is spent before it starts anything
     job_id = await new_job(database, ITEMS[:30])
 
-    async def handler(item: str) -> None:
+    async def handler(claimed: ClaimedItem) -> None:
         pass
 
     spent = await work_through(
