@@ -1570,4 +1570,50 @@ grant execute on function complete_work_item(uuid, text, text, jsonb), work_jobs
 insert into schema_migrations (version, name, checksum) values ('0017', 'one_work_queue', 'e3bf232aa1149c5de5d4d131a78d1262a27d816e0ccf76f762fbe63b029bbabb')
 on conflict (version) do nothing;
 
+-- ===== migration 0018_thresholds_on_budget_change.sql =====
+
+-- A budget that shrinks under what a user already spent crosses thresholds too: a downgrade or
+-- a lower tier amount must alert at 80 % and 100 % as spending would have. Called in the
+-- transaction that changes the tier or its amount; each threshold is still crossed at most
+-- once per user and month (the primary key of usage_threshold_crossings).
+create function cross_usage_thresholds(p_period date, p_user_id text, p_tier text)
+returns integer
+language sql
+as $$
+    with budgets as (
+        select t.user_id, t.period, greatest(t.spent_usd + t.adjusted_usd, 0) as effective,
+               s.monthly_budget_usd as budget
+          from usage_totals t
+          join users u on u.user_id = t.user_id
+          join subscription_tiers s on s.tier = u.tier
+         where t.period = p_period
+           and (p_user_id is null or t.user_id = p_user_id)
+           and (p_tier is null or u.tier = p_tier)
+    ),
+    crossings as (
+        insert into usage_threshold_crossings (user_id, period, threshold, spent_usd, budget_usd)
+        select b.user_id, b.period, th, b.effective, b.budget
+          from budgets b cross join unnest(array[50, 80, 100]) th
+         where b.budget > 0 and b.effective * 100 >= b.budget * th
+        on conflict do nothing
+        returning usage_threshold_crossings.*
+    ),
+    alerts as (
+        insert into alert_outbox (kind, payload)
+        select 'usage.threshold_crossed',
+               jsonb_build_object('user_id', c.user_id, 'period', c.period,
+                                  'threshold', c.threshold, 'spent_usd', c.spent_usd::text,
+                                  'budget_usd', c.budget_usd::text)
+          from crossings c
+        returning 1
+    )
+    select count(*)::integer from alerts
+$$;
+
+revoke all on function cross_usage_thresholds(date, text, text) from public, anon, authenticated;
+grant execute on function cross_usage_thresholds(date, text, text) to service_role;
+
+insert into schema_migrations (version, name, checksum) values ('0018', 'thresholds_on_budget_change', 'cd65b7e0dd8908ea9838c5b8c2065eacd10736a1ab29f9141a7396747dd0e14f')
+on conflict (version) do nothing;
+
 commit;

@@ -23,6 +23,8 @@ def usd_text(amount: Decimal) -> str:
 
 
 Usd = Annotated[Decimal, PlainSerializer(usd_text, return_type=str, when_used="json")]
+# A share of a budget ("30", "12.5", "0"), written the way amounts are.
+Percent = Annotated[Decimal, PlainSerializer(usd_text, return_type=str, when_used="json")]
 
 
 def usd_display(amount: Decimal | None, *, none: str = "unlimited") -> str:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from shared.db.database import Connection
+from shared.money import usd_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,7 @@ class AuditRepository:
                 reason,
                 request_id,
                 fingerprint,
-                json.dumps(details or {}),
+                json.dumps(details or {}, default=_json_value),
             ),
         )
 
@@ -87,3 +89,10 @@ class AuditRepository:
             broken_seq=None if row["broken_seq"] is None else int(row["broken_seq"]),  # type: ignore[call-overload]
             problem=None if row["problem"] is None else str(row["problem"]),
         )
+
+
+def _json_value(value: object) -> str:
+    """Amounts in audit details are written as in every response ("6.3", never "6.300000")."""
+    if isinstance(value, Decimal):
+        return usd_text(value)
+    raise TypeError(f"audit details cannot hold a {type(value).__name__}")

@@ -50,6 +50,7 @@ def handler_for(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSetti
         "scheduled_rotation": lambda: _scheduled_rotation(runtime, job),
         "monthly_restore": lambda: _monthly_restore(runtime, job),
         "reconcile": lambda: _reconcile(runtime, job),
+        "tier_budget": lambda: _tier_budget(runtime, job),
     }
     factory = factories.get(job.kind)
     if factory is None:
@@ -80,6 +81,12 @@ def _reconcile(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSettin
     from shared.keys import reconcile
 
     return reconcile.handler(runtime, job), QueueSettings.of(runtime.settings)
+
+
+def _tier_budget(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSettings]:
+    from shared.usage import budgets
+
+    return budgets.tier_budget_handler(runtime, job), QueueSettings.of(runtime.settings)
 
 
 async def work(runtime: Runtime, *, lane: int = 0, stagger: bool = True) -> LaneReport:

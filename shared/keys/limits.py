@@ -46,6 +46,9 @@ class OwnerLease:
     actor: str = "service"
     reason: str | None = None
     request_id: str | None = None
+    # Set when this lease found the owner's current key gone at OpenRouter: the lease's
+    # holder replaces it before letting go, unless it was asked to stop the key.
+    lost_current: bool = False
 
 
 class LeaseLost(Conflict):
@@ -142,10 +145,10 @@ class KeyLimits:
                 request_id=lease.request_id if lease else None,
                 fingerprint=key.fingerprint,
                 details={
-                    "limit_usd": _money(lowered.limit_usd),
-                    "previous_limit_usd": _money(key.limit_usd),
+                    "limit_usd": lowered.limit_usd,
+                    "previous_limit_usd": key.limit_usd,
                     "disabled": lowered.disabled,
-                    "usage_usd": str(remote.usage_monthly),
+                    "usage_usd": remote.usage_monthly,
                     "ceiling_until": None
                     if lowered.ceiling_until is None
                     else lowered.ceiling_until.isoformat(),
@@ -182,8 +185,8 @@ class KeyLimits:
                 request_id=lease.request_id,
                 fingerprint=key.fingerprint,
                 details={
-                    "limit_usd": _money(limit),
-                    "previous_limit_usd": _money(key.limit_usd),
+                    "limit_usd": limit,
+                    "previous_limit_usd": key.limit_usd,
                     "enabled": enable or not raised.disabled,
                 },
             )
@@ -282,6 +285,7 @@ class KeyLimits:
         spend (its usage last seen at OpenRouter, or the ledger's), never with its limit."""
         spent, source = await self._evidence_of_spend(key)
         period = current_period()
+        lease.lost_current = lease.lost_current or key.state == "current"
         async with self._store.transaction() as (keys, audit):
             await keys.mark_revoked(key.id)
             await keys.record_final(key.id, usage_usd=spent, period=period, source=source)
@@ -295,7 +299,7 @@ class KeyLimits:
                 fingerprint=key.fingerprint,
                 details={
                     "was": key.state,
-                    "final_usage_usd": str(spent),
+                    "final_usage_usd": spent,
                     "final_usage_source": source,
                 },
             )
@@ -348,7 +352,7 @@ class KeyLimits:
                 reason=lease.reason,
                 request_id=lease.request_id,
                 fingerprint=key.fingerprint,
-                details={"final_usage_usd": str(settled.final_usage_usd)},
+                details={"final_usage_usd": settled.final_usage_usd},
             )
         return deleted
 
@@ -501,7 +505,3 @@ class KeyLimits:
             if key.openrouter_sync_pending:
                 moments.append(now + timedelta(seconds=30))
         return min(moments, default=None)
-
-
-def _money(amount: Decimal | None) -> str | None:
-    return None if amount is None else str(amount)

@@ -483,6 +483,16 @@ class KeyRepository:
         )
         return cursor.rowcount
 
+    async def enqueue_owners_of_tier(self, job_id: UUID, tier: str) -> int:
+        """Put every user of the tier who has a current key into the job."""
+        cursor = await self._conn.execute(
+            "insert into work_items (job_id, item)"
+            " select %s, k.owner from api_keys k join users u on u.user_id = k.user_id"
+            " where k.state = 'current' and u.tier = %s on conflict do nothing",
+            (job_id, tier),
+        )
+        return cursor.rowcount
+
     async def known_openrouter_names(self) -> dict[str, KeyRecord]:
         keys = await self._many(KeyRecord, "select * from api_keys", ())
         return {key.openrouter_name: key for key in keys}

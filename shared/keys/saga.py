@@ -154,11 +154,11 @@ class KeyOperationSaga:
                 request_id=operation.request_id,
                 details={
                     "operation_id": str(operation.id),
-                    "budget_usd": None if budget.budget is None else str(budget.budget),
-                    "adjustments_usd": str(budget.adjustments),
-                    "committed_elsewhere_usd": str(elsewhere_total),
-                    "new_limit_usd": None if new_limit is None else str(new_limit),
-                    "grace_allowance_usd": str(allowance),
+                    "budget_usd": budget.budget,
+                    "adjustments_usd": budget.adjustments,
+                    "committed_elsewhere_usd": elsewhere_total,
+                    "new_limit_usd": new_limit,
+                    "grace_allowance_usd": allowance,
                 },
             )
         self._checkpoint("after_plan")
@@ -217,7 +217,7 @@ class KeyOperationSaga:
                 details={
                     "operation_id": str(operation.id),
                     "openrouter_hash": created.key.hash,
-                    "limit_usd": None if new.limit_usd is None else str(new.limit_usd),
+                    "limit_usd": new.limit_usd,
                 },
             )
         self._checkpoint("after_record_secret")

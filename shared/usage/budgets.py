@@ -1,20 +1,29 @@
 """Resets, tier changes and tier amounts: the ledger and the keys' OpenRouter limits.
 
 Apart from usage/service.py so that the usage function, which logs and reads, never loads the
-key lifecycle that these admin operations drive.
+key lifecycle that these admin operations drive. A tier's new amount reaches its users' keys
+through a job on the work queue (one item per user with a key), so that a change to a tier of
+100,000 users finishes at the pace the fleet allows, like every other bulk change.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
 from shared.audit.repository import AuditRepository
 from shared.errors import NotFound
+from shared.jobs.queue import ItemHandler
+from shared.jobs.repository import ClaimedItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import Owner, current_period
+from shared.keys.repository import KeyRepository
 from shared.keys.service import BudgetApplied, KeyLifecycleService
 from shared.runtime import Runtime
 from shared.usage.repository import UsageRepository
+
+TIER_BUDGET_KIND = "tier_budget"
+TIER_BUDGET_PRIORITY = 6  # before the month's restore: the change was asked for now
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +68,7 @@ class BudgetService:
                         target=f"user:{user}",
                         reason=reason,
                         request_id=request_id,
-                        details={"amount_usd": str(amount), "period": period.isoformat()},
+                        details={"amount_usd": amount, "period": period.isoformat()},
                     )
             applied = await keys.apply_budget(
                 Owner.user(user),
@@ -83,8 +92,8 @@ class BudgetService:
         reason: str | None,
         request_id: str | None,
     ) -> tuple[str, Decimal | None, str]:
-        """A tier's new monthly budget (None: unlimited), audited. Keys follow at their next
-        budget application (tier change, reset, rotation, or the monthly job)."""
+        """A tier's new monthly budget (None: unlimited), audited; the thresholds it puts behind
+        its users' spend are crossed, and a job brings their keys' limits in line."""
         async with self._runtime.database().connection() as conn, conn.transaction():
             repository = UsageRepository(conn)
             before = next((t for t in await repository.tiers() if t[0] == tier), None)
@@ -97,9 +106,32 @@ class BudgetService:
                     target=f"tier:{tier}",
                     reason=reason,
                     request_id=request_id,
-                    details={
-                        "from": None if before[1] is None else str(before[1]),
-                        "to": None if budget is None else str(budget),
-                    },
+                    details={"from": before[1], "to": budget},
                 )
+                await repository.cross_thresholds(current_period(), tier=tier)
+                job, _ = await WorkQueueRepository(conn).ensure_job(
+                    TIER_BUDGET_KIND,
+                    f"{tier}:{uuid.uuid4()}",
+                    created_by=actor,
+                    params={"tier": tier},
+                    priority=TIER_BUDGET_PRIORITY,
+                )
+                await KeyRepository(conn).enqueue_owners_of_tier(job.id, tier)
             return next(t for t in await repository.tiers() if t[0] == tier)
+
+
+def tier_budget_handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
+    """An item is one user of the tier whose key's limit follows the tier's new amount."""
+    lifecycle = KeyLifecycleService(runtime)
+    tier = str(job.params.get("tier"))
+
+    async def apply(claimed: ClaimedItem) -> str:
+        applied = await lifecycle.apply_budget(
+            Owner.parse(claimed.item),
+            actor=job.created_by,
+            request_id=None,
+            reason=f"tier {tier} budget changed",
+        )
+        return applied.status
+
+    return apply

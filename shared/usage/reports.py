@@ -80,13 +80,14 @@ class ReportRepository:
         return {str(row["state"]): int(row["n"]) for row in rows}
 
     async def tier_totals(self, period: date) -> list[dict[str, Any]]:
-        """What events cost, what adjustments took off, what counts (net), events and users,
-        per tier and (name null) for all tiers: one pass."""
+        """What events cost, what adjustments took off, what counts (net), events and the users
+        with an event, per tier and (name null) for all tiers: one pass."""
         return await self._rows(
             "select u.tier as name, coalesce(sum(t.spent_usd), 0) as cost_usd,"
             " coalesce(sum(t.adjusted_usd), 0) as adjusted_usd,"
             " coalesce(sum(greatest(t.spent_usd + t.adjusted_usd, 0)), 0) as net_usd,"
-            " coalesce(sum(t.events), 0) as events, count(t.user_id) as users"
+            " coalesce(sum(t.events), 0) as events,"
+            " count(t.user_id) filter (where t.events > 0) as users"
             " from usage_totals t join users u on u.user_id = t.user_id where t.period = %s"
             " group by rollup (u.tier) order by cost_usd desc, name",
             (period,),

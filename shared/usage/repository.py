@@ -55,6 +55,17 @@ class UsageRepository:
         assert row is not None
         return Decimal(row["amount"])  # type: ignore[arg-type]
 
+    async def cross_thresholds(
+        self, period: date, *, user_id: str | None = None, tier: str | None = None
+    ) -> int:
+        """Cross the thresholds a budget change put behind the users' spend (one user, or a
+        tier's users), with their alerts; how many were crossed."""
+        cursor = await self._conn.execute(
+            "select cross_usage_thresholds(%s, %s, %s) as n", (period, user_id, tier)
+        )
+        row = await cursor.fetchone()
+        return int(row["n"]) if row else 0  # type: ignore[call-overload]
+
     async def users_in_scope(
         self, *, user_id: str | None, tier: str | None, everyone: bool
     ) -> list[str]:

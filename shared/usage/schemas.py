@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from shared.keys.schemas import KeyInfo, TierName, UserId
-from shared.money import Usd
+from shared.money import Percent, Usd
 from shared.timestamps import UtcDatetime
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class UserUsageSummary(BaseModel):
     spent_usd: Usd
     limit_usd: Usd | None
     remaining_usd: Usd | None
-    percent_used: Decimal | None
+    percent_used: Percent | None
     thresholds_crossed: list[int] = Field(description="Crossed by this call.")
 
 
@@ -110,7 +110,7 @@ class MonthUsage(BaseModel):
     events: int
     limit_usd: Usd | None
     remaining_usd: Usd | None
-    percent_used: Decimal | None
+    percent_used: Percent | None
     by_model: list[Breakdown]
     by_agent: list[Breakdown]
     thresholds_crossed: list[int]
@@ -152,7 +152,7 @@ class UserShare(BaseModel):
     tier: str
     spent_usd: Usd
     limit_usd: Usd | None = Field(description="The tier's monthly budget; null: unlimited.")
-    percent_used: Decimal | None
+    percent_used: Percent | None
     key_limit_usd: Usd | None = Field(
         description="The current key's own limit at OpenRouter (the budget less what earlier"
         " keys spent, plus resets); null when it is unlimited or there is no key (has_key)."
@@ -177,7 +177,7 @@ class SystemUsage(BaseModel):
     events_usd: Usd = Field(description="What the month's events cost.")
     adjustments_usd: Usd = Field(description="What resets took off (negative).")
     events: int
-    users: int
+    users: int = Field(description="Users with at least one event this month.")
     by_tier: list[Breakdown]
     by_model: list[Breakdown]
     by_agent: list[Breakdown]

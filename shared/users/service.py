@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from shared.audit.repository import AuditRepository
 from shared.db import sql_errors
 from shared.errors import NotFound, ValidationFailed
-from shared.keys.domain import Owner
+from shared.keys.domain import Owner, current_period
 from shared.keys.service import BudgetApplied, KeyLifecycleService
 from shared.runtime import Runtime
+from shared.usage.repository import UsageRepository
 from shared.users.domain import write_user
 from shared.users.repository import UserChange, UserRepository
 
@@ -54,6 +55,8 @@ class UsersService:
                     reason=reason,
                     request_id=request_id,
                 )
+                if change.before is not None and change.before.tier != change.after.tier:
+                    await UsageRepository(conn).cross_thresholds(current_period(), user_id=user_id)
         except sql_errors.ForeignKeyViolation as exc:
             raise ValidationFailed(f"unknown tier {tier!r}", code="unknown_tier") from exc
         before = "none" if change.before is None else change.before.tier

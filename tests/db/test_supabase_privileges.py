@@ -99,6 +99,7 @@ REVIEWED_FUNCTIONS: dict[str, dict[str, frozenset[str]]] = {
     ),
     "complete_work_item(p_job_id uuid, p_item text, p_worker text, p_result jsonb)": EXECUTE,
     "work_jobs_due(p_limit integer)": EXECUTE,
+    "cross_usage_thresholds(p_period date, p_user_id text, p_tier text)": EXECUTE,
     "openrouter_fleet_share(p_worker text, p_max integer, p_lease_seconds integer,"
     " p_successes integer, p_throttled boolean, p_retry_after_s numeric, p_leave boolean)": (
         EXECUTE

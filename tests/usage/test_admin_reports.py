@@ -112,3 +112,37 @@ async def test_users_over_a_share_are_held_to_their_own_tier(
     assert report["over_100_percent"] == []
     assert [u["user_id"] for u in report["top_users"]] == ["s", "m", "f"]
     assert report["users"] == 3 and Decimal(report["spent_usd"]) == Decimal("63.5")
+
+
+async def test_the_month_counts_users_who_spent_and_audits_amounts_as_responses_write_them(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime
+) -> None:
+    """GIVEN one user who spent $6.30 and one who spent nothing but whose month was reset
+    WHEN the month report and the audit trail are read
+    THEN the report counts one user with spend, and the audit writes amounts as every response
+    does ("6.3", "10", never "6.300000" or "1E+1")."""
+    await keys.create_key(Owner.user("spender"), actor="t", tier="free")
+    await keys.create_key(Owner.user("idle"), actor="t", tier="free")
+    await UsageService(runtime).log([_event("spender", "s1", "6.30", "a", "m")], actor="platform")
+    reset = await api.post(
+        "/api/admin/reset-usage", headers=ADMIN, json={"user_id": "idle", "reason": "test"}
+    )
+    assert reset.status_code == 200, reset.text
+    await api.post(
+        "/api/admin/reset-usage", headers=ADMIN, json={"user_id": "spender", "reason": "test"}
+    )
+
+    report = (await api.get("/api/admin/usage", headers=ADMIN)).json()
+    audit = (await api.get("/api/admin/audit?limit=100", headers=ADMIN)).json()["data"]
+
+    assert report["users"] == 1
+    amounts = [
+        value
+        for event in audit
+        for name, value in event["details"].items()
+        if name.endswith("_usd") and value is not None
+    ]
+    assert "-6.3" in amounts or "6.3" in amounts, amounts
+    trailing_zeros = [v for v in amounts if "." in v and v.endswith("0")]
+    assert not trailing_zeros, amounts
+    assert all("E" not in value for value in amounts), amounts

@@ -122,3 +122,74 @@ async def test_admins_edit_tier_amounts_and_unlimited_stays_unlimited(
     assert Decimal(edited.json()["monthly_budget_usd"]) == Decimal("120.50")
     assert Decimal(tiers["micro"]) == Decimal("120.50")
     assert tiers["admin"] is None and tiers["future4200"] is None
+
+
+async def _thresholds(runtime: Runtime, user: str) -> list[int]:
+    async with runtime.database().connection() as conn:
+        cursor = await conn.execute(
+            "select threshold from usage_threshold_crossings where user_id = %s order by threshold",
+            (user,),
+        )
+        return [int(row["threshold"]) for row in await cursor.fetchall()]  # type: ignore[call-overload]
+
+
+async def test_a_lower_tier_amount_reaches_every_key_of_the_tier_and_alerts(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    """GIVEN three standard users ($50), one of whom spent $30, and a free user
+    WHEN an admin lowers the standard tier to $20 and the work lanes run
+    THEN every standard key's limit at OpenRouter is $20 (the free key untouched), the spender
+    can spend nothing more, and the 50/80/100 % thresholds the change put behind the spend
+    are crossed with their alerts."""
+    secrets = {}
+    for user, tier in [("s1", "standard"), ("s2", "standard"), ("s3", "standard"), ("f1", "free")]:
+        issued = await keys.create_key(Owner.user(user), actor="t", tier=tier)
+        assert issued.secret is not None
+        secrets[user] = issued.secret
+    await _spend(emulator, runtime, secrets["s1"], "s1", "30", "s1-a")
+    assert await _thresholds(runtime, "s1") == [50]
+
+    edited = await api.put(
+        "/api/admin/tiers/standard", headers=ADMIN, json={"monthly_budget_usd": "20"}
+    )
+    assert edited.status_code == 200
+    assert await _thresholds(runtime, "s1") == [50, 80, 100]
+    from shared.jobs.worker import work
+
+    while (lane := await work(runtime, lane=0, stagger=False)).done or lane.failed:
+        async with runtime.database().connection() as conn:
+            errors = await (await conn.execute("select last_error from work_items")).fetchall()
+        assert not lane.failed, errors
+
+    hashes = {user: (await keys.current_key(Owner.user(user))) for user in secrets}
+    limits = {k.hash: k.limit for k in emulator.user_keys()}
+    by_user = {user: limits[key.openrouter_hash or ""] for user, key in hashes.items()}
+    assert by_user == {"s1": Decimal(20), "s2": Decimal(20), "s3": Decimal(20), "f1": Decimal(10)}
+    with pytest.raises(EmulatorApiError):
+        emulator.charge(secrets["s1"], Decimal("0.01"))
+    async with runtime.database().connection() as conn:
+        cursor = await conn.execute(
+            "select count(*) as n from alert_outbox where payload ->> 'user_id' = 's1'"
+        )
+        row = await cursor.fetchone()
+    assert row is not None and row["n"] == 3
+
+
+async def test_a_downgrade_below_the_spend_alerts_at_once(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    """GIVEN a standard user who spent $9 (no threshold of $50 crossed)
+    WHEN they are moved to free ($10)
+    THEN 50 and 80 % are crossed at once, as spending $9 on free would have, and the share
+    used is written as amounts are ("90", not "90.00")."""
+    issued = await keys.create_key(Owner.user("mover"), actor="t", tier="standard")
+    assert issued.secret is not None
+    await _spend(emulator, runtime, issued.secret, "mover", "9", "m-a")
+    assert await _thresholds(runtime, "mover") == []
+
+    down = await api.put("/api/users/mover/tier", headers=ADMIN, json={"tier": "free"})
+
+    assert down.status_code == 200
+    assert await _thresholds(runtime, "mover") == [50, 80]
+    usage = (await api.get("/api/usage/mover", headers=ADMIN)).json()
+    assert (usage["percent_used"], usage["remaining_usd"]) == ("90", "1")
