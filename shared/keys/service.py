@@ -32,6 +32,7 @@ from shared.keys.repository import KeyRecord, OperationRecord
 from shared.keys.saga import KeyOperationSaga, discard_by_name
 from shared.keys.store import KeyStore
 from shared.metrics import KEY_REVEALS, KEYS_REVOKED, count
+from shared.money import usd_text
 from shared.observability import logger
 from shared.openrouter.errors import OpenRouterError
 from shared.runtime import Runtime
@@ -161,7 +162,10 @@ class KeyLifecycleService:
             stalled = await keys.open_operation_of(lease.owner)
         if stalled is not None:
             await self._saga.run(stalled, lease)
-        return await self._limits.tend(lease)
+        current = await self._limits.tend(lease)
+        if current is None and await self._replace_lost(lease) is not None:
+            current = await self._limits.tend(lease)
+        return current
 
     async def advance(self, operation_id: UUID) -> OperationRecord:
         """Run an operation's remaining steps."""
@@ -665,22 +669,42 @@ class KeyLifecycleService:
                         await self._limits.sync(updated, enable=True)
             except KeyVanished:
                 gone = await self._limits.vanished(lease, key)
-                raise self._missing(gone) from None
+                # A disable asked for the key to stop, which it has; an enable asked for the
+                # owner to spend again, which a new key allows.
+                lease.lost_current = lease.lost_current and not disabled
+                replacement = await self._replace_lost(lease)
+                raise self._missing(gone, replaced_by=replacement) from None
             except OpenRouterError as error:
                 raise openrouter_unavailable(error, {"key_id": str(key.id)}) from error
         return await self.get_key(updated.id)
 
+    async def _replace_lost(self, lease: OwnerLease) -> KeyRecord | None:
+        """The owner's current key that OpenRouter lost is replaced at once (under the lease
+        that found it lost), so the owner is not left without a key."""
+        if not lease.lost_current:
+            return None
+        lease.lost_current = False
+        async with self._store.read() as keys:
+            if await keys.current_key(lease.owner) is not None:
+                return None
+        replacement = await self.create_key(
+            Owner.parse(lease.owner), actor=lease.actor, request_id=lease.request_id, lease=lease
+        )
+        return replacement.key
+
     @staticmethod
-    def _missing(key: KeyRecord) -> KeyMissingAtOpenRouter:
+    def _missing(key: KeyRecord, *, replaced_by: KeyRecord | None = None) -> KeyMissingAtOpenRouter:
         return KeyMissingAtOpenRouter(
             "the key no longer exists at OpenRouter (deleted there); it is revoked here, "
-            "charged with the best evidence of its spend",
+            "charged with the best evidence of its spend"
+            + ("" if replaced_by is None else "; a new key replaces it"),
             details={
+                "replaced_by": None if replaced_by is None else str(replaced_by.id),
                 "key_id": str(key.id),
                 "state": key.state,
                 "final_usage_usd": None
                 if key.final_usage_usd is None
-                else str(key.final_usage_usd),
+                else usd_text(key.final_usage_usd),
                 "final_usage_source": key.final_usage_source,
             },
         )

@@ -373,6 +373,38 @@ async def test_changing_a_key_gone_at_openrouter_answers_its_own_code_and_correc
     again = await api.request(method, f"/api/keys/{issued.key.id}{path}", headers=ADMIN)
     assert again.status_code in (200, 409)
     assert again.json().get("error", {}).get("code") != "openrouter_unavailable"
+    # an enable asked for the owner to spend again: a new key does; a disable or a delete
+    # asked for the key to stop, and the owner is left as after a revoke
+    shown = await api.get("/api/keys/user/ghost", headers=ADMIN)
+    if path == "/enable":
+        assert error["details"]["replaced_by"] == shown.json()["key"]["id"]
+        assert shown.json()["key"]["state"] == "current"
+    else:
+        assert error["details"].get("replaced_by") is None
+        assert shown.status_code == 404
+
+
+async def test_a_key_found_gone_by_a_tier_change_is_replaced_at_once(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime, emulator: Emulator
+) -> None:
+    """GIVEN a user's current key deleted at OpenRouter behind our back, after $4 of reported spend
+    WHEN their tier changes (the service finds the key gone while applying the budget)
+    THEN they have a new current key at once, limited to the new tier's budget less the $4."""
+    issued = await keys.create_key(Owner.user("lost"), actor=ACTOR, tier="free")
+    assert issued.secret is not None
+    emulator.charge(issued.secret, Decimal(4))
+    await UsageService(runtime).log(
+        [{"user_id": "lost", "generation_id": "lost-1", "model": "m", "cost_usd": "4"}],
+        actor="platform",
+    )
+    await runtime.openrouter().delete_key(issued.key.openrouter_hash or "")
+
+    moved = await api.put("/api/users/lost/tier", headers=ADMIN, json={"tier": "standard"})
+
+    assert moved.status_code == 200, moved.text
+    current = await keys.current_key(Owner.user("lost"))
+    assert current.id != issued.key.id and current.state == "current"
+    assert current.limit_usd == Decimal(46)
 
 
 # ----- 7. rotation_policy given at create ---------------------------------------------------
