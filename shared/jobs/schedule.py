@@ -9,7 +9,9 @@ that fails is logged and runs again at its next minute; the others are not stopp
 looks every LOCAL_JOBS_POLL_S seconds whether key operations or bulk work are due before
 their next minute, and runs their job then: the every-minute cron, as soon as it has work,
 which costs nothing a deployment would not pay. Locally one work lane is enough (one process:
-its concurrency is the lanes').
+its concurrency is the lanes'). A local server is not always running, as a deployment's crons
+are: at its start it runs every job once, so what fell due while it was down (the month's
+opening, a rotation, the daily reconcile) happens then; every job is safe to repeat.
 """
 
 from __future__ import annotations
@@ -130,10 +132,10 @@ class LocalScheduler:
             now = datetime.now(UTC)
             minute = now.replace(second=0, microsecond=0)
             if minute != last_minute:
-                last_minute = minute
                 for name, (_, cron) in self._jobs.items():
-                    if cron.matches(minute):
-                        self._start(name)
+                    if last_minute is None or cron.matches(minute):
+                        self._start(name)  # at start: every job, to catch up missed runs
+                last_minute = minute
             await self._start_due_work()
             next_minute = minute + timedelta(minutes=1)
             await asyncio.sleep(

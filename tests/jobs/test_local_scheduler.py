@@ -67,3 +67,29 @@ async def test_a_job_that_fails_stops_no_other(runtime: Runtime) -> None:
     # THEN the failure was the first run and did not keep the second from running
     assert scheduler.runs[:2] == ["failing", "counting"]
     assert attempts[:2] == ["failing", "counting"]
+
+
+async def test_at_start_every_job_runs_once_to_catch_up_what_fell_due_while_down(
+    runtime: Runtime,
+) -> None:
+    """GIVEN a daily job whose minute is not now (the server was down when it fell due)
+    WHEN the scheduler starts THEN the job runs at once, and once only until its minute."""
+    ran = asyncio.Event()
+    now = datetime.now(UTC)
+    elsewhere = (now.hour + 12) % 24  # a daily minute half a day away
+
+    async def daily(_: Runtime) -> None:
+        ran.set()
+
+    scheduler = LocalScheduler(runtime, poll_s=0.05)
+    scheduler._jobs = {"daily": (daily, Cron.parse(f"30 {elsewhere} * * *"))}
+
+    running = asyncio.create_task(scheduler.run())
+    try:
+        await asyncio.wait_for(ran.wait(), timeout=30)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await scheduler.stop()
+
+    assert scheduler.runs == ["daily"]
