@@ -33,6 +33,7 @@ from shared.openrouter.emulator import Emulator
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.service import UsageService
 from shared.web.app_factory import create_app
+from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
 
@@ -284,7 +285,7 @@ def test_the_dashboard_reads_true_on_a_wide_screen_and_on_a_phone(
     assert browser.find_element(By.ID, "spent").text == "$51.00"
     assert browser.find_element(By.ID, "events-cost").text == "$60.50"
     # fiona was near her limit: her tier's budget and her key's own limit, both shown
-    assert "fiona free $9.50 $10.00 $10.00 95.00 near" in near, near
+    assert "fiona free $9.50 $10.00 $10.00 95 near" in near, near
     # the long model name sits on its own line, above its bar, never across it
     bars = {
         b.get_attribute("data-name"): b
@@ -318,3 +319,42 @@ def test_the_dashboard_reads_true_on_a_wide_screen_and_on_a_phone(
     console = browser.execute("getLog", {"type": "browser"})["value"]
     errors = [e for e in console if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+@pytest.fixture
+def server_without_database(settings: Settings, emulator: Emulator) -> Iterator[str]:
+    """The app on a real port whose database cannot be reached: every read answers 503."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    database = Database(f"postgresql://nobody@127.0.0.1:{dead_port}/none?connect_timeout=1")
+    app = create_app(runtime=Runtime(settings, database=database, emulator=emulator))
+    port = _free_port()
+    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=served.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not served.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    served.should_exit = True
+    thread.join(timeout=20)
+
+
+def test_an_outage_shows_an_error_and_keeps_the_admin_signed_in(
+    server_without_database: str, browser: WebDriver
+) -> None:
+    """GIVEN the service's database is down WHEN an admin signs in THEN the dashboard says it
+    could not load and keeps the credential (only a refusal forgets it)."""
+    sign_in(browser, server_without_database, BOOTSTRAP_ADMIN_TOKEN)
+
+    error = WebDriverWait(browser, 20).until(
+        expected_conditions.visibility_of_element_located((By.ID, "load-error"))
+    )
+    assert error.text.startswith("could not load: ")
+    assert browser.execute_script(
+        "return sessionStorage.getItem('openrouter-agent-admin-token') !== null"
+    )
+    assert browser.find_element(By.ID, "sign-out").is_displayed()
+    assert not browser.find_element(By.ID, "refused").is_displayed()

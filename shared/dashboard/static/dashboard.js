@@ -166,14 +166,21 @@ async function load() {
 
 async function show() {
   if (!token()) { signedOut(); return; }
+  // Visible before it is drawn: labels are measured to fit, and hidden text measures 0.
+  $("sign-in").hidden = true;
+  $("dashboard").hidden = false;
+  $("sign-out").hidden = false;
+  $("load-error").hidden = true;
   try {
     await load();
-    $("sign-in").hidden = true;
-    $("dashboard").hidden = false;
-    $("sign-out").hidden = false;
   } catch (error) {
-    signedOut(error.status === 401 || error.status === 403
-      ? `refused: ${error.code || error.status}` : `error: ${error.message}`);
+    if (error.status === 401 || error.status === 403) {
+      signedOut(`refused: ${error.code || error.status}`);  // the token is no good: forget it
+      return;
+    }
+    // An outage or a slow database is no reason to sign the admin out.
+    $("load-error").hidden = false;
+    $("load-error").textContent = `could not load: ${error.message}; reload to try again`;
   }
 }
 
