@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from shared.errors import ServiceUnavailable, ValidationFailed
+from shared.errors import AppError, BadGateway, ServiceUnavailable, ValidationFailed
 from shared.openrouter.errors import (
     OpenRouterError,
     OpenRouterOutcomeUnknown,
@@ -96,16 +96,26 @@ class ReconcileReport:
     failed: list[OwnerOutcome] = field(default_factory=list)
 
 
-def openrouter_failure(error: OpenRouterError, operation_id: UUID) -> ServiceUnavailable:
+def openrouter_failure(error: OpenRouterError, operation_id: UUID) -> AppError:
     """An OpenRouter failure in the middle of a key operation."""
-    return openrouter_unavailable(error, {"operation_id": str(operation_id)})
+    return openrouter_answer(error, {"operation_id": str(operation_id)})
 
 
-def openrouter_unavailable(
+def openrouter_answer(
     error: OpenRouterError, details: dict[str, object] | None = None
-) -> ServiceUnavailable:
-    """An OpenRouter failure as our 503: its status, and its Retry-After when it gave one."""
+) -> AppError:
+    """An OpenRouter failure as our answer: a refusal of the request itself (a 4xx other than
+    401, 403, 404, 429) as 502 openrouter_refused, which retrying cannot help; anything else
+    as 503, with its Retry-After when it gave one."""
+    from shared.openrouter.client import is_refusal
+
     details = {**(details or {}), "openrouter_status": error.status_code}
+    if is_refusal(error):
+        return BadGateway(
+            f"OpenRouter refused the request: {error.message}",
+            code="openrouter_refused",
+            details=details,
+        )
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))

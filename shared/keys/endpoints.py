@@ -89,7 +89,9 @@ async def _current(
     return CurrentKeyResponse.of(owned, secret=secret)
 
 
-@router.post("/create", response_model=KeyIssuedResponse, status_code=201, responses=answers(409))
+@router.post(
+    "/create", response_model=KeyIssuedResponse, status_code=201, responses=answers(409, 502)
+)
 async def create_key(
     body: CreateKeyRequest,
     caller: RateLimitedKeyWriter,
@@ -109,7 +111,7 @@ async def create_key(
     return KeyIssuedResponse.of(issued)
 
 
-@router.post("/rotate", response_model=KeyIssuedResponse, responses=answers(404, 409))
+@router.post("/rotate", response_model=KeyIssuedResponse, responses=answers(404, 409, 502))
 async def rotate_key(
     body: RotateKeyRequest,
     caller: RateLimitedKeyWriter,
@@ -128,7 +130,8 @@ async def rotate_key(
     return KeyIssuedResponse.of(issued)
 
 
-@router.get("/user/{user_id}", response_model=CurrentKeyResponse)
+# 429: a reveal is rate-limited (per credential), a plain read is not.
+@router.get("/user/{user_id}", response_model=CurrentKeyResponse, responses=answers(429))
 async def user_key(
     user_id: UserId, caller: KeyReader, runtime: RuntimeDep, reveal: bool = False
 ) -> CurrentKeyResponse:
@@ -146,7 +149,7 @@ async def user_key_history(user_id: UserId, caller: KeyReader, runtime: RuntimeD
     return KeyHistory(data=[KeyInfo.of(k) for k in keys])
 
 
-@router.get("/system/{name}", response_model=CurrentKeyResponse)
+@router.get("/system/{name}", response_model=CurrentKeyResponse, responses=answers(429))
 async def system_key(
     name: SystemName, caller: KeyReader, runtime: RuntimeDep, reveal: bool = False
 ) -> CurrentKeyResponse:
@@ -171,7 +174,7 @@ async def get_key(key_id: UUID, caller: KeyReader, runtime: RuntimeDep) -> KeyIn
     return KeyInfo.of(_visible(caller, await KeyLifecycleService(runtime).get_key(key_id)))
 
 
-@router.delete("/{key_id}", response_model=KeyInfo, responses=answers(409))
+@router.delete("/{key_id}", response_model=KeyInfo, responses=answers(409, 502))
 async def revoke_key(
     key_id: UUID,
     caller: KeyWriter,
@@ -185,7 +188,7 @@ async def revoke_key(
     return KeyInfo.of(revoked)
 
 
-@router.post("/{key_id}/disable", response_model=KeyInfo, responses=answers(409))
+@router.post("/{key_id}/disable", response_model=KeyInfo, responses=answers(409, 502))
 async def disable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> KeyInfo:
     """Block the key at OpenRouter without deleting it (reversible)."""
     key = await KeyLifecycleService(runtime).set_disabled(
@@ -198,7 +201,7 @@ async def disable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> K
     return KeyInfo.of(key)
 
 
-@router.post("/{key_id}/enable", response_model=KeyInfo, responses=answers(409))
+@router.post("/{key_id}/enable", response_model=KeyInfo, responses=answers(409, 502))
 async def enable_key(key_id: UUID, caller: KeyWriter, runtime: RuntimeDep) -> KeyInfo:
     """Unblock a disabled key."""
     key = await KeyLifecycleService(runtime).set_disabled(

@@ -25,7 +25,7 @@ from shared.keys.domain import (
     ReconcileReport,
     current_period,
     no_checkpoint,
-    openrouter_unavailable,
+    openrouter_answer,
 )
 from shared.keys.limits import KeyLimits, KeyVanished, OwnerLease
 from shared.keys.repository import KeyRecord, OperationRecord
@@ -497,7 +497,7 @@ class KeyLifecycleService:
                 await self._limits.vanished(lease, gone.key)
                 current = await self.attend(lease)
             except OpenRouterError as error:
-                raise openrouter_unavailable(error, {"owner": owner.key}) from error
+                raise openrouter_answer(error, {"owner": owner.key}) from error
         if current is None:
             return BudgetApplied("no_key")
         return BudgetApplied("applied", current)
@@ -612,7 +612,7 @@ class KeyLifecycleService:
                 gone = await self._limits.vanished(lease, key)
                 raise self._missing(gone) from None
             except OpenRouterError as error:
-                raise openrouter_unavailable(error, {"key_id": str(key.id)}) from error
+                raise openrouter_answer(error, {"key_id": str(key.id)}) from error
             async with self._store.transaction() as (keys, audit):
                 revoked = await keys.mark_revoked(key.id)
                 await audit.append(
@@ -675,7 +675,7 @@ class KeyLifecycleService:
                 replacement = await self._replace_lost(lease)
                 raise self._missing(gone, replaced_by=replacement) from None
             except OpenRouterError as error:
-                raise openrouter_unavailable(error, {"key_id": str(key.id)}) from error
+                raise openrouter_answer(error, {"key_id": str(key.id)}) from error
         return await self.get_key(updated.id)
 
     async def _replace_lost(self, lease: OwnerLease) -> KeyRecord | None:

@@ -48,6 +48,10 @@ from shared.openrouter.models import (
 LimitReset = Literal["daily", "weekly", "monthly"]
 PAGE_SIZE: Final = 100
 _RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+# 4xx answers that do not refuse the request itself: 401 and 403 say our management key does
+# not work (our configuration: unavailable until it is fixed), 404 that the key is gone (the
+# caller's to handle: a delete's success, a key lost at OpenRouter), 429 to slow down.
+_NOT_REFUSALS: Final = frozenset({401, 403, 404, 429})
 
 
 class _Unset(Enum):
@@ -82,6 +86,16 @@ def parse_retry_after(headers: httpx.Headers, *, now: datetime | None = None) ->
         return None
     reference = now or datetime.now(when.tzinfo)
     return max(0.0, (when - reference).total_seconds())
+
+
+def is_refusal(error: OpenRouterError) -> bool:
+    """Whether OpenRouter refused what we asked (any other 4xx: 400, 402, 409, 422...).
+
+    Not an outage: the same call is refused again, so it is never retried and our caller gets
+    a 502 openrouter_refused, not a 503 that says to retry later.
+    """
+    status = error.status_code
+    return status is not None and 400 <= status < 500 and status not in _NOT_REFUSALS
 
 
 def _decode_json(response: httpx.Response) -> Any:
@@ -386,5 +400,6 @@ __all__ = [
     "OpenRouterClient",
     "OpenRouterError",
     "OpenRouterRateLimited",
+    "is_refusal",
     "parse_retry_after",
 ]

@@ -22,7 +22,7 @@ router = APIRouter(tags=["budgets (admin)"])
 
 
 @router.post(
-    "/api/admin/reset-usage", response_model=ResetUsageResponse, responses=answers(404, 409)
+    "/api/admin/reset-usage", response_model=ResetUsageResponse, responses=answers(404, 409, 502)
 )
 async def reset_usage(
     body: ResetUsageRequest, caller: AdminCaller, runtime: RuntimeDep

@@ -19,7 +19,10 @@ router = APIRouter(prefix="/api/users", tags=["users"])
 @router.put(
     "/{user_id}",
     response_model=UserInfo,
-    responses={201: {"description": "The user was created.", "model": UserInfo}, **answers(409)},
+    responses={
+        201: {"description": "The user was created.", "model": UserInfo},
+        **answers(409, 502),
+    },
 )
 async def put_user(
     user_id: UserId, body: UserPut, caller: UsersWriter, runtime: RuntimeDep, response: Response
@@ -39,7 +42,7 @@ async def put_user(
     return UserInfo.of(written)
 
 
-@router.put("/{user_id}/tier", response_model=UserTierChanged, responses=answers(409))
+@router.put("/{user_id}/tier", response_model=UserTierChanged, responses=answers(409, 502))
 async def change_user_tier(
     user_id: UserId, body: UserTierChange, caller: UsersWriter, runtime: RuntimeDep
 ) -> UserTierChanged:

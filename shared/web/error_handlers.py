@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.errors import AppError
 from shared.observability import current_request_id, logger
@@ -72,6 +73,23 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", "the request is not valid", details=details)
 
 
+# What a 405's Allow header is chosen from: every method a route of ours can be declared with.
+_METHODS: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path. Starlette's 405 names only the methods
+    of the first route whose path matched; GET and DELETE of one path are two routes."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
@@ -79,22 +97,23 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # JSONDecodeError: nested deeper than it descends, or bytes that are not UTF-8.
         return error_response(400, "malformed_json", "the request body is not valid JSON")
     code = _HTTP_STATUS_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"no route matches {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
+        headers["Allow"] = _allowed_methods(request)
     else:
         message = str(exc.detail)
-    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+    return error_response(exc.status_code, code, message, headers=headers)
 
 
 async def _openrouter_error(request: Request, exc: Exception) -> JSONResponse:
-    # Most paths turn OpenRouter's failures into our 503 themselves; this catches any that
-    # escape (a read in a saga's planning step, say), so that none becomes a 500.
-    from shared.keys.domain import openrouter_unavailable
-
+    # Most paths turn OpenRouter's failures into our 502 or 503 themselves; this catches any
+    # that escape (a read in a saga's planning step, say), so that none becomes a 500.
+    from shared.keys.domain import openrouter_answer
     assert isinstance(exc, OpenRouterError)
-    return await _app_error(request, openrouter_unavailable(exc))
+    return await _app_error(request, openrouter_answer(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

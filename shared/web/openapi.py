@@ -5,17 +5,23 @@ public) and every error it can answer, each as the one error envelope. What foll
 route itself is added here, once: 401 and 403 from its access rule, 429 from its rate limit,
 400, 413, 415 and 422 from its body and parameters, 404 from a path parameter, 503 from
 anything that reaches the database or OpenRouter. What only the route knows (a 409, a 404 for
-something named in the body) it declares with `responses=answers(...)`. Schemathesis checks
-that every status the API answers is documented (tests/fuzz/test_openapi_fuzz.py).
+something named in the body, a 429 of a limit it applies itself, a 502 when it asks OpenRouter
+for something) it declares with `responses=answers(...)`. Schemathesis checks that every
+status the API answers is documented (tests/fuzz/test_openapi_fuzz.py), and
+tests/web/test_documented_errors.py the statuses only a rate limit or OpenRouter brings about.
 
 Swagger UI's and ReDoc's assets come from the fastapi-offline package, which ships them and
-follows their releases; only its files are used (its code is never imported).
+follows their releases; only its files are used (its code is never imported). The few files of
+other hosts that their bundles would fetch are rewritten as they are served (_REWRITES): the
+pages make no request off this host.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,6 +35,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
@@ -62,6 +69,8 @@ _MEANINGS: Final[dict[int, str]] = {
     415: "The request body is not JSON (Content-Type application/json).",
     422: "A value is not valid; details give each location, never the input.",
     429: "Too many of these from this credential; Retry-After says when to retry.",
+    502: "OpenRouter refused what the request needed of it (openrouter_refused), or the key "
+    "operation failed there; retrying the same request cannot help.",
     503: "The database or OpenRouter cannot be reached now; retry later.",
 }
 
@@ -162,6 +171,30 @@ _ASSET_TYPES: Final = {
 }
 
 
+# What the bundles would fetch from another host, and what it is here instead ("{assets}": where
+# this app serves the docs' files; None: JavaScript's null). A release that renames one is
+# caught by tests/web/test_docs_offline.py, which reads every served asset for such URLs.
+_REWRITES: Final[dict[str, tuple[tuple[str, str | None], ...]]] = {
+    # ReDoc's side bar shows Redocly's logo from its CDN: the docs' own icon instead.
+    "redoc.standalone.js": (
+        ('"https://cdn.redoc.ly/redoc/logo-mini.svg"', "{assets}/favicon.png"),
+    ),
+    # Swagger UI's validator badge is an image from validator.swagger.io by default; with a
+    # null validator it shows none.
+    "swagger-ui-bundle.js": (('"https://validator.swagger.io/validator"', None),),
+}
+
+
+@lru_cache(maxsize=4)
+def _rewritten(path: Path, assets_url: str) -> bytes:
+    text = path.read_text(encoding="utf-8")
+    for external, local in _REWRITES[path.name]:
+        # json.dumps: a JavaScript string literal, whatever the root path holds.
+        replacement = "null" if local is None else json.dumps(local.format(assets=assets_url))
+        text = text.replace(external, replacement)
+    return text.encode("utf-8")
+
+
 def install_contract_and_docs(app: FastAPI, routes: list[APIRoute]) -> None:
     """Serve the contract at /openapi.json and its pages at /docs and /redoc, offline."""
 
@@ -185,7 +218,7 @@ def install_contract_and_docs(app: FastAPI, routes: list[APIRoute]) -> None:
             swagger_css_url=f"{prefix}{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{prefix}{DOCS_ASSETS}/favicon.png",
             oauth2_redirect_url=f"{prefix}/docs/oauth2-redirect",
-            swagger_ui_parameters={"persistAuthorization": False},
+            swagger_ui_parameters={"persistAuthorization": False, "validatorUrl": None},
         )
 
     async def redirect(_: Request) -> HTMLResponse:
@@ -208,6 +241,10 @@ def install_contract_and_docs(app: FastAPI, routes: list[APIRoute]) -> None:
             from shared.web.error_handlers import error_response
 
             return error_response(404, "not_found", f"no asset {name}")
+        if name in _REWRITES:
+            url = f"{root(request)}{DOCS_ASSETS}"
+            content = await run_in_threadpool(_rewritten, assets / name, url)
+            return Response(content, media_type=media_type)
         return FileResponse(assets / name, media_type=media_type)
 
     app.router.routes.extend(
