@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared.observability import LOG_LEVELS
+
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 # Values copied from templates and docs; refusing them outside development stops a deployment
@@ -124,7 +126,9 @@ class Settings(BaseModel):
     port: Annotated[int, Field(ge=1, le=65535)] = Field(
         default=3001, description="Port of the local server (the original agent's port)."
     )
-    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
+    )
     local_data_dir: Path = Field(
         default=REPOSITORY_ROOT / ".local",
         description="Folder for the embedded database and the generated local master key.",
@@ -185,7 +189,7 @@ class Settings(BaseModel):
     openrouter_max_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
         default=32,
         description="OpenRouter calls at once: of one process, and of the whole fleet of "
-        "invocations working bulk jobs (shared in the database); a 429 halves it for a while "
+        "invocations working bulk jobs (shared in the database); a 429 lowers it for a while "
         "and pauses new calls for its Retry-After.",
     )
     openrouter_max_retry_after_s: Annotated[float, Field(gt=0)] = Field(
@@ -374,6 +378,15 @@ class Settings(BaseModel):
     def _empty_means_unset(cls, value: object) -> object:
         # `DATABASE_URL=` in a shell or .env means "not set", not "an empty DSN".
         return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_log_level(cls, value: str) -> str:
+        # Refused here, by name: the logger itself only passes over what is no level.
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError("is none of " + ", ".join(LOG_LEVELS))
+        return level
 
     @property
     def is_production(self) -> bool:

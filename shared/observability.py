@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from contextvars import ContextVar
 
@@ -12,6 +13,9 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from shared.redaction import redact
 
 SERVICE_NAME = "openrouter-agent"
+
+# The levels LOG_LEVEL may name (any case): logging's own, which uvicorn also knows.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
@@ -41,10 +45,26 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def _level_at_import() -> str:
+    """POWERTOOLS_LOG_LEVEL, else LOG_LEVEL (Powertools' own order), else INFO.
+
+    Powertools would read them itself and raise at import on a misspelt one: every function and
+    every command, --help included, would die with a traceback. A value that is no level is
+    passed over here; LOG_LEVEL is then refused by name when the settings are read.
+    """
+    for variable in ("POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"):
+        level = os.environ.get(variable, "").strip().upper()
+        if level in LOG_LEVELS:
+            return level
+    return "INFO"
+
+
 # serialize_stacktrace off: the plain traceback is already in "exception"; the structured copy
 # doubled every error line. (With our own formatter, the flag must be given to it.)
 logger = Logger(
-    service=SERVICE_NAME, logger_formatter=RedactingFormatter(serialize_stacktrace=False)
+    service=SERVICE_NAME,
+    level=_level_at_import(),
+    logger_formatter=RedactingFormatter(serialize_stacktrace=False),
 )
 logger.addFilter(RequestIdFilter())
 # Our lines are complete (JSON, redacted) when our handler writes them. Propagating the raw

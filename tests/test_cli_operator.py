@@ -339,3 +339,122 @@ def test_a_key_limited_to_nothing_is_not_shown_as_unlimited(cli: Invoke) -> None
     assert "limit $0.00" in shown and "unlimited" not in shown, shown
     assert "$0.00" in listed and "unlimited" not in listed, listed
     assert "1 key in scope" in dry.stdout, dry.stdout
+
+
+def _refused(result: Result, code: str) -> dict[str, Any]:
+    """Under --json, the one document on stdout is the error, with exit 2."""
+    assert result.exit_code == support.EXIT_INVALID, result.output
+    error: dict[str, Any] = json.loads(result.stdout)["error"]
+    assert (error["code"], error["exit_code"]) == (code, support.EXIT_INVALID), error
+    return error
+
+
+def test_ids_and_names_are_refused_as_the_api_refuses_them(cli: Invoke) -> None:
+    # GIVEN values the HTTP API's own types refuse: an empty user id, one of 500 characters,
+    # one with a slash, a system name with a space, a tier name in capitals, a short reason
+    refusals = [
+        ("keys", "create", "--user", ""),
+        ("keys", "create", "--user", "u" * 500),
+        ("keys", "create", "--user", "a/b"),
+        ("keys", "create", "--system", "Bad Name"),
+        ("keys", "create", "--user", "ok", "--tier", "Gold Plus"),
+        ("keys", "rotate", "--user", ""),
+        ("keys", "rotate", "--emergency", "--user", "", "--reason", "leaked"),
+        ("keys", "show", "--system", ""),
+        ("keys", "list", "--user", "x" * 256),
+        ("usage", "report", "--user", ""),
+        ("reset-usage", "--user", "", "--reason", "goodwill"),
+        ("reset-usage", "--tier", "free", "--reason", "  "),
+        ("tiers", "user", "", "free"),
+        ("tiers", "user", "ok", "NOT-A-TIER"),
+        ("tiers", "set", "Free", "5"),
+        ("tokens", "issue", "--name", " ", "--scope", "admin"),
+    ]
+
+    # WHEN an operator passes each, asking for JSON
+    # THEN each is invalid_input, exit 2, one JSON document, the option named
+    for args in refusals:
+        error = _refused(cli(*args, "--json"), "invalid_input")
+        assert "Traceback" not in error["message"], (args, error)
+
+    # AND a value left out (`--system --json` gives --system the value "--json") creates nothing
+    for args in (("keys", "create", "--system", "--json"), ("keys", "create", "--user", "--json")):
+        missing = cli(*args)
+        assert missing.exit_code == support.EXIT_INVALID, (args, missing.output)
+        assert "--json" in missing.stderr
+    assert as_json(cli("keys", "list", "--json"))["data"] == []
+    assert as_json(cli("tokens", "list", "--json")) == []
+
+
+def test_a_tier_budget_is_a_plain_amount_of_dollars(cli: Invoke) -> None:
+    before = as_json(cli("tiers", "list", "--json"))
+
+    # WHEN an operator sets a budget that is not a number, not finite, negative, too large, or
+    # finer than the micro-dollar every amount is kept in
+    for budget in ("NaN", "nan", "sNaN", "Infinity", "1e999", "10000001", "0.0000001", "1e-9",
+                   "lots", "5 dollars"):  # fmt: skip
+        # THEN it is invalid_input, exit 2, and nothing changed
+        _refused(cli("tiers", "set", "free", budget, "--json"), "invalid_input")
+    for budget in ("-1", "-inf"):  # click reads these as options: a usage error, exit 2 too
+        negative = cli("tiers", "set", "free", budget, "--json")
+        assert negative.exit_code == support.EXIT_INVALID, negative.output
+    assert as_json(cli("tiers", "list", "--json")) == before
+
+    # AND a plain amount, or unlimited, is set and answered in one JSON document
+    set_to = as_json(cli("tiers", "set", "free", "12.500000", "--reason", "beta", "--json"))
+    unlimited = as_json(cli("tiers", "set", "free", "unlimited", "--json"))
+    assert (set_to["tier"], set_to["monthly_budget_usd"]) == ("free", "12.5")
+    assert unlimited["monthly_budget_usd"] is None and "description" in unlimited
+
+
+def test_every_write_command_answers_in_json(cli: Invoke) -> None:
+    # GIVEN a key and a service token
+    created = as_json(cli("keys", "create", "--user", "erin", "--json"))
+    issued = as_json(cli("tokens", "issue", "--name", "ops", "--scope", "admin", "--json"))
+
+    # WHEN each is revoked, data keys are re-wrapped and a tier's budget set, all in JSON
+    revoked = as_json(cli("keys", "revoke", created["key"]["id"], "--reason", "gone", "--json"))
+    again = as_json(cli("keys", "revoke", created["key"]["id"], "--json"))
+    rewrapped = as_json(cli("keys", "rewrap", "--json"))
+    token_revoked = as_json(cli("tokens", "revoke", issued["token_info"]["id"], "--json"))
+    tier = as_json(cli("tiers", "set", "standard", "60", "--json"))
+
+    # THEN each is one document shaped as the HTTP API answers (or as its list command prints)
+    assert issued["token"].startswith("ora_st_") and issued["token_info"]["name"] == "ops"
+    assert (revoked["id"], revoked["state"]) == (created["key"]["id"], "revoked")
+    assert again["state"] == "revoked"
+    assert rewrapped == {"rewrapped": 0}
+    assert token_revoked["id"] == issued["token_info"]["id"] and token_revoked["revoked_at"]
+    assert (tier["tier"], tier["monthly_budget_usd"]) == ("standard", "60")
+    # AND an error under --json is one document too
+    missing = cli("tokens", "revoke", "00000000-0000-0000-0000-000000000000", "--json")
+    assert missing.exit_code == support.EXIT_NOT_FOUND
+    assert json.loads(missing.stdout)["error"]["code"] == "token_not_found"
+
+
+def test_the_system_report_shows_drift_and_shares_as_the_api_writes_them(
+    cli: Invoke, runtime: Runtime, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a free user who reported $9 but whose key OpenRouter counted at $10, with the
+    drift measured WHEN the operator reads the month as a table THEN it lists the drift and
+    the share used is written as amounts are ("90", not "90.00"); and a --period beside
+    --user, which the user's report cannot honour, is refused instead of ignored."""
+    monkeypatch.setenv("COLUMNS", "200")
+    created = as_json(cli("keys", "create", "--user", "erin", "--tier", "free", "--json"))
+    asyncio.run(
+        UsageService(runtime).log(
+            [{"user_id": "erin", "generation_id": "e1", "model": "m", "cost_usd": "9"}],
+            actor="t",
+        )
+    )
+    emulator.charge(created["secret"], Decimal(10))
+    assert cli("jobs", "run", "measure-usage-drift").exit_code == 0
+
+    table = cli("usage", "report").stdout
+    both = cli("usage", "report", "--user", "erin", "--period", "2026-01")
+
+    assert "drift from OpenRouter" in table, table
+    cells = r"[\s│]+"
+    assert re.search(cells.join(["erin", r"\$10\.00", r"\$9\.00", r"\$1\.00"]), table), table
+    assert re.search(cells.join(["erin", "free", r"\$9\.00", r"\$10\.00", "90", ""]), table)
+    assert both.exit_code == 2, both.stdout

@@ -5,9 +5,11 @@ operator's tools (keys, usage, tiers, tokens, jobs, audit). Exit codes: shared/c
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,16 +23,19 @@ from shared.cli.keys import app as keys_app
 from shared.cli.keys import reconcile
 from shared.cli.support import (
     EXIT_INVALID,
-    EXIT_PROBLEM,
+    EXIT_UNAVAILABLE,
     DsnOption,
     begin_command,
+    describe_failure,
+    fail,
+    load_settings,
     log_to_stderr,
     resolve_database,
 )
 from shared.cli.tokens import app as tokens_app
 from shared.cli.usage import app as usage_app
 from shared.cli.usage import reset_usage, tiers_app
-from shared.config import get_settings
+from shared.config import Settings
 from shared.db.database import Database
 from shared.db.migrations import (
     MIGRATIONS_DIR,
@@ -68,6 +73,8 @@ app.add_typer(audit_app, name="audit")
 app.command("reset-usage")(reset_usage)
 app.command("reconcile")(reconcile)
 
+PortOption = Annotated[int | None, typer.Option(min=1, max=65_535, help="Default: PORT (3001).")]
+
 # scripts/run exports this so "ready in" covers the whole command, bootstrap included.
 LAUNCHED_AT_ENV = "OPENROUTER_AGENT_LAUNCHED_AT"
 
@@ -85,6 +92,33 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     # uvicorn re-raises the signal it caught after a graceful shutdown; with the default SIGTERM
     # action the process would die before our cleanup runs.
     raise SystemExit(128 + signum)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts (the embedded database, say).
+
+    A port another program holds, or one that needs privileges, is unavailable (exit 5); an
+    address this machine cannot listen on is invalid (2). One line each, never a traceback.
+    """
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError):
+        fail("invalid_address", f"{host} is not an address to listen on", EXIT_INVALID)
+    listening = socket.socket(family, kind, proto)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+    except OSError as error:
+        listening.close()
+        if error.errno == errno.EADDRINUSE:
+            fail("address_in_use", f"{where} is in use by another program", EXIT_UNAVAILABLE)
+        if error.errno == errno.EACCES:
+            fail("address_unavailable", f"{where} needs privileges", EXIT_UNAVAILABLE)
+        fail("invalid_address", f"cannot listen on {where}: {error.strerror}", EXIT_INVALID)
+    return listening
 
 
 async def _migrate(database: Database) -> list[str]:
@@ -108,7 +142,7 @@ def migrate(
         output.write_text(render_supabase_schema(load_migrations(MIGRATIONS_DIR)))
         typer.echo(f"wrote {output}")
         return
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     log_to_stderr()
     target, embedded = resolve_database(settings, dsn)
@@ -129,20 +163,31 @@ def migrate(
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Default: HOST (127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Default: PORT (3001).")] = None,
+    port: PortOption = None,
 ) -> None:
     """Start every endpoint group on one local server, on embedded defaults where unset."""
+    launched_at = _launched_at()
+    # EMF lines are for CloudWatch; on a local server they would only double every request's
+    # log. POWERTOOLS_METRICS_DISABLED=false shows them.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    host, port = host or settings.host, port or settings.port
+    listening = _listening_socket(host, port)
+    try:
+        _serve(settings, host, port, listening, launched_at)
+    finally:
+        listening.close()
+
+
+def _serve(
+    settings: Settings, host: str, port: int, listening: socket.socket, launched_at: float
+) -> None:
     import uvicorn
 
     from shared.jobs.schedule import LocalScheduler
     from shared.web.app_factory import create_app
 
-    launched_at = _launched_at()
-    # EMF lines are for CloudWatch; on a local server they would only double every request's
-    # log. POWERTOOLS_METRICS_DISABLED=false shows them.
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    settings = get_settings()
-    configure_logging(settings.log_level)
     dsn, embedded = resolve_database(settings, None)
     database = Database(dsn, pool_limits(settings))
     if settings.should_auto_migrate:
@@ -167,21 +212,21 @@ def serve(
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(runtime=runtime),
-            host=host or settings.host,
-            port=port or settings.port,
+            host=host,
+            port=port,
             access_log=False,  # our middleware writes one structured line per request
             log_level=settings.log_level.lower(),
         )
     )
 
     async def run() -> None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
         scheduler: LocalScheduler | None = None
         jobs: asyncio.Task[None] | None = None
         if server.started:
-            url = f"http://{host or settings.host}:{port or settings.port}"
+            url = f"http://{host}:{port}"
             logger.info(
                 f"ready: {url} (docs at {url}/docs)",
                 extra={"ready_in_s": round(time.time() - launched_at, 2)},
@@ -206,14 +251,17 @@ def serve(
         pass
     finally:
         if embedded is not None:
-            embedded.stop()
-            logger.info("embedded PostgreSQL stopped")
+            # Only the last live user stops it; commands beside the server may still use it.
+            if embedded.stop():
+                logger.info("embedded PostgreSQL stopped")
+            else:
+                logger.info("embedded PostgreSQL left running for its other users")
 
 
 @app.command()
 def emulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 3002,
+    port: Annotated[int, typer.Option(min=1, max=65_535)] = 3002,
     latency_ms: Annotated[float, typer.Option(help="Added to every request.")] = 0.0,
     billing_delay_ms: Annotated[
         float,
@@ -232,21 +280,26 @@ def emulator(
 
     from shared.openrouter.emulator import Emulator
 
-    emulated = Emulator(
-        latency_s=latency_ms / 1000,
-        connection_faults="stall",
-        billing_delay_s=billing_delay_ms / 1000,
-        state_dir=state_dir or get_settings().local_data_dir / "emulator",
-    )
-    if key_file is not None:
-        key_file.write_text(emulated.management_key + "\n")
-        key_file.chmod(0o600)
-        typer.echo(f"management key written to {key_file}")
-    else:
-        typer.echo("management key: pass --key-file to receive it (it is not printed)")
-    typer.echo(f"OpenRouter emulator: http://{host}:{port}/api/v1")
-    # info level: uvicorn's "Uvicorn running on ..." line tells scripts the port is open.
-    uvicorn.run(emulated, host=host, port=port, log_level="info", access_log=False)
+    listening = _listening_socket(host, port)
+    try:
+        emulated = Emulator(
+            latency_s=latency_ms / 1000,
+            connection_faults="stall",
+            billing_delay_s=billing_delay_ms / 1000,
+            state_dir=state_dir or load_settings().local_data_dir / "emulator",
+        )
+        if key_file is not None:
+            key_file.write_text(emulated.management_key + "\n")
+            key_file.chmod(0o600)
+            typer.echo(f"management key written to {key_file}")
+        else:
+            typer.echo("management key: pass --key-file to receive it (it is not printed)")
+        typer.echo(f"OpenRouter emulator: http://{host}:{port}/api/v1")
+        # info level: uvicorn's "Application startup complete." says it answers from now on.
+        config = uvicorn.Config(emulated, host=host, port=port, log_level="info", access_log=False)
+        uvicorn.Server(config).run(sockets=[listening])
+    finally:
+        listening.close()
 
 
 def main() -> None:
@@ -267,8 +320,13 @@ def main() -> None:
     except typer.Abort:
         raise SystemExit(130) from None
     except Exception as error:  # anything the commands did not turn into their own line
-        sys.stderr.write(f"error: internal_error: {redact(f'{type(error).__name__}: {error}')}\n")
-        raise SystemExit(EXIT_PROBLEM) from None
+        name, text, status = describe_failure(error)
+        if "--json" in sys.argv[1:]:
+            failed = {"code": name, "message": redact(text), "exit_code": status}
+            sys.stdout.write(json.dumps({"error": failed}) + "\n")
+        else:
+            sys.stderr.write(f"error: {name}: {redact(text)}\n")
+        raise SystemExit(status) from None
     raise SystemExit(exit_code if isinstance(exit_code, int) else 0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shared.audit.service import verify_chain
-from shared.cli.support import EXIT_PROBLEM, DsnOption, JsonOption, emit_json, run
+from shared.cli.support import EXIT_PROBLEM, DsnOption, JsonOption, count_of, emit_json, run
 
 app = typer.Typer(no_args_is_help=True, help="The audit trail.")
 
@@ -25,11 +25,11 @@ def verify(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
             }
         )
     elif intact:
-        typer.echo(f"audit chain intact: {result.rows_checked} rows")
+        typer.echo(f"audit chain intact: {count_of(result.rows_checked, 'row')}")
     else:
         typer.echo(
             f"audit chain broken at row {result.broken_seq}: {result.problem}"
-            f" ({result.rows_checked} rows)",
+            f" ({count_of(result.rows_checked, 'row')})",
             err=True,
         )
     if not intact:

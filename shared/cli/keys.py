@@ -21,15 +21,28 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from shared.cli.support import DsnOption, JsonOption, emit_json, operator, run
-from shared.emergency.endpoints import EmergencyDryRun, EmergencyRotationInfo
+from shared.cli.support import (
+    DsnOption,
+    JsonOption,
+    checked,
+    count_of,
+    emit_json,
+    not_an_option,
+    operator,
+    run,
+)
+from shared.emergency.endpoints import EmergencyDryRun, EmergencyReason, EmergencyRotationInfo
 from shared.emergency.service import EmergencyRotationService, EmergencyScope, EmergencyStatus
 from shared.keys.domain import Owner
 from shared.keys.schemas import (
     CurrentKeyResponse,
     KeyInfo,
     KeyIssuedResponse,
+    Reason,
     ReconcileResult,
+    SystemName,
+    TierName,
+    UserId,
 )
 from shared.keys.service import KeyLifecycleService
 from shared.money import usd_display
@@ -39,14 +52,25 @@ from shared.usage.schemas import KeyPage
 
 app = typer.Typer(no_args_is_help=True, help="Keys: create, rotate, revoke, show, list.")
 
-UserOption = Annotated[str | None, typer.Option("--user", help="A user's id.")]
-SystemOption = Annotated[str | None, typer.Option("--system", help="A system key's name.")]
+UserOption = Annotated[
+    str | None, typer.Option("--user", help="A user's id.", callback=not_an_option)
+]
+SystemOption = Annotated[
+    str | None, typer.Option("--system", help="A system key's name.", callback=not_an_option)
+]
+TierOption = Annotated[str | None, typer.Option(help="A tier.", callback=not_an_option)]
+ReasonOption = Annotated[
+    str | None, typer.Option(help="Why; kept in the audit trail.", callback=not_an_option)
+]
 
 
 def _owner(user: str | None, system: str | None) -> Owner:
+    """The owner named by --user or --system, checked as the HTTP API checks its ids."""
     if (user is None) == (system is None):
         raise typer.BadParameter("give exactly one of --user and --system")
-    return Owner.user(user) if user is not None else Owner.system(system or "")
+    if user is not None:
+        return Owner.user(checked(UserId, user, "--user"))
+    return Owner.system(checked(SystemName, system, "--system"))
 
 
 class KeysPerSecondColumn(ProgressColumn):
@@ -66,12 +90,15 @@ def _print_issued(issued: KeyIssuedResponse, verb: str) -> None:
 def create(
     user: UserOption = None,
     system: SystemOption = None,
-    tier: Annotated[str | None, typer.Option(help="The user's tier (default: free).")] = None,
+    tier: Annotated[
+        str | None, typer.Option(help="The user's tier (default: free).", callback=not_an_option)
+    ] = None,
     as_json: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
     """Create a key; its secret is printed once, on its own line."""
     owner = _owner(user, system)
+    tier = checked(TierName, tier, "--tier")
     issued = run(
         dsn,
         lambda r: KeyLifecycleService(r).create_key(owner, actor=operator(), tier=tier),
@@ -88,12 +115,14 @@ def rotate(
     user: UserOption = None,
     system: SystemOption = None,
     grace_seconds: Annotated[int | None, typer.Option(min=0, max=86_400)] = None,
-    reason: Annotated[str | None, typer.Option()] = None,
+    reason: ReasonOption = None,
     emergency: Annotated[
         bool, typer.Option(help="Disable at once, then replace, every key in the scope.")
     ] = False,
     all_keys: Annotated[bool, typer.Option("--all", help="Emergency scope: every key.")] = False,
-    tier: Annotated[list[str] | None, typer.Option(help="Emergency scope: a tier.")] = None,
+    tier: Annotated[
+        list[str] | None, typer.Option(help="Emergency scope: a tier.", callback=not_an_option)
+    ] = None,
     key: Annotated[list[UUID] | None, typer.Option(help="Emergency scope: a key id.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Emergency: list the scope only.")] = False,
     as_json: JsonOption = False,
@@ -101,19 +130,22 @@ def rotate(
 ) -> None:
     """Rotate one owner's key; or, with --emergency, every key in a scope, with progress."""
     if emergency:
+        # Checked as the API's emergency-rotate request checks its user ids, tiers and reason.
         scope = EmergencyScope(
             everything=all_keys,
-            user_ids=(user,) if user else (),
-            tiers=tuple(tier or ()),
+            user_ids=() if user is None else (checked(UserId, user, "--user"),),
+            tiers=tuple(checked(list[TierName], tier or [], "--tier")),
             key_ids=tuple(key or ()),
         )
         if all_keys == bool(scope.user_ids or scope.tiers or scope.key_ids):
             raise typer.BadParameter("give --all, or at least one of --user, --tier, --key")
-        if reason is None or len(reason.strip()) < 3:
+        if reason is None:
             raise typer.BadParameter("an emergency rotation needs --reason")
-        _emergency(scope, reason.strip(), dry_run=dry_run, as_json=as_json, dsn=dsn)
+        reason = checked(EmergencyReason, reason, "--reason")
+        _emergency(scope, reason, dry_run=dry_run, as_json=as_json, dsn=dsn)
         return
     owner = _owner(user, system)
+    reason = checked(Reason, reason, "--reason")
     issued = run(
         dsn,
         lambda r: KeyLifecycleService(r).rotate_key(
@@ -136,8 +168,7 @@ def _emergency(
         if as_json:
             emit_json(result)
         else:
-            noun = "key" if result.total == 1 else "keys"
-            typer.echo(f"{result.total} {noun} in scope (nothing changed):")
+            typer.echo(f"{count_of(result.total, 'key')} in scope (nothing changed):")
             for info in result.keys:
                 typer.echo(f"  {info.id}  {info.owner}")
         return
@@ -184,16 +215,21 @@ def _emergency(
 @app.command("revoke")
 def revoke(
     key_id: UUID,
-    reason: Annotated[str | None, typer.Option()] = None,
+    reason: ReasonOption = None,
+    as_json: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
     """Delete a key at OpenRouter and mark it revoked; doing it again changes nothing."""
+    reason = checked(Reason, reason, "--reason")
     key = run(
         dsn,
         lambda r: KeyLifecycleService(r).revoke_key(
             key_id, actor=operator(), reason=reason, request_id=None
         ),
     )
+    if as_json:
+        emit_json(KeyInfo.of(key))  # as DELETE /api/keys/{id} answers
+        return
     typer.echo(f"revoked {key.id} ({key.owner})")
 
 
@@ -224,7 +260,7 @@ def show(
 @app.command("list")
 def list_keys(
     status: Annotated[str | None, typer.Option(help="pending, current, previous, ...")] = None,
-    tier: Annotated[str | None, typer.Option()] = None,
+    tier: TierOption = None,
     user: UserOption = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     cursor: Annotated[str | None, typer.Option(help="From a previous page's next_cursor.")] = None,
@@ -232,6 +268,7 @@ def list_keys(
     dsn: DsnOption = None,
 ) -> None:
     """Keys newest first, a page at a time."""
+    user, tier = checked(UserId, user, "--user"), checked(TierName, tier, "--tier")
     page: KeyPage = run(
         dsn,
         lambda r: report_service.keys_page(
@@ -257,14 +294,17 @@ def list_keys(
 
 
 @app.command("rewrap")
-def rewrap(dsn: DsnOption = None) -> None:
+def rewrap(as_json: JsonOption = False, dsn: DsnOption = None) -> None:
     """Re-wrap every data key under the current master key (or KMS key).
 
     Run after setting a new ENCRYPTION_MASTER_KEY (or KMS_KEY_ID) with the old master key in
     ENCRYPTION_PREVIOUS_MASTER_KEYS; afterwards the old key can be dropped.
     """
     count = run(dsn, lambda r: KeyLifecycleService(r).rewrap_all(actor=operator()))
-    typer.echo(f"re-wrapped {count} data keys")
+    if as_json:
+        emit_json({"rewrapped": count})
+        return
+    typer.echo(f"re-wrapped {count_of(count, 'data key')}")
 
 
 def reconcile(as_json: JsonOption = False, dsn: DsnOption = None) -> None:

@@ -9,14 +9,16 @@ from uuid import UUID
 import typer
 
 from shared.access.principals import Scope
-from shared.access.schemas import ServiceTokenInfo
+from shared.access.schemas import ServiceTokenInfo, ServiceTokenIssued, TokenName
 from shared.access.service import AccessService
 from shared.cli.support import (
     EXIT_INVALID,
     DsnOption,
     JsonOption,
+    checked,
     emit_json,
     fail,
+    not_an_option,
     operator,
     run,
 )
@@ -26,12 +28,17 @@ app = typer.Typer(no_args_is_help=True, help="Service tokens: issue, list, revok
 
 @app.command("issue")
 def issue(
-    name: Annotated[str, typer.Option(help="What the token is for, e.g. formul8-backend.")],
+    name: Annotated[
+        str,
+        typer.Option(help="What the token is for, e.g. formul8-backend.", callback=not_an_option),
+    ],
     scope: Annotated[list[Scope], typer.Option(help="Repeat for several scopes.")],
     expires_in_days: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: JsonOption = False,
     dsn: DsnOption = None,
 ) -> None:
     """Issue a service token. It is printed once, on its own line; store it now."""
+    name = checked(TokenName, name, "--name")
     try:
         expires_at = (
             None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
@@ -44,6 +51,11 @@ def issue(
             issued_by=operator(), name=name, scopes=scope, expires_at=expires_at
         ),
     )
+    if as_json:  # as POST /api/admin/tokens answers
+        emit_json(
+            ServiceTokenIssued(token=issued.token, token_info=ServiceTokenInfo.of(issued.record))
+        )
+        return
     typer.echo(f"issued {issued.record.id} ({', '.join(issued.record.scopes)})", err=True)
     typer.echo(issued.token)
 
@@ -69,7 +81,10 @@ def list_tokens(
 
 
 @app.command("revoke")
-def revoke(token_id: UUID, dsn: DsnOption = None) -> None:
+def revoke(token_id: UUID, as_json: JsonOption = False, dsn: DsnOption = None) -> None:
     """Revoke a service token; revoking it again changes nothing."""
     record = run(dsn, lambda r: AccessService(r).revoke_token(token_id, revoked_by=operator()))
+    if as_json:
+        emit_json(ServiceTokenInfo.of(record))  # as DELETE /api/admin/tokens/{id} answers
+        return
     typer.echo(f"revoked {record.id} at {record.revoked_at}")
