@@ -240,8 +240,11 @@ def describe_failure(error: Exception) -> tuple[str, str, int]:
     refused = refused_by_the_database(error)
     if refused is not None:  # what the API answers with 422: the backstop behind the checks
         return "invalid_input", f"a value cannot be stored ({refused})", EXIT_INVALID
-    if isinstance(error, OpenRouterError):
-        return "openrouter_unavailable", f"OpenRouter failed: {error}", EXIT_UNAVAILABLE
+    if isinstance(error, OpenRouterError):  # answered as the API answers it (502 or 503)
+        from shared.keys.domain import openrouter_answer
+
+        answer = openrouter_answer(error)
+        return answer.code, answer.message, exit_code_for(answer)
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None and isinstance(error, psycopg.OperationalError):
         return "database_unavailable", "the database could not be reached", EXIT_UNAVAILABLE
