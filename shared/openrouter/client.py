@@ -3,8 +3,9 @@
 Retry policy, the part that matters most:
 - GET, PATCH and DELETE are safe to repeat: retried on 429, 5xx, timeouts and network errors,
   with exponential backoff and full jitter, honouring Retry-After.
-- POST /keys is never retried. A create whose outcome we cannot know (timeout, 5xx, lost or
-  unreadable response) raises OpenRouterOutcomeUnknown so the caller reconciles by key name.
+- POST /keys is retried only on 429, which refuses a call before it does anything. A create
+  whose outcome we cannot know (timeout, 5xx, lost or unreadable response) raises
+  OpenRouterOutcomeUnknown so the caller reconciles by key name.
 - DELETE answering 404 means the key is already gone: success.
 """
 
@@ -255,7 +256,8 @@ class OpenRouterClient:
                 error_body = None
             retry_after = parse_retry_after(response.headers)
             error = error_for_status(response.status_code, error_body, retry_after_s=retry_after)
-            if not retryable:
+            if not retryable and response.status_code != 429:
+                # A 429 refused the call before doing anything, so a create is retried too.
                 if response.status_code >= 500:
                     raise OpenRouterOutcomeUnknown(
                         error.message, status_code=response.status_code

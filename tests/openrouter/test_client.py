@@ -147,13 +147,26 @@ async def test_a_500_on_create_is_not_retried(
     assert recording_sleep.waits == []
 
 
-async def test_a_429_on_create_is_not_retried_and_is_not_an_unknown_outcome(
+async def test_a_429_on_create_is_retried_after_its_retry_after_and_makes_one_key(
+    emulator: Emulator, openrouter: OpenRouterClient, recording_sleep: RecordingSleep
+) -> None:
+    """A 429 refuses the call before it does anything: unlike a create whose outcome is
+    unknown, it is safe to send again, after the pause it asks for."""
+    emulator.inject(Fault("status", method="POST", path="/keys", status=429, retry_after_s=1))
+    created = await openrouter.create_key(name="limited")
+    assert _posts(emulator) == 2
+    assert [k.hash for k in emulator.user_keys()] == [created.key.hash]
+    assert recording_sleep.waits == [1]
+
+
+async def test_a_create_refused_by_429_every_time_is_rate_limited_not_an_unknown_outcome(
     emulator: Emulator, openrouter: OpenRouterClient
 ) -> None:
-    emulator.inject(Fault("status", method="POST", path="/keys", status=429, retry_after_s=1))
+    for _ in range(10):
+        emulator.inject(Fault("status", method="POST", path="/keys", status=429, retry_after_s=1))
     with pytest.raises(OpenRouterRateLimited):
         await openrouter.create_key(name="limited")
-    assert _posts(emulator) == 1
+    assert _posts(emulator) == 4  # the first and three retries
     assert emulator.user_keys() == []
 
 
