@@ -170,6 +170,7 @@ class Emulator:
         stall_s: float = 120.0,
         billing_delay_s: float = 0.0,
         state_dir: Path | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> None:
         self.clock = clock
         self.total_credits = total_credits
@@ -181,6 +182,12 @@ class Emulator:
         self.stall_s = stall_s
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        # OpenRouter takes so many management calls at once and answers 429 beyond: the rate
+        # a fleet must learn. None: no limit.
+        self.max_concurrent_requests = max_concurrent_requests
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.rate_limited = 0  # 429s answered for being over max_concurrent_requests
         self._keys: dict[str, EmulatedKey] = {}
         self._by_secret: dict[str, EmulatedKey] = {}  # by the secret's digest
         self._deleted: dict[str, EmulatedKey] = {}  # still billed for requests in flight
@@ -212,6 +219,11 @@ class Emulator:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    def key_by_hash(self, key_hash: str) -> EmulatedKey | None:
+        """The key with this hash, if it exists (deleted keys do not)."""
+        with self._lock:
+            return self._keys.get(key_hash)
 
     def user_keys(self) -> list[EmulatedKey]:
         """Every user key (not management keys), newest first."""
@@ -496,6 +508,20 @@ class Emulator:
             return
         method, path = scope["method"], scope["path"]
         self.requests.append((method, path))
+        cap = self.max_concurrent_requests
+        if cap is not None and path.startswith(API_PREFIX) and self.in_flight >= cap:
+            self.rate_limited += 1
+            refused = EmulatorApiError(429, "Rate limit exceeded", headers={"Retry-After": "1"})
+            await _error_response(refused)(scope, receive, send)
+            return
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await self._serve(method, path, scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, method: str, path: str, scope: Any, receive: Any, send: Any) -> None:
         fault = self._take_fault(method, path.removeprefix(API_PREFIX))
         delay = self.latency_s
         if fault is not None:

@@ -63,3 +63,35 @@ async def test_repeated_429s_floor_at_one_call_at_a_time() -> None:
     for _ in range(10):
         limiter.throttled(None)
     assert limiter.limit == 1
+
+
+async def test_over_openrouters_concurrency_it_answers_429_and_a_limited_client_gets_through() -> (
+    None
+):
+    """GIVEN the emulator takes 4 calls at once (429 with Retry-After beyond) and answers
+    after 20 ms WHEN a client allowing 16 at once makes 40 calls together THEN the emulator
+    refused some with 429, never served more than 4 at once, and every call succeeded: the
+    limiter learned to stay under what OpenRouter takes."""
+    from pydantic import SecretStr
+
+    from shared.openrouter.client import OpenRouterClient
+    from shared.openrouter.emulator import Emulator
+    from shared.runtime import EMULATOR_BASE_URL
+
+    emulator = Emulator(latency_s=0.02, max_concurrent_requests=4)
+    key = emulator.add_key(name="k")
+    client = OpenRouterClient(
+        management_key=SecretStr(emulator.management_key),
+        base_url=EMULATOR_BASE_URL,
+        transport=emulator.transport(),
+        limiter=AdaptiveLimiter(16),
+        max_retries=10,
+    )
+    try:
+        keys = await asyncio.gather(*(client.get_key(key.hash) for _ in range(40)))
+    finally:
+        await client.aclose()
+
+    assert all(k.hash == key.hash for k in keys)
+    assert emulator.rate_limited > 0
+    assert emulator.peak_in_flight == 4
