@@ -80,6 +80,10 @@ def _field(text: str, low: int, high: int) -> frozenset[int]:
     return frozenset(values)
 
 
+# The crons that make bulk jobs for the work lanes (shared/jobs/worker.py).
+BULK_JOB_CRONS = frozenset({"rotate-scheduled-keys", "open-usage-period", "reconcile-keys"})
+
+
 def scheduled_jobs() -> dict[str, tuple[Job, Cron]]:
     """Every scheduled job by name (its cron route's last segment), with its schedule."""
     from shared.jobs import service

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from shared.jobs.queue import ItemHandler, QueueSettings, work_through
 from shared.jobs.repository import WorkJob, WorkQueueRepository
@@ -89,20 +90,46 @@ def _tier_budget(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSett
     return budgets.tier_budget_handler(runtime, job), QueueSettings.of(runtime.settings)
 
 
-async def work(runtime: Runtime, *, lane: int = 0, stagger: bool = True) -> LaneReport:
+def bulk_work_may_start(moment: datetime) -> bool:
+    """Whether a cron that makes a bulk job runs this minute: a lane idle at the minute's start
+    then looks again after its stagger, instead of missing the job for a minute."""
+    from shared.jobs.schedule import BULK_JOB_CRONS, scheduled_jobs
+
+    minute = moment.replace(second=0, microsecond=0)
+    return any(
+        cron.matches(minute)
+        for name, (_, cron) in scheduled_jobs().items()
+        if name in BULK_JOB_CRONS
+    )
+
+
+async def work(
+    runtime: Runtime, *, lane: int = 0, stagger: bool = True, jobs_may_start: bool | None = None
+) -> LaneReport:
     """One lane's invocation: if any job has work, wait its stagger, then work the most
-    urgent jobs until the time budget is spent."""
+    urgent jobs until the time budget is spent. `jobs_may_start`: whether a cron makes a bulk
+    job this minute (default: read from the schedule and the clock)."""
     settings = runtime.settings
     report = LaneReport(lane=lane)
     database = runtime.database()
     async with database.connection() as conn:
-        if not await WorkQueueRepository(conn).due_jobs(limit=1):
+        idle = not await WorkQueueRepository(conn).due_jobs(limit=1)
+    if idle and not stagger:
+        return report
+    if idle:
+        if jobs_may_start is None:
+            jobs_may_start = bulk_work_may_start(datetime.now(UTC))
+        if not jobs_may_start:
             return report  # idle: one query, and done
     if stagger:
         report.waited_s = stagger_s(
             lane, lanes=settings.work_lanes, time_budget_s=settings.job_time_budget_s
         )
         await asyncio.sleep(report.waited_s)
+    if idle:
+        async with database.connection() as conn:
+            if not await WorkQueueRepository(conn).due_jobs(limit=1):
+                return report
     clock = asyncio.get_running_loop().time
     deadline = clock() + settings.job_time_budget_s
     passed: set[str] = set()  # jobs whose due items other workers took first
