@@ -8,11 +8,18 @@ works, the process follows the fleet's share of OpenRouter (shared/jobs/fleet.py
 must be idempotent per item, since an item whose worker died is run again; the key sagas are
 (a rotation replays by its idempotency key). What a handler returns is kept as the item's
 result. Deadlines are read on the event loop's clock.
+
+A worker holds an item for a short lease (`QueueSettings.lease_s`) and renews, every
+`heartbeat_s` on the event loop's clock, the leases of every item it holds (claimed and not
+started, or running) in one statement: a worker that dies gives its items back within the
+lease, and a live one keeps an item however long it runs. An item whose lease was not renewed
+(another worker has it now) is not started; if it was running, its completion is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,11 +51,19 @@ class RetryItemLater(Exception):
 class QueueSettings:
     concurrency: int = 8
     time_budget_s: float = 45.0
-    # Longer than the budget, so an item is never taken from a live worker; a dead worker's
-    # items come back after it.
-    lease_margin_s: float = 30.0
+    # How long a worker that died (kill -9, a platform's timeout) keeps its items: they come
+    # back once their lease runs out. A live worker renews its leases every heartbeat_s, so it
+    # keeps its items however long one runs (past its budget too).
+    lease_s: int = 15
+    heartbeat_s: float = 5.0
     retry_base_s: float = 30.0
     retry_max_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.lease_s < 1:
+            raise ValueError("lease_s must be at least 1 s")
+        if not 0 < self.heartbeat_s < self.lease_s:
+            raise ValueError("heartbeat_s must be positive and shorter than lease_s")
 
     @classmethod
     def of(cls, settings: Settings, *, time_budget_s: float | None = None) -> QueueSettings:
@@ -84,14 +99,33 @@ async def work_through(
     report = WorkReport(worker=worker or f"worker-{uuid.uuid4().hex[:12]}")
     clock = asyncio.get_running_loop().time
     deadline = clock() + settings.time_budget_s
-    lease_s = int(settings.time_budget_s + settings.lease_margin_s)
+    lease_s = settings.lease_s
     database = runtime.database()
     buffer: list[ClaimedItem] = []
+    running_items: dict[str, ClaimedItem] = {}
+    # Each claim held (claimed and not started, or running), with when its lease may run out on
+    # the loop's clock: read before the statement that set it was sent, so never later than the
+    # database's. By claim, not only by name: an item failed and claimed again is a new claim.
+    leases: dict[str, tuple[ClaimedItem, float]] = {}
+
+    def holds(claimed: ClaimedItem) -> bool:
+        lease = leases.get(claimed.item)
+        return lease is not None and lease[0] is claimed and clock() < lease[1]
+
+    def ending(claimed: ClaimedItem) -> None:
+        """No longer held here: its handler is done (the statement that ends the item checks
+        the lease itself), or it is not started after all."""
+        if running_items.get(claimed.item) is claimed:
+            del running_items[claimed.item]
+        if leases.get(claimed.item, (None, 0.0))[0] is claimed:
+            del leases[claimed.item]
+
     claim_lock = asyncio.Lock()
     exhausted = False
     running = 0
     finished = 0  # items ended in this invocation: a claim made meanwhile may be stale
     one_finished = asyncio.Event()
+    stop = asyncio.Event()
 
     async def next_item() -> ClaimedItem | None:
         nonlocal exhausted
@@ -100,19 +134,25 @@ async def work_through(
                 if clock() >= deadline:
                     return None
                 if buffer:
-                    return buffer.pop(0)
+                    claimed = buffer.pop(0)
+                    if holds(claimed):
+                        return claimed
+                    ending(claimed)  # its lease may have run out: it may be another's now
+                    continue
                 if exhausted:
                     return None
                 finished_before = finished
+                sent_at = clock()
                 async with database.connection() as conn:
-                    buffer.extend(
-                        await WorkQueueRepository(conn).claim(
-                            job_id,
-                            worker=report.worker,
-                            limit=settings.concurrency * 2,
-                            lease_s=lease_s,
-                        )
+                    claimed_now = await WorkQueueRepository(conn).claim(
+                        job_id,
+                        worker=report.worker,
+                        limit=settings.concurrency * 2,
+                        lease_s=lease_s,
                     )
+                for claimed in claimed_now:
+                    leases[claimed.item] = (claimed, sent_at + lease_s)
+                buffer.extend(claimed_now)
                 if buffer or finished != finished_before:
                     continue  # claimed, or an item ended meanwhile and may have opened more
                 if running == 0:
@@ -123,10 +163,48 @@ async def work_through(
                 one_finished.clear()
             await one_finished.wait()
 
+    async def heartbeat() -> None:
+        """Every heartbeat_s, renew the leases of the items held, in one statement; an item
+        whose lease was not renewed is no longer held (another worker may have it)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.heartbeat_s)
+            held = [*buffer, *running_items.values()]
+            if stop.is_set() or not held:
+                continue
+            sent_at = clock()
+            try:
+                async with database.connection() as conn:
+                    renewed = await WorkQueueRepository(conn).renew(
+                        job_id, [c.item for c in held], worker=report.worker, lease_s=lease_s
+                    )
+            except Exception as error:  # the next beat tries again; the leases last till then
+                logger.warning(
+                    "work queue leases not renewed",
+                    extra={"job_id": str(job_id), "error": type(error).__name__},
+                )
+                continue
+            lost: list[ClaimedItem] = []
+            for claimed in held:
+                lease = leases.get(claimed.item)
+                if lease is None or lease[0] is not claimed:
+                    continue  # ended meanwhile (and maybe claimed again: a newer claim)
+                if claimed.item in renewed:
+                    leases[claimed.item] = (claimed, sent_at + lease_s)
+                else:  # its lease ran out, or another worker has taken the item over
+                    del leases[claimed.item]
+                    lost.append(claimed)
+            if lost:  # one not started yet will not be (next_item asks holds())
+                logger.warning(
+                    "work queue leases lost",
+                    extra={"job_id": str(job_id), "items": [c.item for c in lost][:10]},
+                )
+
     async def run(claimed: ClaimedItem) -> None:
         try:
             result = await handler(claimed)
         except Exception as error:
+            ending(claimed)
             after = error.after_s if isinstance(error, RetryItemLater) else None
             if isinstance(error, AppError):
                 message = f"{error.code}: {error.message}"
@@ -147,6 +225,7 @@ async def work_through(
             if len(report.errors) < 10:
                 report.errors.append(f"{claimed.item}: {message}"[:300])
             return
+        ending(claimed)
         async with database.connection() as conn:
             completed = await WorkQueueRepository(conn).complete(
                 job_id, claimed.item, worker=report.worker, result=result
@@ -158,20 +237,28 @@ async def work_through(
         nonlocal running, finished
         while (claimed := await next_item()) is not None:
             running += 1
+            running_items[claimed.item] = claimed
             try:
                 await run(claimed)
             finally:
+                ending(claimed)
                 running -= 1
                 finished += 1
                 one_finished.set()
 
-    async with fleet_member(runtime, lease_s=lease_s):
-        await asyncio.gather(*(lane() for _ in range(settings.concurrency)))
+    beating = asyncio.create_task(heartbeat())
+    try:
+        async with fleet_member(runtime, lease_s=lease_s):
+            await asyncio.gather(*(lane() for _ in range(settings.concurrency)))
+    finally:
+        stop.set()  # a renewal under way ends first: a statement is never cut off
+        await beating
     async with database.connection() as conn:
         repository = WorkQueueRepository(conn)
-        if buffer:
-            report.released = len(buffer)
-            await repository.release(job_id, [c.item for c in buffer], worker=report.worker)
+        unstarted = [c.item for c in buffer if leases.get(c.item, (None, 0.0))[0] is c]
+        if unstarted:
+            report.released = len(unstarted)
+            await repository.release(job_id, unstarted, worker=report.worker)
         report.finished = await repository.finish_if_drained(job_id)
     logger.info(
         "work queue invocation",
@@ -181,6 +268,7 @@ async def work_through(
             "done": report.done,
             "failed": report.failed,
             "parked": report.parked,
+            "lost": report.lost,
             "released": report.released,
             "finished": report.finished,
         },

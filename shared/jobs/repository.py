@@ -1,4 +1,5 @@
-"""All SQL of the work queue (schema/migrations/0008_work_queue.sql)."""
+"""All SQL of the work queue (schema/migrations/0008_work_queue.sql, 0017_one_work_queue.sql,
+0019_work_item_heartbeat.sql)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class FleetShare:
     allowance: int  # calls at once OpenRouter takes from the whole fleet, as learned
     workers: int
     resume_in_s: float  # a 429's Retry-After still to wait out
+    resume_at: datetime | None = None  # which pause that is: each is waited out once
 
 
 class WorkQueueRepository:
@@ -186,6 +188,7 @@ class WorkQueueRepository:
             allowance=int(row["allowance"]),  # type: ignore[call-overload]
             workers=int(row["workers"]),  # type: ignore[call-overload]
             resume_in_s=float(row["resume_in_s"]),  # type: ignore[arg-type]
+            resume_at=row["resume_at"],  # type: ignore[arg-type]
         )
 
     async def claim(
@@ -218,6 +221,20 @@ class WorkQueueRepository:
         )
         row = await cursor.fetchone()
         return None if row is None or row["status"] is None else str(row["status"])
+
+    async def renew(self, job_id: UUID, items: list[str], *, worker: str, lease_s: int) -> set[str]:
+        """Renew, in one statement, the leases this worker still holds on these items (claimed
+        and not started, or running); the items renewed. An item whose lease ran out, or was
+        taken over by another worker, is not renewed: it is no longer this worker's."""
+        if not items:
+            return set()
+        cursor = await self._conn.execute(
+            "update work_items set lease_until = now() + make_interval(secs => %s)"
+            " where job_id = %s and item = any(%s) and leased_by = %s and status = 'pending'"
+            " and lease_until >= now() returning item",
+            (lease_s, job_id, items, worker),
+        )
+        return {str(row["item"]) for row in await cursor.fetchall()}
 
     async def release(self, job_id: UUID, items: list[str], *, worker: str) -> None:
         """Hand back claimed items this worker did not start: no attempt is counted."""
