@@ -1509,14 +1509,17 @@ create table openrouter_fleet_workers (
 
 -- A worker's share of the fleet's allowance, after reporting what it saw since it last asked:
 -- p_successes calls that OpenRouter took, and whether it answered 429 (then the allowance
--- halves, and every worker waits out its Retry-After). A run of successes as long as the
+-- drops by a quarter, and every worker waits out its Retry-After: a gentler cut than halving,
+-- since a fleet's 429s mostly come from a worker joining before the others took their
+-- smaller share, not from OpenRouter lowering what it takes). A run of successes as long as the
 -- allowance earns one more call at once, up to p_max (OPENROUTER_MAX_CONCURRENCY). The share
 -- is the allowance divided among the workers alive (at least one call each); p_leave takes the
--- worker out. One row, updated in one statement: concurrent workers queue on it briefly.
+-- worker out. resume_at names the pause still to wait out, so that a worker waits each once. One row, updated in one statement: concurrent workers queue on it briefly.
 create function openrouter_fleet_share(
     p_worker text, p_max integer, p_lease_seconds integer, p_successes integer,
     p_throttled boolean, p_retry_after_s numeric, p_leave boolean
-) returns table (share integer, allowance integer, workers integer, resume_in_s numeric)
+) returns table (share integer, allowance integer, workers integer, resume_in_s numeric,
+                 resume_at timestamptz)
 language plpgsql
 as $$
 declare
@@ -1525,8 +1528,11 @@ declare
 begin
     insert into openrouter_fleet (allowance) values (p_max) on conflict (id) do nothing;
     update openrouter_fleet f set
+        -- One cut per pause: the workers that saw the same burst of 429s report it each, and
+        -- a 429 while the fleet already waits out a Retry-After is that burst.
         allowance = least(p_max, case
-            when p_throttled then greatest(1, f.allowance / 2)
+            when p_throttled and f.resume_at > now() then f.allowance
+            when p_throttled then greatest(1, f.allowance * 3 / 4)
             when f.successes + p_successes >= f.allowance then f.allowance + 1
             else f.allowance end),
         successes = case
@@ -1552,7 +1558,8 @@ begin
         greatest(1, fleet.allowance / greatest(alive, 1)),
         fleet.allowance,
         alive,
-        greatest(0, extract(epoch from fleet.resume_at - now()))::numeric;
+        greatest(0, extract(epoch from fleet.resume_at - now()))::numeric,
+        fleet.resume_at;
 end
 $$;
 
@@ -1567,7 +1574,7 @@ grant execute on function complete_work_item(uuid, text, text, jsonb), work_jobs
     openrouter_fleet_share(text, integer, integer, integer, boolean, numeric, boolean)
     to service_role;
 
-insert into schema_migrations (version, name, checksum) values ('0017', 'one_work_queue', 'e3bf232aa1149c5de5d4d131a78d1262a27d816e0ccf76f762fbe63b029bbabb')
+insert into schema_migrations (version, name, checksum) values ('0017', 'one_work_queue', 'bc094596c13477be20f6faa733dfe13d946458b371459c57b446c775a41e9d59')
 on conflict (version) do nothing;
 
 -- ===== migration 0018_thresholds_on_budget_change.sql =====
@@ -1614,6 +1621,72 @@ revoke all on function cross_usage_thresholds(date, text, text) from public, ano
 grant execute on function cross_usage_thresholds(date, text, text) to service_role;
 
 insert into schema_migrations (version, name, checksum) values ('0018', 'thresholds_on_budget_change', 'cd65b7e0dd8908ea9838c5b8c2065eacd10736a1ab29f9141a7396747dd0e14f')
+on conflict (version) do nothing;
+
+-- ===== migration 0019_work_item_heartbeat.sql =====
+
+-- Short leases on work items, renewed while their worker lives; items whose worker died.
+--
+-- A worker now holds an item for a short lease (QueueSettings.lease_s, 15 s) and renews the
+-- leases of every item it holds (claimed and not started, or running) every few seconds, in one
+-- statement (shared/jobs/queue.py). So a worker that dies (kill -9, a platform timeout) gives
+-- its items back within seconds instead of after its whole budget plus a margin (75 s), and a
+-- live worker keeps an item however long it runs. Completion and failure still require the
+-- lease (0017's complete_work_item, 0008's fail_work_item): a worker whose lease was taken over
+-- is refused.
+--
+-- 1. An item whose lease ran out while its worker had not ended it (the worker died on it) was
+--    never tried to the end: it now keeps the later phases closed, as an untried item does,
+--    until a worker tries it again. A lapsed lease counted as tried before, so one claim took
+--    the dead worker's item and the next phase's items together and ran them side by side.
+--    (complete, fail and release clear lease_until: a lease still set and past is a dead one.)
+-- 2. Such an item, if the dead worker was on its last attempt, is parked (worker_lost) instead
+--    of run again: an item that kills every worker taking it must not do so forever, nor keep,
+--    by 1., the later phases closed forever.
+
+create or replace function claim_work_items(
+    p_job_id uuid, p_worker text, p_limit integer, p_lease_seconds integer
+) returns setof work_items
+language sql
+as $$
+    with lost as (
+        select w.job_id, w.item from work_items w join work_jobs j on j.id = w.job_id
+        where w.job_id = p_job_id and w.status = 'pending' and w.lease_until < now()
+          and w.attempts >= j.max_attempts
+        for update of w skip locked
+    )
+    update work_items w
+    set status = 'parked', finished_at = now(), lease_until = null,
+        last_error = 'worker_lost: its worker stopped during its last attempt'
+    from lost
+    where w.job_id = lost.job_id and w.item = lost.item;
+
+    with gate as (
+        -- the lowest phase with an item not tried yet, being tried now, or whose try was cut
+        -- off (its worker died: its lease ran out, still set): later phases wait
+        select min(phase) as open_phase from work_items
+        where job_id = p_job_id and status = 'pending'
+          and (attempts = 0 or lease_until is not null)
+    ),
+    claimable as (
+        select w.job_id, w.item from work_items w, gate
+        where w.job_id = p_job_id and w.status = 'pending' and w.available_at <= now()
+          and (w.lease_until is null or w.lease_until < now())
+          and (gate.open_phase is null or w.phase <= gate.open_phase)
+        order by w.phase, w.available_at, w.item
+        limit p_limit
+        for update of w skip locked
+    )
+    update work_items w
+    set leased_by = p_worker,
+        lease_until = now() + make_interval(secs => p_lease_seconds),
+        attempts = w.attempts + 1
+    from claimable c
+    where w.job_id = c.job_id and w.item = c.item
+    returning w.*;
+$$;
+
+insert into schema_migrations (version, name, checksum) values ('0019', 'work_item_heartbeat', 'a47c342adce0e37cf6b5c59d84bbf2dd3492fe976df662ef8d446f604db93050')
 on conflict (version) do nothing;
 
 commit;

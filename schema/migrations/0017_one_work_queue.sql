@@ -121,14 +121,17 @@ create table openrouter_fleet_workers (
 
 -- A worker's share of the fleet's allowance, after reporting what it saw since it last asked:
 -- p_successes calls that OpenRouter took, and whether it answered 429 (then the allowance
--- halves, and every worker waits out its Retry-After). A run of successes as long as the
+-- drops by a quarter, and every worker waits out its Retry-After: a gentler cut than halving,
+-- since a fleet's 429s mostly come from a worker joining before the others took their
+-- smaller share, not from OpenRouter lowering what it takes). A run of successes as long as the
 -- allowance earns one more call at once, up to p_max (OPENROUTER_MAX_CONCURRENCY). The share
 -- is the allowance divided among the workers alive (at least one call each); p_leave takes the
--- worker out. One row, updated in one statement: concurrent workers queue on it briefly.
+-- worker out. resume_at names the pause still to wait out, so that a worker waits each once. One row, updated in one statement: concurrent workers queue on it briefly.
 create function openrouter_fleet_share(
     p_worker text, p_max integer, p_lease_seconds integer, p_successes integer,
     p_throttled boolean, p_retry_after_s numeric, p_leave boolean
-) returns table (share integer, allowance integer, workers integer, resume_in_s numeric)
+) returns table (share integer, allowance integer, workers integer, resume_in_s numeric,
+                 resume_at timestamptz)
 language plpgsql
 as $$
 declare
@@ -137,8 +140,11 @@ declare
 begin
     insert into openrouter_fleet (allowance) values (p_max) on conflict (id) do nothing;
     update openrouter_fleet f set
+        -- One cut per pause: the workers that saw the same burst of 429s report it each, and
+        -- a 429 while the fleet already waits out a Retry-After is that burst.
         allowance = least(p_max, case
-            when p_throttled then greatest(1, f.allowance / 2)
+            when p_throttled and f.resume_at > now() then f.allowance
+            when p_throttled then greatest(1, f.allowance * 3 / 4)
             when f.successes + p_successes >= f.allowance then f.allowance + 1
             else f.allowance end),
         successes = case
@@ -164,7 +170,8 @@ begin
         greatest(1, fleet.allowance / greatest(alive, 1)),
         fleet.allowance,
         alive,
-        greatest(0, extract(epoch from fleet.resume_at - now()))::numeric;
+        greatest(0, extract(epoch from fleet.resume_at - now()))::numeric,
+        fleet.resume_at;
 end
 $$;
 

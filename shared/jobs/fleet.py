@@ -30,7 +30,7 @@ class Fleet:
 
     async def sync(
         self, *, successes: int, throttled: bool, retry_after_s: float, leave: bool = False
-    ) -> tuple[int, float]:
+    ) -> tuple[int, float, object]:
         async with self._runtime.database().connection() as conn:
             share = await WorkQueueRepository(conn).fleet_share(
                 self.worker,
@@ -46,7 +46,7 @@ class Fleet:
                 "openrouter fleet throttled",
                 extra={"allowance": share.allowance, "workers": share.workers},
             )
-        return share.share, share.resume_in_s
+        return share.share, share.resume_in_s, share.resume_at
 
 
 @asynccontextmanager

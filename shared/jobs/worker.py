@@ -14,6 +14,7 @@ together they take the fleet's share of OpenRouter (shared/jobs/fleet.py), not e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -144,13 +145,7 @@ async def work(
             runtime,
             job.id,
             handle,
-            QueueSettings(
-                concurrency=queue.concurrency,
-                time_budget_s=left,
-                lease_margin_s=queue.lease_margin_s,
-                retry_base_s=queue.retry_base_s,
-                retry_max_s=queue.retry_max_s,
-            ),
+            dataclasses.replace(queue, time_budget_s=left),
         )
         report.done += done.done
         report.failed += done.failed

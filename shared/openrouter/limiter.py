@@ -27,8 +27,9 @@ class FleetLink(Protocol):
 
     async def sync(
         self, *, successes: int, throttled: bool, retry_after_s: float
-    ) -> tuple[int, float]:
-        """(calls at once this process may make, seconds of a Retry-After still to wait)."""
+    ) -> tuple[int, float, object]:
+        """(calls at once this process may make, seconds of a Retry-After still to wait, which
+        pause that is: the same pause reported again is not waited again)."""
         ...
 
 
@@ -60,6 +61,7 @@ class AdaptiveLimiter:
         self._fleet_retry_after_s = 0.0
         self._fleet_synced_at = float("-inf")
         self._fleet_syncing = False
+        self._fleet_pause: object = None  # the fleet's last pause, waited out once
 
     def join(self, fleet: FleetLink) -> None:
         """Follow the fleet's share while at least one bulk job runs in this process."""
@@ -87,20 +89,21 @@ class AdaptiveLimiter:
         retry_after_s = self._fleet_retry_after_s
         self._fleet_successes, self._fleet_throttled, self._fleet_retry_after_s = 0, False, 0.0
         try:
-            share, resume_in_s = await fleet.sync(
+            share, resume_in_s, pause = await fleet.sync(
                 successes=successes, throttled=throttled, retry_after_s=retry_after_s
             )
         except Exception:  # the database is the fleet's: without it, go on as a lone process
             self._fleet_successes += successes
             self._fleet_throttled = self._fleet_throttled or throttled
-            share, resume_in_s = self.limit, 0.0
+            share, resume_in_s, pause = self.limit, 0.0, self._fleet_pause
         finally:
             self._fleet_syncing = False
             self._fleet_synced_at = self._clock()
         if self.fleet is fleet:
             self.limit = max(1, min(self.max_concurrency, share))
-            if resume_in_s > 0:
+            if resume_in_s > 0 and pause != self._fleet_pause:
                 self._resume_at = max(self._resume_at, self._clock() + resume_in_s)
+            self._fleet_pause = pause
             if self._freed is not None and self._loop is asyncio.get_running_loop():
                 async with self._freed:
                     self._freed.notify_all()  # a larger share admits waiters now

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from shared.openrouter.limiter import AdaptiveLimiter
+from shared.runtime import Runtime
 from tests.conftest import RecordingSleep
 
 
@@ -95,3 +96,25 @@ async def test_over_openrouters_concurrency_it_answers_429_and_a_limited_client_
     assert all(k.hash == key.hash for k in keys)
     assert emulator.rate_limited > 0
     assert emulator.peak_in_flight == 4
+
+
+async def test_a_fleet_pause_is_waited_out_once_however_often_it_is_reported(
+    runtime: Runtime, recording_sleep: RecordingSleep
+) -> None:
+    """GIVEN one worker of the fleet saw a 429 asking for 30 s WHEN another worker's limiter
+    syncs with the fleet again and again during that pause THEN it waits the pause once: a
+    pause read again (its remaining seconds a little smaller each time) is not a new one."""
+    from shared.jobs.fleet import Fleet
+
+    seen_it = Fleet(runtime, "worker-a", lease_s=60)
+    await seen_it.sync(successes=0, throttled=True, retry_after_s=30)
+    limiter = AdaptiveLimiter(8, sleep=recording_sleep, clock=recording_sleep.clock)
+    limiter.fleet_sync_s = 0.0  # sync before every call
+    limiter.join(Fleet(runtime, "worker-b", lease_s=60))
+
+    for _ in range(3):
+        async with limiter.slot():
+            pass
+
+    assert len(recording_sleep.waits) == 1
+    assert 25 < recording_sleep.waits[0] <= 30
