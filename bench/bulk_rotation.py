@@ -1,151 +1,430 @@
-"""Bulk rotation: the month's scheduled rotation of many user keys, against the ideal.
+"""Bulk work at the deployed cadence: the month's rotation and limit restore, an emergency.
 
-    .venv/bin/python -m bench.bulk_rotation [--keys 10000] [--latency 0.1] [--concurrency 32]
-                                            [--budget 50]
+    .venv/bin/python -m bench.bulk_rotation [--owners 10000 100000] [--emergency 10000]
+        [--latency 0.3] [--openrouter-concurrency 32]
 
-Seeds `--keys` users on the monthly rotation policy, each with a key (through the real create
-saga, emulator at zero latency), ages their keys into last month, then sets the emulator's
-latency per OpenRouter call and runs the scheduled-rotation job as successive invocations of
-`--budget` seconds each, as cron ticks would, until the month's job is done.
+Runs the real code (the work lanes, the queue, the sagas, the limiter and the fleet's share in
+PostgreSQL, the emulator) on a virtual clock (bench/virtual_time.py): the schedules as
+vercel.json and serverless.yml configure them (WORK_LANES lanes every minute, each invocation
+working JOB_TIME_BUDGET_S after its stagger; the month's rotation cron hourly at :15, the
+period's every 15 minutes on the 1st), OpenRouter at `--latency` a call taking at most
+`--openrouter-concurrency` calls at once and answering 429 beyond. The database and Python
+cost no simulated time.
 
-The ideal is every OpenRouter call the job made, at the injected latency, `--concurrency` at a
-time: calls x latency / concurrency. Prints the wall time against it (target: at most 1.25 x),
-the invocations, and the end state: duplicate keys (an owner with more than one current key)
-and orphans (keys at OpenRouter that the database does not know, or the reverse), both 0.
+For each size it seeds that many users with a key (real create sagas), then measures:
+- the month's rotation: every key last rotated last month, from the job's cron to its end;
+- the month's limit restore: every key's limit left below its budget last month;
+- the daily reconcile: every page of OpenRouter's listing, 100 keys a page, then the repairs;
+and, for `--emergency` keys (that many users moved to one tier, the tier in scope), an
+emergency rotation from the admin's request to the last key disabled at OpenRouter and to the
+last replaced.
+
+The ideal of each is every OpenRouter call it made, at the latency, as many at once as
+OpenRouter takes: calls x latency / openrouter-concurrency. Afterwards: duplicate current keys
+and orphans (keys at the emulator the database does not know, or the reverse), both 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import logging
+import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from pydantic import SecretStr
 
+from bench import virtual_time
 from shared.config import Environment, Settings
 from shared.db.database import Database, PoolLimits
 from shared.db.embedded import start_embedded_postgres
 from shared.db.migrations import MigrationRunner, load_migrations
-from shared.jobs.queue import QueueSettings
-from shared.keys.scheduled_rotation import rotate_scheduled_keys
+from shared.emergency.service import EmergencyRotationService, EmergencyScope
+from shared.jobs import service as jobs
+from shared.jobs.worker import SCHEDULE_INTERVAL_S, work
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator
 from shared.openrouter.limiter import AdaptiveLimiter
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 
+TRACE = os.environ.get("BENCH_TRACE") == "1"  # print OpenRouter's use over time
 
-async def seed(service: KeyLifecycleService, count: int, concurrency: int) -> None:
+
+@dataclass
+class Installation:
+    settings: Settings
+    database: Database
+    emulator: Emulator
+
+    def invocation(self) -> Runtime:
+        """A runtime as one invocation has it: its own OpenRouter client and limiter."""
+        loop = asyncio.get_running_loop()
+        client = OpenRouterClient(
+            management_key=SecretStr(self.emulator.management_key),
+            base_url=EMULATOR_BASE_URL,
+            transport=self.emulator.transport(),
+            limiter=AdaptiveLimiter(self.settings.openrouter_max_concurrency, clock=loop.time),
+        )
+        return Runtime(
+            self.settings, database=self.database, openrouter=client, emulator=self.emulator
+        )
+
+    def calls(self) -> int:
+        """OpenRouter calls taken so far (429s for being over its concurrency not counted)."""
+        return len(self.emulator.requests) - self.emulator.rate_limited
+
+
+@dataclass
+class Measured:
+    seconds: float
+    calls: int
+    invocations: int
+    throttled: int
+
+
+async def _invoke(installation: Installation, call: Callable[[Runtime], Awaitable[Any]]) -> None:
+    runtime = installation.invocation()
+    try:
+        await call(runtime)
+    finally:
+        await runtime.openrouter().aclose()
+
+
+async def deployed_cadence(
+    installation: Installation,
+    *,
+    crons: list[tuple[Callable[[float], bool], Callable[[Runtime], Awaitable[Any]]]],
+    done: Callable[[], Awaitable[bool]],
+    first_second: float = 0.0,
+) -> Measured:
+    """Every minute, the work lanes and whichever crons are due (by the minute's offset in
+    seconds from the start), each a fresh invocation, until `done`; its virtual seconds."""
+    loop = asyncio.get_running_loop()
+    settings = installation.settings
+    started, calls_before = loop.time(), installation.calls()
+    throttled_before = installation.emulator.rate_limited
+    running: set[asyncio.Task[None]] = set()
+    invocations = 0
+
+    def launch(call: Callable[[Runtime], Awaitable[Any]]) -> None:
+        nonlocal invocations
+        invocations += 1
+        task = asyncio.create_task(_invoke(installation, call))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def minutes() -> None:
+        minute = -first_second  # the first lane tick after the start
+        if first_second:
+            await asyncio.sleep(SCHEDULE_INTERVAL_S - first_second)
+            minute = SCHEDULE_INTERVAL_S - first_second
+        while True:
+            creating = any(due(minute) for due, _ in crons)
+            for lane in range(settings.work_lanes):
+                launch(functools.partial(work, lane=lane, jobs_may_start=creating))
+            for due, call in crons:
+                if due(minute):
+                    launch(call)
+            await asyncio.sleep(SCHEDULE_INTERVAL_S)
+            minute += SCHEDULE_INTERVAL_S
+
+    ticking = asyncio.create_task(minutes())
+    calls_each_second: list[int] = []
+    while not await done():
+        before = installation.calls()
+        await asyncio.sleep(1.0)
+        calls_each_second.append(installation.calls() - before)
+    seconds = loop.time() - started
+    if TRACE:  # how much of what OpenRouter takes was used, each 15 s
+        full = installation.emulator.max_concurrent_requests or 1
+        windows = [calls_each_second[i : i + 15] for i in range(0, len(calls_each_second), 15)]
+        print(
+            "  OpenRouter used, % each 15 s: "
+            + " ".join(
+                f"{100 * sum(w) * installation.emulator.latency_s / (full * len(w)):.0f}"
+                for w in windows
+            )
+        )
+    ticking.cancel()
+    await asyncio.gather(ticking, return_exceptions=True)
+    await asyncio.gather(*running, return_exceptions=True)  # the last invocations end idle
+    return Measured(
+        seconds,
+        installation.calls() - calls_before,
+        invocations,
+        installation.emulator.rate_limited - throttled_before,
+    )
+
+
+async def _one(database: Database, query: str, *args: object) -> Any:
+    async with database.connection() as conn:
+        cursor = await conn.execute(query, args)
+        row = await cursor.fetchone()
+    return None if row is None else next(iter(row.values()))
+
+
+async def seed(installation: Installation, count: int, *, prefix: str) -> None:
+    emulator = installation.emulator
+    latency, cap = emulator.latency_s, emulator.max_concurrent_requests
+    emulator.latency_s, emulator.max_concurrent_requests = 0.0, None
+    runtime = installation.invocation()
+    service = KeyLifecycleService(runtime)
     pending = iter(range(count))
 
     async def lane() -> None:
         for i in pending:
             await service.create_key(
-                Owner.user(f"user-{i:06d}"), actor="bench", rotation_policy="monthly"
+                Owner.user(f"{prefix}-{i:06d}"),
+                actor="bench",
+                tier="standard",
+                rotation_policy="monthly",
             )
 
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    await asyncio.gather(*(lane() for _ in range(32)))
+    await runtime.openrouter().aclose()
+    emulator.latency_s, emulator.max_concurrent_requests = latency, cap
 
 
-async def run(options: argparse.Namespace, data_dir: Path) -> None:
-    server = start_embedded_postgres(data_dir / "pgdata")
-    database = Database(server.dsn, PoolLimits(max_size=options.pool))
-    await MigrationRunner(database).migrate(load_migrations())
-    emulator = Emulator()
-    client = OpenRouterClient(
-        management_key=SecretStr(emulator.management_key),
-        base_url=EMULATOR_BASE_URL,
-        transport=emulator.transport(),
-        limiter=AdaptiveLimiter(options.concurrency),
-    )
-    settings = Settings(
-        app_env=Environment.TEST,
-        local_data_dir=data_dir,
-        database_url=SecretStr(server.dsn),
-        rotation_grace_seconds=0,  # each rotation runs to its end: old key deleted
-    )
-    runtime = Runtime(settings, database=database, openrouter=client, emulator=emulator)
-    service = KeyLifecycleService(runtime)
+def _job_done(database: Database, kind: str) -> Callable[[], Awaitable[bool]]:
+    async def done() -> bool:
+        status = await _one(
+            database,
+            "select status from work_jobs where kind = %s order by created_at desc limit 1",
+            kind,
+        )
+        return status is not None and status != "running"
 
-    started = time.perf_counter()
-    await seed(service, options.keys, options.concurrency)
-    seeded_s = time.perf_counter() - started
-    async with database.connection() as conn:
+    return done
+
+
+async def month_rotation(installation: Installation) -> Measured:
+    async with installation.database.connection() as conn:
         await conn.execute(
             "update api_keys set activated_at = date_trunc('month', now()) - interval '1 day'"
+            " where state = 'current'"
         )
+        await conn.execute("delete from work_jobs where kind = 'scheduled_rotation'")
+    # The rotation's cron is hourly at :15; the start is that minute.
+    return await deployed_cadence(
+        installation,
+        crons=[(lambda s: s % 3600 == 0, jobs.rotate_scheduled_keys)],
+        done=_job_done(installation.database, "scheduled_rotation"),
+    )
 
-    emulator.latency_s = options.latency
-    calls_before = len(emulator.requests)
-    queue = QueueSettings(concurrency=options.concurrency, time_budget_s=options.budget)
-    invocations: list[tuple[float, int]] = []
-    started = time.perf_counter()
-    while True:
-        began = time.perf_counter()
-        report = await rotate_scheduled_keys(runtime, queue)
-        invocations.append((time.perf_counter() - began, report.done))
-        if report.finished or len(invocations) > 100:
-            break
-    wall_s = time.perf_counter() - started
-    calls = len(emulator.requests) - calls_before
-    ideal_s = calls * options.latency / options.concurrency
 
-    emulator.latency_s = 0
-    async with database.connection() as conn:
-        cursor = await conn.execute(
-            "select count(*) as n from (select owner from api_keys where state = 'current'"
-            " group by owner having count(*) > 1) d"
+async def month_restore(installation: Installation) -> Measured:
+    async with installation.database.connection() as conn:
+        # Last month's limits, each below its budget (a rotation, a downgrade, a reset): every
+        # key needs its OpenRouter limit set again for the new month.
+        await conn.execute(
+            "update api_keys set limit_period = (date_trunc('month', now())"
+            " - interval '1 month')::date, limit_usd = limit_usd - 1 where state = 'current'"
         )
-        duplicates = (await cursor.fetchone() or {})["n"]
+        await conn.execute("delete from work_jobs where kind = 'monthly_restore'")
+    # The period's cron runs at :05, :20, :35, :50 on the 1st; the start is :05.
+    return await deployed_cadence(
+        installation,
+        crons=[(lambda s: s % 900 == 0, jobs.open_usage_period)],
+        done=_job_done(installation.database, "monthly_restore"),
+    )
+
+
+async def daily_reconcile(installation: Installation) -> Measured:
+    async with installation.database.connection() as conn:
+        await conn.execute("delete from work_jobs where kind = 'reconcile'")
+    # The reconcile's cron is daily at 02:30; the start is that minute.
+    return await deployed_cadence(
+        installation,
+        crons=[(lambda s: s % 86400 == 0, jobs.reconcile_keys)],
+        done=_job_done(installation.database, "reconcile"),
+    )
+
+
+@dataclass
+class EmergencyMeasured:
+    keys: int
+    revoked_s: float
+    revoke_calls: int
+    replaced: Measured
+
+
+async def emergency(installation: Installation, *, arrives_at_s: float) -> EmergencyMeasured:
+    """An emergency rotation of the beta tier's keys, asked `arrives_at_s` into a minute."""
+    loop = asyncio.get_running_loop()
+    emulator = installation.emulator
+    async with installation.database.connection() as conn:
         cursor = await conn.execute(
-            "select openrouter_hash from api_keys where state in ('current', 'previous')"
+            "select k.openrouter_hash from api_keys k join users u on u.user_id = k.user_id"
+            " where u.tier = 'beta' and k.state = 'current'"
+        )
+        old = {str(row["openrouter_hash"]) for row in await cursor.fetchall()}
+    in_scope = len(old)
+    started, calls_before = loop.time(), installation.calls()
+    revoked: list[tuple[float, int]] = []
+
+    async def watch_revocation() -> None:
+        while True:
+            live = [h for h in old if (key := emulator.key_by_hash(h)) and not key.disabled]
+            if not live:
+                revoked.append((loop.time() - started, installation.calls() - calls_before))
+                return
+            old.intersection_update(live)
+            await asyncio.sleep(0.5)
+
+    rotation_id: list[UUID] = []
+
+    async def request(runtime: Runtime) -> None:
+        status = await EmergencyRotationService(runtime).start(
+            EmergencyScope(tiers=("beta",)),
+            reason="bench: leaked keys",
+            actor="bench-admin",
+            request_id=None,
+            time_budget_s=runtime.settings.emergency_request_budget_s,
+        )
+        rotation_id.append(status.rotation.id)
+
+    async def done() -> bool:
+        if not rotation_id:
+            return False
+        status = await _one(
+            installation.database,
+            "select status from emergency_rotations where id = %s",
+            rotation_id[0],
+        )
+        return bool(status != "running")
+
+    watcher = asyncio.create_task(watch_revocation())
+    requested = asyncio.create_task(_invoke(installation, request))
+    replaced = await deployed_cadence(installation, crons=[], done=done, first_second=arrives_at_s)
+    await requested
+    await watcher
+    return EmergencyMeasured(in_scope, revoked[0][0], revoked[0][1], replaced)
+
+
+async def end_state(installation: Installation) -> tuple[int, int]:
+    """(duplicate current keys, orphans) after the run."""
+    duplicates = await _one(
+        installation.database,
+        "select count(*) from (select owner from api_keys where state = 'current'"
+        " group by owner having count(*) > 1) d",
+    )
+    async with installation.database.connection() as conn:
+        cursor = await conn.execute(
+            "select openrouter_hash from api_keys where openrouter_hash is not null"
+            " and deleted_at is null"
         )
         ours = {row["openrouter_hash"] for row in await cursor.fetchall()}
-        cursor = await conn.execute(
-            "select count(*) as n from api_keys where state = 'current'"
-            " and activated_at >= date_trunc('month', now())"
+    at_openrouter = {key.hash for key in installation.emulator.user_keys()}
+    return int(duplicates), len(at_openrouter - ours) + len(ours - at_openrouter)
+
+
+def _ratio(measured: Measured, latency: float, concurrency: int) -> tuple[float, float]:
+    ideal = measured.calls * latency / concurrency
+    return ideal, measured.seconds / ideal
+
+
+async def run(options: argparse.Namespace, scratch: Path) -> None:
+    server = start_embedded_postgres(scratch / "pgdata")
+    database = Database(server.dsn, PoolLimits(max_size=40))
+    await MigrationRunner(database).migrate(load_migrations())
+    settings = Settings(
+        app_env=Environment.TEST,
+        local_data_dir=scratch,
+        database_url=SecretStr(server.dsn),
+        rotation_grace_seconds=0,  # each rotation runs to its end: the old key deleted
+    )
+    emulator = Emulator(
+        latency_s=options.latency, max_concurrent_requests=options.openrouter_concurrency
+    )
+    installation = Installation(settings, database, emulator)
+    latency, allowed = options.latency, options.openrouter_concurrency
+    print(
+        f"deployed cadence: {settings.work_lanes} work lanes a minute, "
+        f"{settings.job_time_budget_s:.0f} s an invocation, JOB_CONCURRENCY "
+        f"{settings.job_concurrency}, EMERGENCY_CONCURRENCY {settings.emergency_concurrency}, "
+        f"OPENROUTER_MAX_CONCURRENCY {settings.openrouter_max_concurrency}; OpenRouter "
+        f"{latency * 1000:.0f} ms a call, {allowed} at once (429 beyond); simulated time"
+    )
+    seeded = 0
+    results: dict[int, tuple[float, float]] = {}
+    for owners in sorted(options.owners):
+        began = time.perf_counter()
+        await seed(installation, owners - seeded, prefix=f"u{owners}")
+        seeded = owners
+        seed_s = time.perf_counter() - began
+        rotation = await month_rotation(installation)
+        restore = await month_restore(installation)
+        reconcile = await daily_reconcile(installation)
+        duplicates, orphans = await end_state(installation)
+        r_ideal, r_ratio = _ratio(rotation, latency, allowed)
+        s_ideal, s_ratio = _ratio(restore, latency, allowed)
+        c_ideal, c_ratio = _ratio(reconcile, latency, allowed)
+        results[owners] = (r_ratio, s_ratio)
+        print(f"\n{owners} owners (seeded in {seed_s:.0f} s real)")
+        for name, phase, ideal, ratio in (
+            ("rotation", rotation, r_ideal, r_ratio),
+            ("restore", restore, s_ideal, s_ratio),
+            ("reconcile", reconcile, c_ideal, c_ratio),
+        ):
+            print(
+                f"  {name:9} {phase.seconds:8.0f} s  ideal {ideal:8.0f} s  {ratio:.2f} x"
+                f"  ({phase.calls} calls, {phase.calls / owners:.1f} an owner,"
+                f" {phase.throttled} 429s, {phase.invocations} invocations)"
+            )
+        print(f"  duplicate current keys {duplicates}, orphans {orphans}")
+
+    # The emergency: `--emergency` users moved to one tier, and that tier in scope.
+    async with database.connection() as conn:
+        await conn.execute(
+            "update users set tier = 'beta' where user_id in"
+            " (select user_id from users order by user_id limit %s)",
+            (options.emergency,),
         )
-        rotated = (await cursor.fetchone() or {})["n"]
-    at_openrouter = {key.hash for key in await client.list_all_keys()}
-    orphans = len(at_openrouter - ours) + len(ours - at_openrouter)
-    await client.aclose()
+    measured = await emergency(installation, arrives_at_s=options.arrives_at)
+    b_ideal = measured.revoke_calls * latency / allowed
+    d_ideal, _ = _ratio(measured.replaced, latency, allowed)
+    duplicates, orphans = await end_state(installation)
+    print(
+        f"\nemergency of {measured.keys} keys, asked {options.arrives_at:.0f} s into a minute:"
+        f" revoked in {measured.revoked_s:.0f} s (ideal {b_ideal:.0f} s,"
+        f" {measured.revoked_s / b_ideal:.2f} x; {measured.revoke_calls} calls),"
+        f" replaced in {measured.replaced.seconds:.0f} s (ideal {d_ideal:.0f} s,"
+        f" {measured.replaced.seconds / d_ideal:.2f} x; {measured.replaced.calls} calls,"
+        f" {measured.replaced.throttled} 429s)"
+    )
+    print(f"  duplicate current keys {duplicates}, orphans {orphans}")
     await database.close()
     server.destroy()
-
+    largest = max(options.owners)
+    r_ratio, s_ratio = results[largest]
     print(
-        f"{options.keys} user keys on the monthly policy; OpenRouter latency "
-        f"{options.latency * 1000:.0f} ms per call; concurrency {options.concurrency}; "
-        f"invocations of {options.budget:.0f} s"
+        f"bulk: {largest} owners, rotation {r_ratio:.2f} x ideal, restore {s_ratio:.2f} x ideal;"
+        f" emergency {measured.keys} keys: revoked in {measured.revoked_s:.0f} s"
+        f" (ideal {b_ideal:.0f} s), replaced in {measured.replaced.seconds:.0f} s"
+        f" (ideal {d_ideal:.0f} s)"
     )
-    print(f"seeding (create sagas, zero latency):    {seeded_s:8.1f} s")
-    print(f"rotated:                                  {rotated:8d}")
-    print(
-        f"OpenRouter calls:                         {calls:8d} ({calls / rotated:.1f} a rotation)"
-    )
-    print(f"ideal (calls x latency / concurrency):    {ideal_s:8.1f} s")
-    print(
-        f"wall time over all invocations:           {wall_s:8.1f} s"
-        f" ({wall_s / ideal_s:.2f} x ideal)"
-    )
-    print(
-        "invocations (s, rotated):                 "
-        + ", ".join(f"{s:.1f}/{n}" for s, n in invocations)
-    )
-    print(f"duplicate current keys: {duplicates}; orphans: {orphans}")
 
 
 def main() -> None:
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # the figures, not a million EMF lines
+    logging.getLogger("openrouter-agent").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--keys", type=int, default=10_000)
-    parser.add_argument("--latency", type=float, default=0.1)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--budget", type=float, default=50.0)
-    parser.add_argument("--pool", type=int, default=16, help="database connections")
+    parser.add_argument("--owners", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--emergency", type=int, default=10_000, help="keys in its scope")
+    parser.add_argument("--latency", type=float, default=0.3, help="seconds an OpenRouter call")
+    parser.add_argument("--openrouter-concurrency", type=int, default=32)
+    parser.add_argument("--arrives-at", type=float, default=30.0, help="seconds into a minute")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        asyncio.run(run(options, Path(scratch)))
+        virtual_time.run(run(options, Path(scratch)))
 
 
 if __name__ == "__main__":
