@@ -275,5 +275,7 @@ class TierList(BaseModel):
 class TierBudgetUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    monthly_budget_usd: Annotated[Usd, Field(ge=0, le=10_000_000, allow_inf_nan=False, decimal_places=6)] | None
+    monthly_budget_usd: (
+        Annotated[Usd, Field(ge=0, le=10_000_000, allow_inf_nan=False, decimal_places=6)] | None
+    )
     reason: Reason | None = None
