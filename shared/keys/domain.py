@@ -101,9 +101,7 @@ def openrouter_failure(error: OpenRouterError, operation_id: UUID) -> AppError:
     return openrouter_answer(error, {"operation_id": str(operation_id)})
 
 
-def openrouter_answer(
-    error: OpenRouterError, details: dict[str, object] | None = None
-) -> AppError:
+def openrouter_answer(error: OpenRouterError, details: dict[str, object] | None = None) -> AppError:
     """An OpenRouter failure as our answer: a refusal of the request itself (a 4xx other than
     401, 403, 404, 429) as 502 openrouter_refused, which retrying cannot help; anything else
     as 503, with its Retry-After when it gave one."""

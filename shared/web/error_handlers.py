@@ -112,6 +112,7 @@ async def _openrouter_error(request: Request, exc: Exception) -> JSONResponse:
     # Most paths turn OpenRouter's failures into our 502 or 503 themselves; this catches any
     # that escape (a read in a saga's planning step, say), so that none becomes a 500.
     from shared.keys.domain import openrouter_answer
+
     assert isinstance(exc, OpenRouterError)
     return await _app_error(request, openrouter_answer(exc))
 
