@@ -7,6 +7,11 @@ Retry policy, the part that matters most:
   whose outcome we cannot know (timeout, 5xx, lost or unreadable response) raises
   OpenRouterOutcomeUnknown so the caller reconciles by key name.
 - DELETE answering 404 means the key is already gone: success.
+- GET /generation answering 404 means "not ready yet, or unknown": OpenRouterGenerationNotFound,
+  never retried here (the caller asks again later).
+
+Money is Decimal throughout: JSON numbers are parsed with parse_float=Decimal, unknown fields are
+ignored and missing optional ones tolerated (shared/openrouter/models.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from enum import Enum, auto
@@ -30,6 +35,7 @@ from shared.metrics import OPENROUTER_LATENCY, count_openrouter_error, milliseco
 from shared.observability import logger
 from shared.openrouter.errors import (
     OpenRouterError,
+    OpenRouterGenerationNotFound,
     OpenRouterInvalidResponse,
     OpenRouterNotFound,
     OpenRouterOutcomeUnknown,
@@ -39,10 +45,12 @@ from shared.openrouter.errors import (
 )
 from shared.openrouter.limiter import AdaptiveLimiter
 from shared.openrouter.models import (
+    ActivityItem,
     ApiKey,
     CreatedKey,
     Credits,
     CurrentKey,
+    Generation,
     InvalidOpenRouterPayload,
 )
 
@@ -106,6 +114,24 @@ def _decode_json(response: httpx.Response) -> Any:
 
 def _money_to_json(amount: Decimal | None) -> float | None:
     return None if amount is None else float(amount)
+
+
+def expires_at_to_json(moment: datetime) -> str:
+    """An expiry as OpenRouter takes it: the same instant in UTC, with seconds, "...Z".
+
+    OpenRouter refuses other offsets and minute precision (openrouter-api.md §2.2), so an aware
+    datetime in any zone is converted (12:00+02:00 is sent as 10:00:00Z). A naive datetime is
+    refused with ValueError: which instant it means depends on a machine's local zone, and an
+    expiry off by hours is a security fault. Sub-second precision is dropped (OpenRouter would
+    take it; we have no use for it).
+    """
+    offset = moment.utcoffset()
+    if moment.tzinfo is None or offset is None:
+        raise ValueError(
+            f"expires_at {moment.isoformat()} has no timezone: pass an aware datetime "
+            "(datetime(..., tzinfo=UTC)), it is sent converted to UTC"
+        )
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse(parser: Callable[[Any], T], data: Any, what: str) -> T:
@@ -332,14 +358,24 @@ class OpenRouterClient:
         expires_at: datetime | None = None,
         external_user: str | None = None,
     ) -> CreatedKey:
-        """POST /keys, exactly once. The secret is in the result and nowhere else."""
+        """POST /keys, exactly once. The secret is in the result and nowhere else.
+
+        expires_at must be timezone-aware (ValueError otherwise, before anything is sent); it
+        is sent as the same instant in UTC (see expires_at_to_json). external_user (1 to 512
+        characters, ValueError otherwise) is OpenRouter's `external.user`: the partner end-user
+        id, returned as `external_user` on the key object and on every generation the key
+        makes, so OpenRouter's own records name our user.
+        """
+        if external_user is not None and not 1 <= len(external_user) <= 512:
+            raise ValueError("external_user must be 1 to 512 characters")
+        expires = None if expires_at is None else expires_at_to_json(expires_at)
         body: dict[str, Any] = {"name": name, "limit": _money_to_json(limit)}
         if limit_reset is not None:
             body["limit_reset"] = limit_reset
         if include_byok_in_limit is not None:
             body["include_byok_in_limit"] = include_byok_in_limit
-        if expires_at is not None:
-            body["expires_at"] = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if expires is not None:
+            body["expires_at"] = expires
         if external_user is not None:
             body["external"] = {"user": external_user}
         response = await self._request("POST", "/keys", body=body)
@@ -396,12 +432,57 @@ class OpenRouterClient:
         data = self._data(await self._request("GET", "/credits"), "credits")
         return _parse(Credits.from_json, data, "credits")
 
+    async def get_generation(self, generation_id: str) -> Generation:
+        """GET /generation?id=: what OpenRouter counted for one request (its `gen-...` id).
+
+        Any valid key may ask; this client asks with the management key. Raises
+        OpenRouterGenerationNotFound on 404, which means "not ready yet" for a second or more
+        after the request completed, and "unknown" only if it persists: the caller retries
+        later. Like every read, 429 and 5xx are retried here, through the shared limiter.
+        """
+        if not generation_id:
+            raise ValueError("get_generation needs a generation id")
+        try:
+            body = await self._request("GET", "/generation", params={"id": generation_id})
+        except OpenRouterNotFound as missing:
+            raise OpenRouterGenerationNotFound(
+                missing.message,
+                status_code=missing.status_code,
+                metadata=missing.metadata,
+                retry_after_s=missing.retry_after_s,
+            ) from missing
+        return _parse(Generation.from_json, self._data(body, "generation"), "generation")
+
+    async def get_activity(
+        self, api_key_hash: str | None = None, date: date | None = None
+    ) -> list[ActivityItem]:
+        """GET /activity: usage per UTC day, model and endpoint over the last 30 completed UTC
+        days (today is never included), management key required.
+
+        With api_key_hash, only that key's use (deleted keys included); without, the whole
+        account's, summed over its keys (a row names no key). With date, only that day, which
+        must be one of the 30 (OpenRouter answers 400 otherwise: OpenRouterBadRequest).
+        Requests are dated by their start, so a day's rows may still grow for a while after
+        midnight UTC (OpenRouter advises waiting ~30 minutes before reading the day just past).
+        """
+        params: dict[str, str | int] = {}
+        if api_key_hash is not None:
+            params["api_key_hash"] = api_key_hash
+        if date is not None:
+            params["date"] = date.isoformat()
+        data = self._data(await self._request("GET", "/activity", params=params), "activity")
+        if not isinstance(data, list):
+            raise OpenRouterInvalidResponse("activity: data is not a list")
+        return [_parse(ActivityItem.from_json, item, "activity") for item in data]
+
 
 __all__ = [
     "PAGE_SIZE",
     "OpenRouterClient",
     "OpenRouterError",
+    "OpenRouterGenerationNotFound",
     "OpenRouterRateLimited",
+    "expires_at_to_json",
     "is_refusal",
     "parse_retry_after",
 ]

@@ -1,10 +1,17 @@
 """A stateful local stand-in for OpenRouter's key management API (openrouter-api.md §1-§4).
 
-It serves GET/POST /keys, GET/PATCH/DELETE /keys/{hash}, GET /key and GET /credits with the
-documented shapes, errors and status codes, keeps limit windows the way OpenRouter does (UTC
-days, Monday-to-Sunday weeks, calendar months), lets tests spend on a key the way inference
-would, and injects faults: latency, 429 with Retry-After, 5xx, timeouts and a create whose
-response is lost after the key was made.
+It serves GET/POST /keys, GET/PATCH/DELETE /keys/{hash}, GET /key, GET /credits,
+GET /generation and GET /activity with the documented shapes, errors and status codes (every
+answer validates under the official SDK's models: tests/openrouter/test_sdk_conformance.py),
+keeps limit windows the way OpenRouter does (UTC days, Monday-to-Sunday weeks, calendar
+months), lets tests spend on a key the way inference would, and injects faults: latency, 429
+with Retry-After, 5xx, timeouts and a create whose response is lost after the key was made.
+
+Every billed request leaves a generation record, as OpenRouter's do: GET /generation?id= serves
+it once `generation_delay_s` has passed since it was billed (404 before, as OpenRouter lags),
+and GET /activity sums them per completed UTC day (of each request's start), model and
+endpoint, for one key or the whole account. Python-side: Emulator.generation(id) and
+Emulator.generations(key_hash) read the records whatever their readiness.
 
 Spending, as OpenRouter bills it: a request is admitted against the key's limit as it stands
 (what was billed, plus the worst case of requests still in flight on that key), and billed when
@@ -29,9 +36,10 @@ import json
 import os
 import secrets
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +55,13 @@ PAGE_SIZE = 100
 LIMIT_RESETS = ("daily", "weekly", "monthly")
 _PATCHABLE = ("name", "disabled", "limit", "limit_reset", "include_byok_in_limit", "workspace_id")
 DEFAULT_WORKSPACE_ID = "00000000-0000-4000-8000-000000000000"
+# What a charge was made with when it does not say: a cheap, real model slug and its provider.
+DEFAULT_MODEL = "openai/gpt-4o-mini"
+DEFAULT_PROVIDER = "OpenAI"
+ACTIVITY_DAYS = 30  # GET /activity serves the last 30 completed UTC days
+# Free-model requests per UTC day for accounts under / at or above $10 of credits (DOC-limits).
+FREE_MODEL_DAILY_LIMITS = (50, 1000)
+FREE_MODEL_CREDITS_THRESHOLD = Decimal(10)
 
 FaultKind = Literal["status", "latency", "timeout", "lost_response"]
 
@@ -72,11 +87,65 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_generation_id() -> str:
+    """A fresh id shaped like OpenRouter's (`gen-<unix seconds>-<20 letters and digits>`).
+
+    Pass one to Emulator.charge/spend (generation_id=) to know a charge's id beforehand.
+    """
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    tail = "".join(secrets.choice(alphabet) for _ in range(20))
+    return f"gen-{int(datetime.now(UTC).timestamp())}-{tail}"
+
+
+def endpoint_id(model: str, provider_name: str) -> str:
+    """The stable uuid the emulator gives a model's endpoint at a provider (/activity rows)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"openrouter-emulator:{provider_name}:{model}"))
+
+
 @dataclass(slots=True)
 class Charge:
     at: datetime
     amount: Decimal
     byok: bool
+
+
+@dataclass(slots=True)
+class EmulatedGeneration:
+    """What OpenRouter records of one billed request: the source of GET /generation and
+    GET /activity. `cost` is what the request cost, in credits unless `byok` (then it is the
+    provider's bill, and OpenRouter's credit charge is zero here: the emulator takes no BYOK
+    fee). `created_at` is the request's start (activity is dated by it), `billed_at` its
+    completion, when its cost entered the key's usage; GET /generation serves it from
+    billed_at + Emulator.generation_delay_s on. `key_hash` is the emulator's own bookkeeping:
+    OpenRouter's generation JSON names no key."""
+
+    id: str
+    key_hash: str
+    model: str
+    provider_name: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    cost: Decimal
+    byok: bool
+    external_user: str | None
+    workspace_id: str
+    created_at: datetime
+    billed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestDetails:
+    """What a charge says about the request it stands for, checked (see _request_details)."""
+
+    generation_id: str
+    model: str
+    provider_name: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
 
 
 @dataclass(slots=True)
@@ -159,6 +228,60 @@ def _window_start(moment: datetime, window: str) -> datetime:
     raise ValueError(window)
 
 
+def _next_window_start(moment: datetime, window: str) -> datetime:
+    """When the window holding `moment` rolls over (a budget's resets_at)."""
+    start = _window_start(moment, window)
+    if window == "daily":
+        return start + timedelta(days=1)
+    if window == "weekly":
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)  # the next month's 1st
+
+
+def _effective_budget(budgets: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The layer that blocks first (SDK KeyBudget docs): the first one already spent, else the
+    one with the least left; None when nothing is budgeted."""
+    for budget in budgets:
+        if budget["remaining_usd"] <= 0:
+            return budget
+    return min(budgets, key=lambda b: b["remaining_usd"], default=None)
+
+
+def _request_details(
+    *,
+    generation_id: str | None,
+    model: str,
+    provider_name: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    reasoning_tokens: int,
+    cached_tokens: int,
+) -> _RequestDetails:
+    """A charge's request details, or a 400 naming what is wrong."""
+    if generation_id is not None and (
+        not isinstance(generation_id, str) or not 1 <= len(generation_id) <= 256
+    ):
+        raise EmulatorApiError(400, "generation_id: String must be 1 to 256 characters")
+    for name, text in (("model", model), ("provider_name", provider_name)):
+        if not isinstance(text, str) or not 1 <= len(text) <= 256:
+            raise EmulatorApiError(400, f"{name}: String must be 1 to 256 characters")
+    counts = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "cached_tokens": cached_tokens,
+    }
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise EmulatorApiError(400, f"{name}: Expected a non-negative integer")
+    return _RequestDetails(
+        generation_id=generation_id or new_generation_id(),
+        model=model,
+        provider_name=provider_name,
+        **counts,
+    )
+
+
 class Emulator:
     def __init__(
         self,
@@ -171,8 +294,14 @@ class Emulator:
         billing_delay_s: float = 0.0,
         state_dir: Path | None = None,
         max_concurrent_requests: int | None = None,
+        generation_delay_s: float = 1.0,
     ) -> None:
+        """clock: the emulator's now (UTC-aware); inject one to move time in tests: windows,
+        expiry, generation readiness and /activity's days all read it.
+        generation_delay_s: how long after a request is billed GET /generation starts to find
+        it (404 before, as OpenRouter lags "a second or more"); 0 serves it at once."""
         self.clock = clock
+        self.generation_delay_s = generation_delay_s
         self.total_credits = total_credits
         self.latency_s = latency_s
         # How long a charge through /_emulator/charge takes before it is billed (unless the
@@ -191,6 +320,7 @@ class Emulator:
         self._keys: dict[str, EmulatedKey] = {}
         self._by_secret: dict[str, EmulatedKey] = {}  # by the secret's digest
         self._deleted: dict[str, EmulatedKey] = {}  # still billed for requests in flight
+        self._generations: dict[str, EmulatedGeneration] = {}  # by id, in billing order
         self._sequence = 0
         self._lock = _SharedState(self, state_dir)
         self.management_key = self._lock.management_key() or self.add_management_key()
@@ -234,16 +364,45 @@ class Emulator:
         )
 
     def charge(
-        self, secret: str, cost: Decimal, *, byok: bool = False, max_cost: Decimal | None = None
+        self,
+        secret: str,
+        cost: Decimal,
+        *,
+        byok: bool = False,
+        max_cost: Decimal | None = None,
+        generation_id: str | None = None,
+        model: str = DEFAULT_MODEL,
+        provider_name: str = DEFAULT_PROVIDER,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> EmulatedKey:
         """Spend on a key as an instant inference request would: admitted and billed at once.
 
         403 "Key limit exceeded (<window> limit)" once nothing is left; 402 when the worst-case
-        cost (max_cost, else cost) is more than what is left.
+        cost (max_cost, else cost) is more than what is left; 401 for an unknown, disabled or
+        expired key. A billed charge leaves a generation record (EmulatedGeneration) with
+        generation_id (else a new `gen-...` id: new_generation_id()), the model, provider and
+        token counts given, the key's hash and external user; a refused one leaves none. 400
+        (EmulatorApiError) for a generation_id already used or malformed details.
+        Returns the key (charged); Emulator.generation(generation_id) has the record.
         """
+        details = _request_details(
+            generation_id=generation_id,
+            model=model,
+            provider_name=provider_name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            reasoning_tokens=reasoning_tokens,
+            cached_tokens=cached_tokens,
+        )
         with self._lock:
+            self._refuse_known_generation(details.generation_id)
             key = self._admit(secret, cost, byok=byok, max_cost=max_cost)
-            self._bill(key, cost, reserved=Decimal(0), byok=byok)
+            self._bill(
+                key, cost, reserved=Decimal(0), byok=byok, details=details, started=self.clock()
+            )
             return key
 
     async def spend(
@@ -254,13 +413,32 @@ class Emulator:
         duration_s: float = 0.0,
         byok: bool = False,
         max_cost: Decimal | None = None,
+        generation_id: str | None = None,
+        model: str = DEFAULT_MODEL,
+        provider_name: str = DEFAULT_PROVIDER,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> EmulatedKey:
         """Spend as a request that takes duration_s: admitted now against the key's limit (and
         what is in flight on it), billed when it completes, whatever happened to the key since
-        (a lower limit, disabled, deleted)."""
+        (a lower limit, disabled, deleted). Its generation record (see charge) is made when it
+        is billed, dated (created_at) by its start, as OpenRouter dates /activity."""
+        details = _request_details(
+            generation_id=generation_id,
+            model=model,
+            provider_name=provider_name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            reasoning_tokens=reasoning_tokens,
+            cached_tokens=cached_tokens,
+        )
         worst = max_cost if max_cost is not None and max_cost > cost else cost
         with self._lock:
+            self._refuse_known_generation(details.generation_id)
             key = self._admit(secret, cost, byok=byok, max_cost=worst)
+            started = self.clock()
             counts = not (byok and not key.include_byok_in_limit)
             reserved = worst if counts else Decimal(0)
             key.in_flight += reserved
@@ -269,8 +447,26 @@ class Emulator:
                 await asyncio.sleep(duration_s)
         finally:
             with self._lock:
-                self._bill(key, cost, reserved=reserved, byok=byok)
+                self._bill(
+                    key, cost, reserved=reserved, byok=byok, details=details, started=started
+                )
         return key
+
+    def generation(self, generation_id: str) -> EmulatedGeneration | None:
+        """The generation record with this id, ready or not (GET /generation waits for it)."""
+        with self._lock:
+            return self._generations.get(generation_id)
+
+    def generations(self, key_hash: str | None = None) -> list[EmulatedGeneration]:
+        """Every generation record (of one key, deleted keys included), oldest billed first."""
+        with self._lock:
+            return [
+                g for g in self._generations.values() if key_hash is None or g.key_hash == key_hash
+            ]
+
+    def _refuse_known_generation(self, generation_id: str) -> None:
+        if generation_id in self._generations:
+            raise EmulatorApiError(400, f"generation_id {generation_id} was already used")
 
     def _admit(
         self, secret: str, cost: Decimal, *, byok: bool, max_cost: Decimal | None
@@ -300,11 +496,36 @@ class Emulator:
                 )
         return key
 
-    def _bill(self, key: EmulatedKey, cost: Decimal, *, reserved: Decimal, byok: bool) -> None:
+    def _bill(
+        self,
+        key: EmulatedKey,
+        cost: Decimal,
+        *,
+        reserved: Decimal,
+        byok: bool,
+        details: _RequestDetails,
+        started: datetime,
+    ) -> None:
         now = self.clock()
         key.in_flight -= reserved
         key.charges.append(Charge(at=now, amount=cost, byok=byok))
         key.last_used_at = now
+        self._generations[details.generation_id] = EmulatedGeneration(
+            id=details.generation_id,
+            key_hash=key.hash,
+            model=details.model,
+            provider_name=details.provider_name,
+            prompt_tokens=details.prompt_tokens,
+            completion_tokens=details.completion_tokens,
+            reasoning_tokens=details.reasoning_tokens,
+            cached_tokens=details.cached_tokens,
+            cost=cost,
+            byok=byok,
+            external_user=key.external_user,
+            workspace_id=key.workspace_id,
+            created_at=started,
+            billed_at=now,
+        )
 
     def state(self) -> list[dict[str, Any]]:
         """Every user key ever made, deleted ones included, with what it was billed this
@@ -361,12 +582,20 @@ class Emulator:
                 data[name] = None if data[name] is None else str(data[name])
             return data
 
+        def generation_data(generation: EmulatedGeneration) -> dict[str, Any]:
+            data = asdict(generation)
+            data["cost"] = str(generation.cost)
+            data["created_at"] = _iso(generation.created_at)
+            data["billed_at"] = _iso(generation.billed_at)
+            return data
+
         every = [*self._keys.values(), *self._deleted.values()]
         return {
-            "version": 1,
+            "version": 2,
             "sequence": self._sequence,
             "total_credits": str(self.total_credits),
             "keys": [key_data(k) for k in sorted(every, key=lambda k: k.sequence)],
+            "generations": [generation_data(g) for g in self._generations.values()],
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -392,6 +621,14 @@ class Emulator:
                 self._by_secret[key.secret_digest] = key
             else:
                 self._deleted[key.hash] = key
+        self._generations = {}
+        for raw in data.get("generations", []):  # a version 1 state has none
+            fields_ = dict(raw)
+            fields_["cost"] = Decimal(fields_["cost"])
+            fields_["created_at"] = datetime.fromisoformat(fields_["created_at"])
+            fields_["billed_at"] = datetime.fromisoformat(fields_["billed_at"])
+            generation = EmulatedGeneration(**fields_)
+            self._generations[generation.id] = generation
 
     @staticmethod
     def _expired(key: EmulatedKey, now: datetime) -> bool:
@@ -404,14 +641,54 @@ class Emulator:
             Decimal(0),
         )
 
-    def _limit_remaining(self, key: EmulatedKey, now: datetime) -> Decimal | None:
-        if key.limit is None:
-            return None
+    def _limit_spend(self, key: EmulatedKey, now: datetime) -> Decimal:
+        """What counts against the key's own limit in its current window."""
         since = None if key.limit_reset is None else _window_start(now, key.limit_reset)
         spent = self._spent(key, since, byok=False)
         if key.include_byok_in_limit:
             spent += self._spent(key, since, byok=True)
-        return max(key.limit - spent, Decimal(0))
+        return spent
+
+    def _limit_remaining(self, key: EmulatedKey, now: datetime) -> Decimal | None:
+        if key.limit is None:
+            return None
+        return max(key.limit - self._limit_spend(key, now), Decimal(0))
+
+    def _budgets(self, key: EmulatedKey, now: datetime) -> list[dict[str, Any]]:
+        """GET /key's budgets: every layer enforcement checks, in its order. The emulator has
+        no guardrails or workspace budgets, so that is the key's own limit (scope key_limit)
+        when it has one, else nothing."""
+        if key.limit is None:
+            return []
+        spent = self._limit_spend(key, now)
+        return [
+            {
+                "scope": "key_limit",
+                "limit_usd": _number(key.limit),
+                "spend_usd": _number(spent),
+                # limit - spend, not clamped: zero or less means this layer rejects (403)
+                "remaining_usd": _number(key.limit - spent),
+                "reset_interval": key.limit_reset,
+                "resets_at": None
+                if key.limit_reset is None
+                else _iso(_next_window_start(now, key.limit_reset)),
+                "include_byok": key.include_byok_in_limit,
+                "budget_id": None,
+                "guardrail_id": None,
+            }
+        ]
+
+    def _free_model_daily_requests(self, now: datetime) -> dict[str, int]:
+        """The account's `:free` model requests today (UTC) against its tier's daily cap."""
+        today = _window_start(now, "daily")
+        used = sum(
+            1
+            for g in self._generations.values()
+            if g.model.endswith(":free") and not g.byok and g.created_at >= today
+        )
+        low, high = FREE_MODEL_DAILY_LIMITS
+        limit = high if self.total_credits >= FREE_MODEL_CREDITS_THRESHOLD else low
+        return {"used": used, "limit": limit, "remaining": max(limit - used, 0)}
 
     def _usage_fields(self, key: EmulatedKey, now: datetime) -> dict[str, float | None]:
         fields: dict[str, float | None] = {}
@@ -447,8 +724,10 @@ class Emulator:
         }
 
     def current_key_json(self, key: EmulatedKey) -> dict[str, Any]:
+        """GET /key's data (openrouter-api.md §2.7): every field the SDK's model requires."""
         now = self.clock()
         usage = self._usage_fields(key, now)
+        budgets = self._budgets(key, now)
         return {
             "label": key.label,
             "limit": _number(key.limit),
@@ -462,7 +741,147 @@ class Emulator:
             "creator_user_id": key.creator_user_id,
             "expires_at": _iso(key.expires_at),
             "rate_limit": {"requests": -1, "interval": "10s", "note": "deprecated; always -1"},
+            "budgets": budgets,
+            "effective_budget": _effective_budget(budgets),
+            "free_model_daily_requests": self._free_model_daily_requests(now),
+            # No guardrail restricts regions here, and an account without regional routing
+            # is served globally.
+            "allowed_data_regions": ["global"],
+            "organization_id": None,  # an individual account, not an organization
+            "workspace_id": key.workspace_id,
         }
+
+    def generation_json(self, generation: EmulatedGeneration) -> dict[str, Any]:
+        """GET /generation's data (openrouter-api.md §2.10), every field the SDK requires.
+
+        total_cost and usage are the credits charged (zero for BYOK: no fee here);
+        upstream_inference_cost is what the provider billed (the cost, BYOK or not)."""
+        latency_ms = max((generation.billed_at - generation.created_at).total_seconds(), 0) * 1000
+        credits = Decimal(0) if generation.byok else generation.cost
+        endpoint = endpoint_id(generation.model, generation.provider_name)
+        return {
+            "id": generation.id,
+            "model": generation.model,
+            "provider_name": generation.provider_name,
+            "created_at": _iso(generation.created_at),
+            "api_type": "completions",
+            "total_cost": _number(credits),
+            "usage": _number(credits),
+            "upstream_inference_cost": _number(generation.cost),
+            "cache_discount": None,
+            "is_byok": generation.byok,
+            "tokens_prompt": generation.prompt_tokens,
+            "tokens_completion": generation.completion_tokens,
+            "native_tokens_prompt": generation.prompt_tokens,
+            "native_tokens_completion": generation.completion_tokens,
+            "native_tokens_reasoning": generation.reasoning_tokens,
+            "native_tokens_cached": generation.cached_tokens,
+            "native_tokens_completion_images": 0,
+            "num_media_prompt": 0,
+            "num_media_completion": 0,
+            "num_input_audio_prompt": 0,
+            "num_search_results": 0,
+            "num_fetches": 0,
+            "latency": latency_ms,
+            "generation_time": latency_ms,
+            "moderation_latency": None,
+            "finish_reason": "stop",
+            "native_finish_reason": "stop",
+            "streamed": False,
+            "cancelled": False,
+            "external_user": generation.external_user,
+            "app_id": None,
+            "http_referer": None,
+            "user_agent": None,
+            "origin": "",
+            "router": None,
+            "service_tier": None,
+            "preset_id": None,
+            "upstream_id": None,
+            "web_search_engine": None,
+            "provider_responses": [
+                {
+                    "status": 200,
+                    "provider_name": generation.provider_name,
+                    "endpoint_id": endpoint,
+                    "model_permaslug": generation.model,
+                    "latency": latency_ms,
+                    "is_byok": generation.byok,
+                }
+            ],
+            "data_region": "global",
+            "workspace_id": generation.workspace_id,
+        }
+
+    def activity_days(self) -> tuple[date, date]:
+        """The first and last UTC day GET /activity serves now: the last 30 completed days."""
+        today = self.clock().astimezone(UTC).date()
+        return today - timedelta(days=ACTIVITY_DAYS), today - timedelta(days=1)
+
+    def activity_json(
+        self,
+        *,
+        api_key_hash: str | None = None,
+        day: date | None = None,
+        workspace_id: str | None = None,
+        by_workspace: bool = False,
+    ) -> list[dict[str, Any]]:
+        """GET /activity's rows: generations summed per UTC day of their start, model and
+        endpoint (and workspace, by_workspace), over the last 30 completed UTC days (or one of
+        them), for one key or every key of the account; newest day first."""
+        first, last = self.activity_days()
+        if day is not None:
+            first = last = day
+        groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        for g in self._generations.values():
+            started = g.created_at.astimezone(UTC).date()
+            if not first <= started <= last:
+                continue
+            if api_key_hash is not None and g.key_hash != api_key_hash:
+                continue
+            if workspace_id is not None and g.workspace_id != workspace_id:
+                continue
+            group = (
+                started.isoformat(),
+                g.model,
+                g.provider_name,
+                g.workspace_id if by_workspace else "",
+            )
+            row = groups.setdefault(
+                group,
+                {
+                    "usage": Decimal(0),
+                    "byok_usage_inference": Decimal(0),
+                    "requests": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "cached_tokens": 0,
+                },
+            )
+            row["byok_usage_inference" if g.byok else "usage"] += g.cost
+            row["requests"] += 1
+            row["prompt_tokens"] += g.prompt_tokens
+            row["completion_tokens"] += g.completion_tokens
+            row["reasoning_tokens"] += g.reasoning_tokens
+            row["cached_tokens"] += g.cached_tokens
+        rows = []
+        for (day_text, model, provider, workspace), sums in sorted(groups.items()):
+            row = {
+                "date": day_text,
+                "model": model,
+                "model_permaslug": model,
+                "endpoint_id": endpoint_id(model, provider),
+                "provider_name": provider,
+                **sums,
+                "usage": _number(sums["usage"]),
+                "byok_usage_inference": _number(sums["byok_usage_inference"]),
+            }
+            if by_workspace:
+                row["workspace_id"] = workspace
+            rows.append(row)
+        rows.sort(key=lambda r: r["date"], reverse=True)  # stable: ties keep model order
+        return rows
 
     # ----- HTTP -----
 
@@ -479,6 +898,8 @@ class Emulator:
             Route(f"{API_PREFIX}/keys/{{key_hash}}", self._delete_key, methods=["DELETE"]),
             Route(f"{API_PREFIX}/key", self._current_key, methods=["GET"]),
             Route(f"{API_PREFIX}/credits", self._credits, methods=["GET"]),
+            Route(f"{API_PREFIX}/generation", self._generation, methods=["GET"]),
+            Route(f"{API_PREFIX}/activity", self._activity, methods=["GET"]),
             Route("/_emulator/charge", self._charge, methods=["POST"]),
             Route("/_emulator/state", self._state, methods=["GET"]),
             Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
@@ -636,6 +1057,13 @@ class Emulator:
             user = external.get("user") if isinstance(external, dict) else None
             if not isinstance(user, str) or not 1 <= len(user) <= 512:
                 raise EmulatorApiError(400, "external.user: String must be 1 to 512 characters")
+            partner_key = external.get("api_key")  # stored hashed by OpenRouter, never returned
+            if partner_key is not None and (
+                not isinstance(partner_key, str) or len(partner_key) < 32
+            ):
+                raise EmulatorApiError(
+                    400, "external.api_key: String must contain at least 32 characters"
+                )
             external_user = user
         workspace = body.get("workspace_id", DEFAULT_WORKSPACE_ID)
         if not isinstance(workspace, str):
@@ -713,7 +1141,12 @@ class Emulator:
         )
 
     async def _charge(self, request: Request) -> Response:
-        """Spend on the key in the Authorization header, as an inference call would."""
+        """Spend on the key in the Authorization header, as an inference call would.
+
+        Body: {"cost": <USD>, "max_cost"?, "duration_s"?, "byok"?, "generation_id"?, "model"?,
+        "provider_name"?, "prompt_tokens"?, "completion_tokens"?, "reasoning_tokens"?,
+        "cached_tokens"?}. Answers {"id": "<generation id>", "data": <GET /key of the key>}
+        once billed: `id` is where a chat completion carries it, for GET /generation?id=."""
         body = await _json_body(request)
         header = request.headers.get("authorization", "")
         if not isinstance(body, dict) or "cost" not in body:
@@ -726,15 +1159,69 @@ class Emulator:
             raise EmulatorApiError(400, "cost and duration_s must be numbers") from exc
         if not (cost.is_finite() and cost >= 0 and 0 <= duration_s <= 600):
             raise EmulatorApiError(400, "cost must be >= 0 and duration_s within 0 to 600")
+        details = _request_details(
+            generation_id=body.get("generation_id"),
+            model=body.get("model", DEFAULT_MODEL),
+            provider_name=body.get("provider_name", DEFAULT_PROVIDER),
+            prompt_tokens=body.get("prompt_tokens", 0),
+            completion_tokens=body.get("completion_tokens", 0),
+            reasoning_tokens=body.get("reasoning_tokens", 0),
+            cached_tokens=body.get("cached_tokens", 0),
+        )
         key = await self.spend(
             header.removeprefix("Bearer ").strip(),
             cost,
             duration_s=duration_s,
             byok=body.get("byok") is True,
             max_cost=max_cost,
+            generation_id=details.generation_id,
+            model=details.model,
+            provider_name=details.provider_name,
+            prompt_tokens=details.prompt_tokens,
+            completion_tokens=details.completion_tokens,
+            reasoning_tokens=details.reasoning_tokens,
+            cached_tokens=details.cached_tokens,
         )
         with self._lock:
-            return _json(200, {"data": self.current_key_json(key)})
+            return _json(200, {"id": details.generation_id, "data": self.current_key_json(key)})
+
+    async def _generation(self, request: Request) -> Response:
+        """GET /generation?id=: any valid key of the account; 404 until ready, or unknown."""
+        self._authenticate(request, management=False)
+        generation_id = request.query_params.get("id", "")
+        if not generation_id:
+            raise EmulatorApiError(400, "id: Required")
+        with self._lock:
+            generation = self._generations.get(generation_id)
+            ready = generation is not None and self.clock() >= generation.billed_at + timedelta(
+                seconds=self.generation_delay_s
+            )
+            if generation is None or not ready:
+                raise EmulatorApiError(404, f"Generation {generation_id} not found")
+            return _json(200, {"data": self.generation_json(generation)})
+
+    async def _activity(self, request: Request) -> Response:
+        """GET /activity (management key): date, api_key_hash, workspace_id, group_by."""
+        self._authenticate(request, management=True)
+        query = request.query_params
+        day = None
+        if (text := query.get("date")) is not None:
+            day = _parse_activity_date(text)
+            first, last = self.activity_days()
+            if not first <= day <= last:
+                raise EmulatorApiError(400, "Invalid date format or date range")
+        group_by = query.get("group_by")
+        if group_by not in (None, "workspace"):
+            raise EmulatorApiError(400, "group_by: Invalid enum value. Expected 'workspace'")
+        # user_id filters an organization's members; an individual account has one: ignored.
+        with self._lock:
+            rows = self.activity_json(
+                api_key_hash=query.get("api_key_hash") or None,
+                day=day,
+                workspace_id=query.get("workspace_id") or None,
+                by_workspace=group_by == "workspace",
+            )
+        return _json(200, {"data": rows})
 
     async def _state(self, _: Request) -> Response:
         return _json(200, {"data": self.state()})
@@ -838,6 +1325,16 @@ def _parse_expires_at(value: Any) -> datetime | None:
     if moment.utcoffset() != timedelta(0):
         raise EmulatorApiError(400, "expires_at: only UTC is accepted")
     return moment
+
+
+def _parse_activity_date(text: str) -> date:
+    # Exactly YYYY-MM-DD: date.fromisoformat would also take 20250824 or 2025-W34-1.
+    if len(text) != 10 or text[4] != "-" or text[7] != "-":
+        raise EmulatorApiError(400, "Invalid date format or date range")
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise EmulatorApiError(400, "Invalid date format or date range") from exc
 
 
 class _SharedState:

@@ -43,7 +43,17 @@ class OpenRouterForbidden(OpenRouterError):
 
 
 class OpenRouterNotFound(OpenRouterError):
-    """404: unknown key hash."""
+    """404: unknown key hash (or, as OpenRouterGenerationNotFound, a generation not readable)."""
+
+
+class OpenRouterGenerationNotFound(OpenRouterNotFound):
+    """404 from GET /generation: not ready yet, or unknown. OpenRouter does not tell them apart.
+
+    A generation's stats appear a second or more after its request completed (openrouter-api.md
+    §2.10), so right after a request this means "not yet": ask again later, with backoff. Only
+    after retrying for minutes does it mean the id is unknown to OpenRouter (or not this
+    account's). The client never retries it by itself.
+    """
 
 
 class OpenRouterConflict(OpenRouterError):

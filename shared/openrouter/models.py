@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -58,6 +58,24 @@ def _optional_str(data: Mapping[str, Any], field: str) -> str | None:
 
 def _bool(data: Mapping[str, Any], field: str) -> bool:
     return data.get(field) is True
+
+
+def _optional_int(data: Mapping[str, Any], field: str) -> int | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidOpenRouterPayload(f"{field}: expected an integer")
+    if isinstance(value, int):
+        return value
+    # A count sent as 12.0 (or, parsed with parse_float=Decimal, Decimal("12.0")) is still 12.
+    if isinstance(value, float | Decimal) and value == int(value):
+        return int(value)
+    raise InvalidOpenRouterPayload(f"{field}: expected an integer")
+
+
+def _int_or_zero(data: Mapping[str, Any], field: str) -> int:
+    return _optional_int(data, field) or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,4 +210,123 @@ class Credits:
         return cls(
             total_credits=_money_or_zero(data, "total_credits"),
             total_usage=_money_or_zero(data, "total_usage"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """GET /generation?id=: what OpenRouter counted for one request (openrouter-api.md §2.10).
+
+    `total_cost` is what the request cost in USD, the figure to book; for a BYOK request
+    (`is_byok`) it is only OpenRouter's credit charge, and the provider's own bill is
+    `upstream_inference_cost`. OpenRouter's generation carries no key hash: which key made it is
+    known from who made the request (or from `external_user`, set at the key's creation).
+    `created_at` is when the request started, the instant /activity dates it by.
+
+    Only `id` and `total_cost` are required: a generation without its cost is of no use.
+    """
+
+    id: str
+    total_cost: Decimal
+    usage: Decimal
+    upstream_inference_cost: Decimal | None
+    cache_discount: Decimal | None
+    model: str
+    provider_name: str | None
+    created_at: datetime | None
+    is_byok: bool
+    tokens_prompt: int | None
+    tokens_completion: int | None
+    native_tokens_reasoning: int | None
+    native_tokens_cached: int | None
+    external_user: str | None
+    workspace_id: str | None
+    api_type: str | None
+    finish_reason: str | None
+    cancelled: bool
+
+    @classmethod
+    def from_json(cls, data: object) -> Generation:
+        if not isinstance(data, Mapping):
+            raise InvalidOpenRouterPayload("generation: expected a JSON object")
+        generation_id = data.get("id")
+        if not isinstance(generation_id, str) or not generation_id:
+            raise InvalidOpenRouterPayload("generation: missing id")
+        total_cost = parse_money(data.get("total_cost"), field="total_cost")
+        if total_cost is None:
+            raise InvalidOpenRouterPayload("generation: missing total_cost")
+        return cls(
+            id=generation_id,
+            total_cost=total_cost,
+            usage=_money_or_zero(data, "usage"),
+            upstream_inference_cost=parse_money(
+                data.get("upstream_inference_cost"), field="upstream_inference_cost"
+            ),
+            cache_discount=parse_money(data.get("cache_discount"), field="cache_discount"),
+            model=_optional_str(data, "model") or "",
+            provider_name=_optional_str(data, "provider_name"),
+            created_at=parse_timestamp(data.get("created_at"), field="created_at"),
+            is_byok=_bool(data, "is_byok"),
+            tokens_prompt=_optional_int(data, "tokens_prompt"),
+            tokens_completion=_optional_int(data, "tokens_completion"),
+            native_tokens_reasoning=_optional_int(data, "native_tokens_reasoning"),
+            native_tokens_cached=_optional_int(data, "native_tokens_cached"),
+            external_user=_optional_str(data, "external_user"),
+            workspace_id=_optional_str(data, "workspace_id"),
+            api_type=_optional_str(data, "api_type"),
+            finish_reason=_optional_str(data, "finish_reason"),
+            cancelled=_bool(data, "cancelled"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityItem:
+    """One row of GET /activity (openrouter-api.md §2.9): a UTC day's use of one model endpoint.
+
+    Rows are summed over every key of the account unless the call filtered by api_key_hash:
+    a row names no key. `usage` is OpenRouter-credit spend in USD, `byok_usage_inference` BYOK
+    spend. Days are those of each request's start, and only completed UTC days are served
+    (today never is). Only `date` is required; missing sums are zero.
+    """
+
+    date: date
+    model: str
+    model_permaslug: str
+    endpoint_id: str
+    provider_name: str
+    usage: Decimal
+    byok_usage_inference: Decimal
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    workspace_id: str | None
+
+    @classmethod
+    def from_json(cls, data: object) -> ActivityItem:
+        if not isinstance(data, Mapping):
+            raise InvalidOpenRouterPayload("activity item: expected a JSON object")
+        day = data.get("date")
+        try:
+            # "2025-08-24"; tolerate a timestamp form ("2025-08-24 00:00:00") some clients saw.
+            parsed = date.fromisoformat(day[:10]) if isinstance(day, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise InvalidOpenRouterPayload("activity item: missing or malformed date")
+        return cls(
+            date=parsed,
+            model=_optional_str(data, "model") or "",
+            model_permaslug=_optional_str(data, "model_permaslug") or "",
+            endpoint_id=_optional_str(data, "endpoint_id") or "",
+            provider_name=_optional_str(data, "provider_name") or "",
+            usage=_money_or_zero(data, "usage"),
+            byok_usage_inference=_money_or_zero(data, "byok_usage_inference"),
+            requests=_int_or_zero(data, "requests"),
+            prompt_tokens=_int_or_zero(data, "prompt_tokens"),
+            completion_tokens=_int_or_zero(data, "completion_tokens"),
+            reasoning_tokens=_int_or_zero(data, "reasoning_tokens"),
+            cached_tokens=_int_or_zero(data, "cached_tokens"),
+            workspace_id=_optional_str(data, "workspace_id"),
         )

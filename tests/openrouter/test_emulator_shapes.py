@@ -85,6 +85,9 @@ async def test_every_key_endpoint_returns_documented_shapes(raw: httpx.AsyncClie
         ("POST", "/keys", {"name": "x", "limit_reset": "hourly"}, 400, None),
         ("POST", "/keys", {"name": "x", "expires_at": "2030-01-01T00:00:00+02:00"}, 400, None),
         ("POST", "/keys", {"name": "x", "expires_at": "2030-01-01T00:00Z"}, 400, None),
+        ("POST", "/keys", {"name": "x", "expires_at": "2030-01-01T00:00:00"}, 400, None),
+        ("POST", "/keys", {"name": "x", "external": {"user": ""}}, 400, None),
+        ("POST", "/keys", {"name": "x", "external": {"user": "u", "api_key": "short"}}, 400, None),
     ],
 )
 async def test_documented_errors(
