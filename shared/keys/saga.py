@@ -183,6 +183,8 @@ class KeyOperationSaga:
                 limit=new.limit_usd,
                 limit_reset="monthly",
                 include_byok_in_limit=False,
+                # OpenRouter's records (its keys, every generation) then name our user.
+                external_user=new.user_id,
             )
         except OpenRouterOutcomeUnknown as unknown:
             raise openrouter_failure(unknown, operation.id) from unknown
