@@ -44,4 +44,8 @@ measure_usage_drift = scheduled_handler(
     "measure_usage_drift", jobs.measure_usage_drift, lambda: app.state.runtime
 )
 
+sync_usage_from_openrouter = scheduled_handler(
+    "sync_usage_from_openrouter", jobs.sync_usage_from_openrouter, lambda: app.state.runtime
+)
+
 deliver_alerts = scheduled_handler("deliver_alerts", jobs.deliver_alerts, lambda: app.state.runtime)

@@ -75,6 +75,12 @@ async def measure_usage_drift(_: CronCaller, runtime: RuntimeDep) -> AdvanceResu
     return AdvanceResult(advanced=await service.measure_usage_drift(runtime))
 
 
+@router.get("/sync-usage-from-openrouter", response_model=dict[str, object])
+async def sync_usage_from_openrouter(_: CronCaller, runtime: RuntimeDep) -> dict[str, object]:
+    """The books from OpenRouter's own counters: this slot's sync job (every 15 minutes)."""
+    return await service.sync_usage_from_openrouter(runtime)
+
+
 @router.get("/deliver-alerts", response_model=AdvanceResult)
 async def deliver_alerts(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
     """Hand threshold alerts from the outbox to the webhook (every minute)."""

@@ -81,7 +81,9 @@ def _field(text: str, low: int, high: int) -> frozenset[int]:
 
 
 # The crons that make bulk jobs for the work lanes (shared/jobs/worker.py).
-BULK_JOB_CRONS = frozenset({"rotate-scheduled-keys", "open-usage-period", "reconcile-keys"})
+BULK_JOB_CRONS = frozenset(
+    {"rotate-scheduled-keys", "open-usage-period", "reconcile-keys", "sync-usage-from-openrouter"}
+)
 
 
 def scheduled_jobs() -> dict[str, tuple[Job, Cron]]:
@@ -96,6 +98,7 @@ def scheduled_jobs() -> dict[str, tuple[Job, Cron]]:
         "rotate-scheduled-keys": (service.rotate_scheduled_keys, "15 * * * *"),
         "open-usage-period": (service.open_usage_period, "5,20,35,50 * 1 * *"),
         "measure-usage-drift": (service.measure_usage_drift, "40 * * * *"),
+        "sync-usage-from-openrouter": (service.sync_usage_from_openrouter, "0,15,30,45 * * * *"),
         "deliver-alerts": (service.deliver_alerts, "* * * * *"),
     }
     return {name: (job, Cron.parse(cron)) for name, (job, cron) in schedule.items()}

@@ -96,6 +96,15 @@ async def measure_usage_drift(runtime: Runtime) -> int:
     return drifting
 
 
+async def sync_usage_from_openrouter(runtime: Runtime) -> dict[str, object]:
+    """Every 15 minutes: the books from OpenRouter's own counters (shared/usage/sync.py)."""
+    from shared.usage.sync import sync_usage_from_openrouter as sync
+
+    summary = await sync(runtime)
+    logger.info("usage synced from OpenRouter", extra=summary)
+    return summary
+
+
 async def deliver_alerts(runtime: Runtime) -> int:
     """Every minute: hand threshold alerts from the outbox to the webhook."""
     delivered = await deliver_to_webhook(runtime)

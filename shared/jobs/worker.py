@@ -53,6 +53,7 @@ def handler_for(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSetti
         "monthly_restore": lambda: _monthly_restore(runtime, job),
         "reconcile": lambda: _reconcile(runtime, job),
         "tier_budget": lambda: _tier_budget(runtime, job),
+        "usage_sync": lambda: _usage_sync(runtime, job),
     }
     factory = factories.get(job.kind)
     if factory is None:
@@ -102,6 +103,12 @@ def bulk_work_may_start(moment: datetime) -> bool:
         for name, (_, cron) in scheduled_jobs().items()
         if name in BULK_JOB_CRONS
     )
+
+
+def _usage_sync(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSettings]:
+    from shared.usage import sync
+
+    return sync.handler(runtime, job), QueueSettings.of(runtime.settings)
 
 
 async def work(

@@ -68,6 +68,8 @@ async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
         period=month,
         spent_usd=everyone["net_usd"],
         events_usd=everyone["cost_usd"],
+        unreported_usd=everyone["unreported_usd"],
+        corrected_usd=everyone["corrected_usd"],
         adjustments_usd=everyone["adjusted_usd"],
         events=everyone["events"],
         users=everyone["users"],

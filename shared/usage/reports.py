@@ -85,7 +85,9 @@ class ReportRepository:
         return await self._rows(
             "select u.tier as name, coalesce(sum(t.spent_usd), 0) as cost_usd,"
             " coalesce(sum(t.adjusted_usd), 0) as adjusted_usd,"
-            " coalesce(sum(greatest(t.spent_usd + t.adjusted_usd, 0)), 0) as net_usd,"
+            " coalesce(sum(t.unreported_usd), 0) as unreported_usd,"
+            " coalesce(sum(t.corrected_usd), 0) as corrected_usd,"
+            " coalesce(sum(t.net_usd), 0) as net_usd,"
             " coalesce(sum(t.events), 0) as events,"
             " count(t.user_id) filter (where t.events > 0) as users"
             " from usage_totals t join users u on u.user_id = t.user_id where t.period = %s"
@@ -106,14 +108,14 @@ class ReportRepository:
     async def top_users(self, period: date, *, limit: int) -> list[dict[str, Any]]:
         """Users by spend this period, highest first (an index walk, not a sort)."""
         return await self._rows(
-            "select t.user_id, u.tier, greatest(t.spent_usd + t.adjusted_usd, 0) as spent_usd,"
+            "select t.user_id, u.tier, t.net_usd as spent_usd,"
             " s.monthly_budget_usd as limit_usd, k.limit_usd as key_limit_usd,"
             " k.id is not null as has_key from usage_totals t"
             " join users u on u.user_id = t.user_id"
             " join subscription_tiers s on s.tier = u.tier"
             " left join api_keys k on k.owner = 'user:' || t.user_id and k.state = 'current'"
             " where t.period = %s"
-            " order by greatest(t.spent_usd + t.adjusted_usd, 0) desc, t.user_id limit %s",
+            " order by t.net_usd desc, t.user_id limit %s",
             (period, limit),
         )
 
@@ -124,19 +126,19 @@ class ReportRepository:
         over that share of the smallest budget are read (an index range), then each is held
         to its own tier's budget."""
         return await self._rows(
-            "select t.user_id, u.tier, greatest(t.spent_usd + t.adjusted_usd, 0) as spent_usd,"
+            "select t.user_id, u.tier, t.net_usd as spent_usd,"
             " s.monthly_budget_usd as limit_usd, k.limit_usd as key_limit_usd,"
             " k.id is not null as has_key from usage_totals t"
             " join users u on u.user_id = t.user_id"
             " join subscription_tiers s on s.tier = u.tier"
             " left join api_keys k on k.owner = 'user:' || t.user_id and k.state = 'current'"
             " where t.period = %(period)s"
-            " and greatest(t.spent_usd + t.adjusted_usd, 0) * 100 >= %(percent)s *"
+            " and t.net_usd * 100 >= %(percent)s *"
             "  (select min(monthly_budget_usd) from subscription_tiers)"
             " and s.monthly_budget_usd is not null"
-            " and greatest(t.spent_usd + t.adjusted_usd, 0) * 100"
+            " and t.net_usd * 100"
             "  >= s.monthly_budget_usd * %(percent)s"
-            " order by greatest(t.spent_usd + t.adjusted_usd, 0) desc, t.user_id"
+            " order by t.net_usd desc, t.user_id"
             " limit %(limit)s",
             {"period": period, "percent": percent, "limit": limit},
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -24,13 +25,22 @@ class RecordedEvent:
 @dataclass(frozen=True, slots=True)
 class PeriodTotal:
     period: date
-    spent_usd: Decimal  # events
+    spent_usd: Decimal  # the reported events
     adjusted_usd: Decimal  # resets (negative)
     events: int
+    counted_usd: Decimal = Decimal(0)  # what OpenRouter counted on the user's keys (the sync)
+    corrected_usd: Decimal = Decimal(0)  # corrections of reported costs found wrong
+
+    @property
+    def unreported_usd(self) -> Decimal:
+        """What OpenRouter counted that no reported event explains (as the database derives)."""
+        return max(self.counted_usd - self.spent_usd - self.corrected_usd, Decimal(0))
 
     @property
     def effective_usd(self) -> Decimal:
-        return max(self.spent_usd + self.adjusted_usd, Decimal(0))
+        """What counts against the budget: the books' gross less the resets (net_usd)."""
+        gross = max(self.spent_usd + self.corrected_usd, self.counted_usd)
+        return max(gross + self.adjusted_usd, Decimal(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,27 @@ class UsageRepository:
         )
         row = await cursor.fetchone()
         return int(row["n"]) if row else 0  # type: ignore[call-overload]
+
+    async def sync_counted(
+        self, period: str, counters: list[dict[str, str]], *, users: list[str] | None = None
+    ) -> int:
+        """OpenRouter's monthly counters of some keys ({"hash", "usage_usd"}) into the books of
+        their users (and of `users`), thresholds crossed; how many users' counts changed."""
+        cursor = await self._conn.execute(
+            "select sync_counted_usage(%s::date, %s::jsonb, %s::text[]) as changed",
+            (period, json.dumps(counters), users or []),
+        )
+        row = await cursor.fetchone()
+        return int(row["changed"]) if row else 0  # type: ignore[call-overload]
+
+    async def users_with_keys_settled_in(self, period: str) -> list[str]:
+        """Users with a key deleted this month: on no page of the listing any more."""
+        cursor = await self._conn.execute(
+            "select distinct user_id from api_keys where user_id is not null"
+            " and final_usage_period = %s::date",
+            (period,),
+        )
+        return [str(row["user_id"]) for row in await cursor.fetchall()]
 
     async def users_in_scope(
         self, *, user_id: str | None, tier: str | None, everyone: bool

@@ -103,9 +103,18 @@ class Breakdown(BaseModel):
 class MonthUsage(BaseModel):
     period: date
     spent_usd: Usd = Field(
-        description="events + adjustments (never below 0): what counts against the budget."
+        description="The books: what the reported events cost, corrected, or what OpenRouter "
+        "counted on the user's keys if that is more, plus adjustments (never below 0): what "
+        "counts against the budget."
     )
     events_usd: Usd = Field(description="What the month's events cost; the breakdowns sum to it.")
+    reported_usd: Usd = Field(description="What services reported (the events, as reported).")
+    unreported_usd: Usd = Field(
+        description="What OpenRouter counted that no reported event explains (as of its last "
+        "sync); it shrinks as late reports arrive."
+    )
+    corrected_usd: Usd = Field(description="Corrections of reported costs found wrong.")
+    counted_usd: Usd = Field(description="What OpenRouter counted on the user's keys (sync).")
     adjustments_usd: Usd = Field(description="What resets took off (negative).")
     events: int
     limit_usd: Usd | None
@@ -174,7 +183,11 @@ class SystemUsage(BaseModel):
 
     period: date
     spent_usd: Usd
-    events_usd: Usd = Field(description="What the month's events cost.")
+    events_usd: Usd = Field(description="What the month's events cost, as reported.")
+    unreported_usd: Usd = Field(
+        description="What OpenRouter counted on users' keys that no reported event explains."
+    )
+    corrected_usd: Usd = Field(description="Corrections of reported costs found wrong.")
     adjustments_usd: Usd = Field(description="What resets took off (negative).")
     events: int
     users: int = Field(description="Users with at least one event this month.")

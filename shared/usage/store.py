@@ -38,6 +38,8 @@ def _period_book(raw: dict[str, Any]) -> PeriodBook:
             spent_usd=Decimal(raw["spent_usd"]),
             adjusted_usd=Decimal(raw["adjusted_usd"]),
             events=int(raw["events"]),
+            counted_usd=Decimal(raw.get("counted_usd", 0)),
+            corrected_usd=Decimal(raw.get("corrected_usd", 0)),
         ),
         breakdown=[
             BreakdownRow(

@@ -203,6 +203,7 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/rotate-scheduled-keys"): "cron",
     ("GET", "/api/jobs/open-usage-period"): "cron",
     ("GET", "/api/jobs/measure-usage-drift"): "cron",
+    ("GET", "/api/jobs/sync-usage-from-openrouter"): "cron",
     ("GET", "/api/jobs/deliver-alerts"): "cron",
     ("GET", "/api/admin/usage"): "admin",
     ("GET", "/api/admin/keys"): "admin",

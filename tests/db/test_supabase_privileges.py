@@ -53,6 +53,7 @@ REVIEWED_TABLES: dict[str, dict[str, frozenset[str]]] = {
     "owner_leases": {"service_role": frozenset({"SELECT", "INSERT", "UPDATE"})},
     "openrouter_fleet": SERVICE_ALL,
     "openrouter_fleet_workers": SERVICE_ALL,
+    "openrouter_key_usage": SERVICE_ALL,
     # identity sequences: the tables' own privileges cover them
     "alert_outbox_id_seq": {},
     "usage_adjustments_id_seq": {},
@@ -100,6 +101,7 @@ REVIEWED_FUNCTIONS: dict[str, dict[str, frozenset[str]]] = {
     "complete_work_item(p_job_id uuid, p_item text, p_worker text, p_result jsonb)": EXECUTE,
     "work_jobs_due(p_limit integer)": EXECUTE,
     "cross_usage_thresholds(p_period date, p_user_id text, p_tier text)": EXECUTE,
+    "sync_counted_usage(p_period date, p_keys jsonb, p_users text[])": EXECUTE,
     "openrouter_fleet_share(p_worker text, p_max integer, p_lease_seconds integer,"
     " p_successes integer, p_throttled boolean, p_retry_after_s numeric, p_leave boolean)": (
         EXECUTE
