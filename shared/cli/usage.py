@@ -51,11 +51,13 @@ tiers_app = typer.Typer(no_args_is_help=True, help="Subscription tiers and their
 _money = usd_display
 
 
-def _books(events_usd: Decimal, adjustments_usd: Decimal, events: int) -> str:
-    """Gross, adjustments and net said the same way in every report."""
+def _books(
+    events_usd: Decimal, adjustments_usd: Decimal, events: int, unreported_usd: Decimal
+) -> str:
+    """Gross, unreported, adjustments and net said the same way in every report."""
     return (
         f"events {_money(events_usd)} over {count_of(events, 'event')}, "
-        f"adjustments {_money(adjustments_usd)}"
+        f"unreported {_money(unreported_usd)}, adjustments {_money(adjustments_usd)}"
     )
 
 
@@ -99,7 +101,8 @@ def report(
         console.print(
             f"[bold]{mine.user_id}[/] ({mine.tier}) {mine.period:%Y-%m}: spent "
             f"{_money(mine.spent_usd)} of {_money(mine.limit_usd)} "
-            f"({_books(mine.events_usd, mine.adjustments_usd, mine.events)}), remaining "
+            f"({_books(mine.events_usd, mine.adjustments_usd, mine.events, mine.unreported_usd)}"
+            "), remaining "
             f"{_money(mine.remaining_usd)}; forecast {_money(mine.forecast_month_end_usd)}"
         )
         console.print(_breakdown_table("events by model", mine.by_model))
@@ -113,9 +116,9 @@ def report(
     if as_json:
         emit_json(system)
         return
+    books = _books(system.events_usd, system.adjustments_usd, system.events, system.unreported_usd)
     console.print(
-        f"[bold]{system.period:%Y-%m}[/]: spent {_money(system.spent_usd)} "
-        f"({_books(system.events_usd, system.adjustments_usd, system.events)}) by "
+        f"[bold]{system.period:%Y-%m}[/]: spent {_money(system.spent_usd)} ({books}) by "
         f"{count_of(system.users, 'user')}"
     )
     console.print(_breakdown_table("events by tier", system.by_tier))

@@ -144,6 +144,7 @@ async function load() {
   $("spent").textContent = money(usage.spent_usd);
   $("events-cost").textContent = money(usage.events_usd);
   $("adjustments").textContent = money(usage.adjustments_usd);
+  $("unreported").textContent = money(usage.unreported_usd);
   $("events").textContent = usage.events.toLocaleString();
   $("users").textContent = usage.users.toLocaleString();
   drawn = usage;
