@@ -15,6 +15,7 @@ For each size it seeds that many users with a key (real create sagas), then meas
 - the month's rotation: every key last rotated last month, from the job's cron to its end;
 - the month's limit restore: every key's limit left below its budget last month;
 - the daily reconcile: every page of OpenRouter's listing, 100 keys a page, then the repairs;
+- the usage sync (every 15 minutes): every page of the listing into the books;
 and, for `--emergency` keys (that many users moved to one tier, the tier in scope), an
 emergency rotation from the admin's request to the last key disabled at OpenRouter and to the
 last replaced.
@@ -248,6 +249,17 @@ async def daily_reconcile(installation: Installation) -> Measured:
     )
 
 
+async def usage_sync(installation: Installation) -> Measured:
+    async with installation.database.connection() as conn:
+        await conn.execute("delete from work_jobs where kind = 'usage_sync'")
+    # The sync's cron runs every 15 minutes; the start is one of its minutes.
+    return await deployed_cadence(
+        installation,
+        crons=[(lambda s: s % 900 == 0, jobs.sync_usage_from_openrouter)],
+        done=_job_done(installation.database, "usage_sync"),
+    )
+
+
 @dataclass
 class EmergencyMeasured:
     keys: int
@@ -363,16 +375,19 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
         rotation = await month_rotation(installation)
         restore = await month_restore(installation)
         reconcile = await daily_reconcile(installation)
+        synced = await usage_sync(installation)
         duplicates, orphans = await end_state(installation)
         r_ideal, r_ratio = _ratio(rotation, latency, allowed)
         s_ideal, s_ratio = _ratio(restore, latency, allowed)
         c_ideal, c_ratio = _ratio(reconcile, latency, allowed)
+        y_ideal, y_ratio = _ratio(synced, latency, allowed)
         results[owners] = (r_ratio, s_ratio)
         print(f"\n{owners} owners (seeded in {seed_s:.0f} s real)")
         for name, phase, ideal, ratio in (
             ("rotation", rotation, r_ideal, r_ratio),
             ("restore", restore, s_ideal, s_ratio),
             ("reconcile", reconcile, c_ideal, c_ratio),
+            ("sync", synced, y_ideal, y_ratio),
         ):
             print(
                 f"  {name:9} {phase.seconds:8.0f} s  ideal {ideal:8.0f} s  {ratio:.2f} x"
