@@ -100,11 +100,15 @@ async def test_a_report_after_the_sync_counted_the_spend_is_not_counted_twice(
     await _report(runtime, "late", "g-new", "0.5")  # not yet counted by OpenRouter's sync
     after_all = await _books(api, "late")
 
-    assert (after_one["spent"], after_one["reported"], after_one["unreported"]) == (4, 3, 1)
+    assert (after_one["spent"], after_one["reported"], after_one["unreported"]) == (
+        Decimal(4),
+        Decimal(3),
+        Decimal(1),
+    )
     assert (after_all["spent"], after_all["reported"], after_all["unreported"]) == (
         Decimal("4.5"),
         Decimal("4.5"),
-        0,
+        Decimal(0),
     )
 
 
