@@ -353,6 +353,21 @@ class Settings(BaseModel):
         description="Per user and month, a difference between OpenRouter's counters and the "
         "ledger beyond this is reported as drift.",
     )
+    verify_calls_per_run: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=500,
+        description="The most GET /generation calls one run of the verify-reported-usage job "
+        "(every 5 minutes) makes to confirm reported costs; the rest wait for the next run.",
+    )
+    verify_give_up_s: Annotated[int, Field(ge=0)] = Field(
+        default=3600,
+        description="A reported event whose generation OpenRouter still does not find (404) "
+        "this many seconds after it was recorded is given up: marked unverifiable.",
+    )
+    verify_alert_usd: Annotated[Decimal, Field(ge=0)] = Field(
+        default=Decimal(1),
+        description="A correction of a reported cost this large or larger (either way) queues "
+        "a usage.cost_mismatch alert.",
+    )
     system_key_monthly_budget_usd: Decimal | None = Field(
         default=None, description="Monthly limit of system keys (unset: unlimited)."
     )

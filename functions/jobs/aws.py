@@ -48,4 +48,8 @@ sync_usage_from_openrouter = scheduled_handler(
     "sync_usage_from_openrouter", jobs.sync_usage_from_openrouter, lambda: app.state.runtime
 )
 
+verify_reported_usage = scheduled_handler(
+    "verify_reported_usage", jobs.verify_reported_usage, lambda: app.state.runtime
+)
+
 deliver_alerts = scheduled_handler("deliver_alerts", jobs.deliver_alerts, lambda: app.state.runtime)

@@ -81,6 +81,24 @@ async def sync_usage_from_openrouter(_: CronCaller, runtime: RuntimeDep) -> dict
     return await service.sync_usage_from_openrouter(runtime)
 
 
+class VerifyResult(BaseModel):
+    verified: int
+    mismatched: int
+    foreign: int
+    not_ready: int
+    given_up: int
+    failed: int
+    unchanged: int
+    calls: int
+
+
+@router.get("/verify-reported-usage", response_model=VerifyResult)
+async def verify_reported_usage(_: CronCaller, runtime: RuntimeDep) -> VerifyResult:
+    """Verify reported costs against OpenRouter's generations, correcting mismatches, within
+    VERIFY_CALLS_PER_RUN calls (every 5 minutes)."""
+    return VerifyResult.model_validate(await service.verify_reported_usage(runtime))
+
+
 @router.get("/deliver-alerts", response_model=AdvanceResult)
 async def deliver_alerts(_: CronCaller, runtime: RuntimeDep) -> AdvanceResult:
     """Hand threshold alerts from the outbox to the webhook (every minute)."""

@@ -99,6 +99,7 @@ def scheduled_jobs() -> dict[str, tuple[Job, Cron]]:
         "open-usage-period": (service.open_usage_period, "5,20,35,50 * 1 * *"),
         "measure-usage-drift": (service.measure_usage_drift, "40 * * * *"),
         "sync-usage-from-openrouter": (service.sync_usage_from_openrouter, "0,15,30,45 * * * *"),
+        "verify-reported-usage": (service.verify_reported_usage, "*/5 * * * *"),
         "deliver-alerts": (service.deliver_alerts, "* * * * *"),
     }
     return {name: (job, Cron.parse(cron)) for name, (job, cron) in schedule.items()}

@@ -105,6 +105,16 @@ async def sync_usage_from_openrouter(runtime: Runtime) -> dict[str, object]:
     return summary
 
 
+async def verify_reported_usage(runtime: Runtime) -> dict[str, int]:
+    """Every 5 minutes: reported costs checked against OpenRouter's generations, corrected
+    where they differ (shared/usage/verification.py)."""
+    from shared.usage.verification import verify_reported_usage as verify
+
+    summary = await verify(runtime)
+    logger.info("reported usage verified", extra=summary)
+    return summary
+
+
 async def deliver_alerts(runtime: Runtime) -> int:
     """Every minute: hand threshold alerts from the outbox to the webhook."""
     delivered = await deliver_to_webhook(runtime)

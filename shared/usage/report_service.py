@@ -46,10 +46,14 @@ def _shares(rows: list[dict[str, Any]]) -> list[UserShare]:
 async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
     database = runtime.database()
 
-    async def totals() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def totals() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         async with database.connection() as conn:
             reports = ReportRepository(conn)
-            return await reports.tier_totals(month), await reports.drift(month)
+            return (
+                await reports.tier_totals(month),
+                await reports.drift(month),
+                await reports.verification(month),
+            )
 
     async def shares() -> tuple[list[dict[str, Any]], ...]:
         async with database.connection() as conn:
@@ -62,7 +66,9 @@ async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
             )
 
     # The two scans of the month's books run side by side, on two connections.
-    (tiers, drift), (breakdowns, top, over_80, over_100) = await asyncio.gather(totals(), shares())
+    (tiers, drift, verification), (breakdowns, top, over_80, over_100) = await asyncio.gather(
+        totals(), shares()
+    )
     [everyone] = [row for row in tiers if row["name"] is None]
     return SystemUsage(
         period=month,
@@ -73,6 +79,10 @@ async def system_usage(runtime: Runtime, month: date) -> SystemUsage:
         adjustments_usd=everyone["adjusted_usd"],
         events=everyone["events"],
         users=everyone["users"],
+        corrections=verification["corrections"],
+        corrections_usd=verification["corrections_usd"],
+        foreign_events=verification["foreign_events"],
+        unverifiable_events=verification["unverifiable_events"],
         by_tier=_breakdown([row for row in tiers if row["name"] is not None]),
         by_model=_breakdown([row for row in breakdowns if row["kind"] == "model"][:50]),
         by_agent=_breakdown([row for row in breakdowns if row["kind"] == "agent"][:50]),

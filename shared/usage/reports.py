@@ -143,6 +143,23 @@ class ReportRepository:
             {"period": period, "percent": percent, "limit": limit},
         )
 
+    async def verification(self, period: date) -> dict[str, Any]:
+        """The month's corrections of reported costs (count, sum) and its events flagged
+        foreign or given up as unverifiable (schema/migrations/0021_verified_costs.sql)."""
+        [row] = await self._rows(
+            "select (select count(*) from usage_corrections where period = %(p)s) as corrections,"
+            " (select coalesce(sum(correction_usd), 0) from usage_corrections"
+            "   where period = %(p)s) as corrections_usd,"
+            " (select count(*) filter (where verify_state = 'foreign') from usage_events"
+            "   where period = %(p)s and verify_state in ('foreign', 'unverifiable'))"
+            "   as foreign_events,"
+            " (select count(*) filter (where verify_state = 'unverifiable') from usage_events"
+            "   where period = %(p)s and verify_state in ('foreign', 'unverifiable'))"
+            "   as unverifiable_events",
+            {"p": period},
+        )
+        return row
+
     async def drift(self, period: date) -> list[dict[str, Any]]:
         return await self._rows(
             "select user_id, openrouter_usd, ledger_usd, drift_usd, measured_at from usage_drift"

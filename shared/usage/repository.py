@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from shared.db.database import Connection
@@ -123,3 +123,67 @@ class UsageRepository:
             (budget, tier),
         )
         return await cursor.fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DueVerification:
+    """A reported event whose cost OpenRouter is to confirm (GET /generation)."""
+
+    event_id: int
+    generation_id: str
+    user_id: str
+    cost_usd: Decimal
+
+
+class VerificationRepository:
+    """The verification job's SQL (schema/migrations/0021_verified_costs.sql)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def claim_due(self, *, now: datetime, limit: int, lease_s: int) -> list[DueVerification]:
+        """At most `limit` pending events due by `now`, oldest due first, leased for lease_s
+        (SKIP LOCKED, and their next try moved past the lease: runs that overlap split them,
+        and a run that dies leaves its events to be picked again once the lease ends)."""
+        cursor = await self._conn.execute(
+            "with due as (select id from usage_events where verify_state = 'pending'"
+            " and verify_next_at <= %(now)s order by verify_next_at, id limit %(limit)s"
+            " for update skip locked)"
+            " update usage_events e set verify_next_at = %(now)s + make_interval(secs => %(lease)s)"
+            " from due where e.id = due.id"
+            " returning e.id as event_id, e.generation_id, e.user_id, e.cost_usd",
+            {"now": now, "limit": limit, "lease": lease_s},
+        )
+        due = [DueVerification(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
+        return sorted(due, key=lambda d: d.event_id)
+
+    async def record(
+        self,
+        event_id: int,
+        *,
+        openrouter_cost: Decimal | None,
+        generation_user: str | None,
+        now: datetime,
+        retry_s: float,
+        give_up_s: float,
+        alert_usd: Decimal,
+    ) -> str:
+        """One outcome (openrouter_cost None: not found yet) and its correction, in one
+        statement; the event's new state, 'not_ready', or 'unchanged' (verified before)."""
+        cursor = await self._conn.execute(
+            "select record_usage_verification(%s::bigint, %s::boolean, %s::numeric, %s::text,"
+            " %s::timestamptz, %s::numeric, %s::numeric, %s::numeric) as state",
+            (
+                event_id,
+                openrouter_cost is not None,
+                openrouter_cost,
+                generation_user,
+                now,
+                retry_s,
+                give_up_s,
+                alert_usd,
+            ),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return str(row["state"])

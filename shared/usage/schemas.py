@@ -191,6 +191,18 @@ class SystemUsage(BaseModel):
     adjustments_usd: Usd = Field(description="What resets took off (negative).")
     events: int
     users: int = Field(description="Users with at least one event this month.")
+    corrections: int = Field(
+        default=0, description="Reported costs OpenRouter's generations corrected this month."
+    )
+    corrections_usd: Usd = Field(
+        default=Decimal(0), description="Their sum: OpenRouter's cost less the reported one."
+    )
+    foreign_events: int = Field(
+        default=0, description="Events whose generation was another user's key: not counted."
+    )
+    unverifiable_events: int = Field(
+        default=0, description="Events OpenRouter never found within VERIFY_GIVE_UP_S."
+    )
     by_tier: list[Breakdown]
     by_model: list[Breakdown]
     by_agent: list[Breakdown]

@@ -205,6 +205,7 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/measure-usage-drift"): "cron",
     ("GET", "/api/jobs/sync-usage-from-openrouter"): "cron",
     ("GET", "/api/jobs/deliver-alerts"): "cron",
+    ("GET", "/api/jobs/verify-reported-usage"): "cron",
     ("GET", "/api/admin/usage"): "admin",
     ("GET", "/api/admin/keys"): "admin",
     ("POST", "/api/usage/log"): "services with usage:write",

@@ -54,10 +54,12 @@ REVIEWED_TABLES: dict[str, dict[str, frozenset[str]]] = {
     "openrouter_fleet": SERVICE_ALL,
     "openrouter_fleet_workers": SERVICE_ALL,
     "openrouter_key_usage": SERVICE_ALL,
+    "usage_corrections": SERVICE_ALL,
     # identity sequences: the tables' own privileges cover them
     "alert_outbox_id_seq": {},
     "usage_adjustments_id_seq": {},
     "usage_events_id_seq": {},
+    "usage_corrections_id_seq": {},
 }
 # Signed-in users read their own keys' metadata, never the sealed secret or the hash's twins.
 REVIEWED_COLUMNS = {
@@ -102,6 +104,9 @@ REVIEWED_FUNCTIONS: dict[str, dict[str, frozenset[str]]] = {
     "work_jobs_due(p_limit integer)": EXECUTE,
     "cross_usage_thresholds(p_period date, p_user_id text, p_tier text)": EXECUTE,
     "sync_counted_usage(p_period date, p_keys jsonb, p_users text[])": EXECUTE,
+    "record_usage_verification(p_event_id bigint, p_found boolean, p_openrouter_cost numeric,"
+    " p_generation_user text, p_now timestamp with time zone, p_retry_s numeric,"
+    " p_give_up_s numeric, p_alert_usd numeric)": EXECUTE,
     "openrouter_fleet_share(p_worker text, p_max integer, p_lease_seconds integer,"
     " p_successes integer, p_throttled boolean, p_retry_after_s numeric, p_leave boolean)": (
         EXECUTE
