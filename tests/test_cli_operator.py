@@ -308,7 +308,10 @@ def test_reports_after_a_reset_read_true_and_money_is_written_one_way(
             assert sum(Decimal(row["cost_usd"]) for row in report[name]) == Decimal("8.2")
     for table in (user_table, system_table):
         assert "spent $0.00" in table, table
-        assert "events $8.20 over 3 events, unreported $0.00, adjustments -$8.20" in table, table
+        assert (
+            "events $8.20 over 3 events, corrected $0.00, unreported $0.00, adjustments -$8.20"
+            in (table)
+        ), table
         assert "events by model" in table
     assert "adjustments -$8.20) by 1 user\n" in system_table
     # AND every amount in every JSON document is an exact decimal string, written one way

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated
 
 import typer
@@ -32,6 +31,7 @@ from shared.usage.schemas import (
     Breakdown,
     CurrentUsage,
     KeyLimitOutcome,
+    MonthUsage,
     ResetUsageRequest,
     ResetUsageResponse,
     SystemUsage,
@@ -51,13 +51,12 @@ tiers_app = typer.Typer(no_args_is_help=True, help="Subscription tiers and their
 _money = usd_display
 
 
-def _books(
-    events_usd: Decimal, adjustments_usd: Decimal, events: int, unreported_usd: Decimal
-) -> str:
-    """Gross, unreported, adjustments and net said the same way in every report."""
+def _books(books: MonthUsage | SystemUsage) -> str:
+    """Gross, corrections, unreported, adjustments and net said the same way in every report."""
     return (
-        f"events {_money(events_usd)} over {count_of(events, 'event')}, "
-        f"unreported {_money(unreported_usd)}, adjustments {_money(adjustments_usd)}"
+        f"events {_money(books.events_usd)} over {count_of(books.events, 'event')}, "
+        f"corrected {_money(books.corrected_usd)}, unreported {_money(books.unreported_usd)}, "
+        f"adjustments {_money(books.adjustments_usd)}"
     )
 
 
@@ -101,7 +100,7 @@ def report(
         console.print(
             f"[bold]{mine.user_id}[/] ({mine.tier}) {mine.period:%Y-%m}: spent "
             f"{_money(mine.spent_usd)} of {_money(mine.limit_usd)} "
-            f"({_books(mine.events_usd, mine.adjustments_usd, mine.events, mine.unreported_usd)}"
+            f"({_books(mine)}"
             "), remaining "
             f"{_money(mine.remaining_usd)}; forecast {_money(mine.forecast_month_end_usd)}"
         )
@@ -116,7 +115,7 @@ def report(
     if as_json:
         emit_json(system)
         return
-    books = _books(system.events_usd, system.adjustments_usd, system.events, system.unreported_usd)
+    books = _books(system)
     console.print(
         f"[bold]{system.period:%Y-%m}[/]: spent {_money(system.spent_usd)} ({books}) by "
         f"{count_of(system.users, 'user')}"

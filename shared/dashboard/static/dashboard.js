@@ -145,6 +145,9 @@ async function load() {
   $("events-cost").textContent = money(usage.events_usd);
   $("adjustments").textContent = money(usage.adjustments_usd);
   $("unreported").textContent = money(usage.unreported_usd);
+  $("corrections").textContent = money(usage.corrections_usd);
+  $("corrections-detail").textContent = `${usage.corrections.toLocaleString()} corrected, ` +
+    `${usage.foreign_events.toLocaleString()} foreign, ${usage.unverifiable_events.toLocaleString()} unverifiable`;
   $("events").textContent = usage.events.toLocaleString();
   $("users").textContent = usage.users.toLocaleString();
   drawn = usage;
