@@ -372,6 +372,14 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
         await seed(installation, owners - seeded, prefix=f"u{owners}")
         seeded = owners
         seed_s = time.perf_counter() - began
+        if options.only_sync:
+            synced = await usage_sync(installation)
+            y_ideal, y_ratio = _ratio(synced, latency, allowed)
+            print(
+                f"\n{owners} owners: sync {synced.seconds:.0f} s (ideal {y_ideal:.0f} s,"
+                f" {y_ratio:.2f} x; {synced.calls} calls, {synced.invocations} invocations)"
+            )
+            continue
         rotation = await month_rotation(installation)
         restore = await month_restore(installation)
         reconcile = await daily_reconcile(installation)
@@ -396,6 +404,10 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
             )
         print(f"  duplicate current keys {duplicates}, orphans {orphans}")
 
+    if options.only_sync:
+        await database.close()
+        server.destroy()
+        return
     # The emergency: `--emergency` users moved to one tier, and that tier in scope.
     async with database.connection() as conn:
         await conn.execute(
@@ -437,6 +449,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3, help="seconds an OpenRouter call")
     parser.add_argument("--openrouter-concurrency", type=int, default=32)
     parser.add_argument("--arrives-at", type=float, default=30.0, help="seconds into a minute")
+    parser.add_argument("--only-sync", action="store_true", help="seed, then the usage sync only")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         virtual_time.run(run(options, Path(scratch)))

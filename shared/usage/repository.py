@@ -88,11 +88,15 @@ class UsageRepository:
         row = await cursor.fetchone()
         return int(row["changed"]) if row else 0  # type: ignore[call-overload]
 
-    async def users_with_keys_settled_in(self, period: str) -> list[str]:
-        """Users with a key deleted this month: on no page of the listing any more."""
+    async def users_on_no_page(self, period: str) -> list[str]:
+        """Users with spend on keys deleted this month and no key left at OpenRouter: no page
+        of the listing recomputes them (a user with a key left is recomputed with its page,
+        deleted keys included)."""
         cursor = await self._conn.execute(
-            "select distinct user_id from api_keys where user_id is not null"
-            " and final_usage_period = %s::date",
+            "select distinct k.user_id from api_keys k where k.user_id is not null"
+            " and k.final_usage_period = %s::date and k.final_usage_usd > 0"
+            " and not exists (select 1 from api_keys o where o.user_id = k.user_id"
+            "  and o.openrouter_hash is not null and o.deleted_at is null)",
             (period,),
         )
         return [str(row["user_id"]) for row in await cursor.fetchall()]

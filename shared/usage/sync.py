@@ -7,7 +7,7 @@ page). The sync reads that listing, a page per item, so that 100,000 keys (1,000
 read by as many invocations as the work lanes run, each within its time budget; for each page
 it writes each of our keys' counter and recomputes the month's count of the users those keys
 belong to (schema/migrations/0020_books_from_openrouter.sql). Its last item (phase 1, once every
-page was read) recomputes the users whose keys were deleted this month and so are on no page.
+page was read) recomputes the users whose every key was deleted this month, on no page.
 What OpenRouter counted that no reported event explains is the books' unreported spend, which
 thresholds, alerts, forecasts and reports count.
 """
@@ -33,6 +33,7 @@ ACTOR = "job:usage-sync"
 PAGES, CONCLUDE = 0, 1
 _SPARE_PAGES = 2
 SLOT_MINUTES = 15  # its cron's interval
+_USERS_A_STATEMENT = 500
 
 
 def _page_item(offset: int) -> NewItem:
@@ -88,10 +89,14 @@ def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
         return {"keys": len(listed), "users_changed": changed}
 
     async def conclude(_: ClaimedItem) -> dict[str, Any]:
-        async with runtime.database().connection() as conn, conn.transaction():
-            books = UsageRepository(conn)
-            users = await books.users_with_keys_settled_in(period)
-            changed = await books.sync_counted(period, [], users=users)
+        async with runtime.database().connection() as conn:
+            users = await UsageRepository(conn).users_on_no_page(period)
+        changed = 0
+        for start in range(0, len(users), _USERS_A_STATEMENT):
+            async with runtime.database().connection() as conn, conn.transaction():
+                changed += await UsageRepository(conn).sync_counted(
+                    period, [], users=users[start : start + _USERS_A_STATEMENT]
+                )
         return {"users_rechecked": len(users), "users_changed": changed}
 
     async def handle(claimed: ClaimedItem) -> dict[str, Any]:

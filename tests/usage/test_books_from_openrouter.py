@@ -145,3 +145,20 @@ async def _sync_next_slot(runtime: Runtime) -> None:
             "update work_jobs set name = name || '-earlier' where kind = 'usage_sync'"
         )
     await _sync(runtime)
+
+
+async def test_a_user_whose_every_key_was_deleted_this_month_keeps_its_spend(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime, emulator: Emulator
+) -> None:
+    """GIVEN a user who spent $2.50 unreported on a key then revoked (deleted at OpenRouter,
+    its final usage read) WHEN the sync runs, its pages listing no key of theirs THEN the
+    books still say $2.50: the conclusion counts the users on no page."""
+    issued = await keys.create_key(Owner.user("gone"), actor="t", tier="free")
+    assert issued.secret is not None
+    emulator.charge(issued.secret, Decimal("2.5"))
+    revoked = await keys.revoke_key(issued.key.id, actor="t", reason="test", request_id=None)
+    assert revoked.deleted_at is not None
+
+    await _sync(runtime)
+
+    assert (await _books(api, "gone"))["spent"] == Decimal("2.5")
