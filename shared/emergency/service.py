@@ -339,7 +339,7 @@ class EmergencyRotationService:
         final: bool,
     ) -> RetryItemLater:
         """The keys' outcome when their item failed: failed for good on its last attempt, else
-        tried again soon (at once when another invocation holds the owner for a moment)."""
+        tried again later."""
         code = str(getattr(exc, "code", None) or type(exc).__name__)
         logger.warning(
             "emergency item not done",
@@ -354,5 +354,10 @@ class EmergencyRotationService:
             async with self._repository() as emergencies:
                 for item in items:
                     await emergencies.mark_item(item, status="failed", error=code)
-        busy = code == "operation_in_progress"
-        return RetryItemLater(code, after_s=1 if busy else min(2 ** max(attempts, 1), 600))
+        if code == "operation_in_progress":
+            # Another invocation holds the owner: a live one for a moment, a dead one (kill -9)
+            # until its lease lapses. The first tries are quick; later ones wait half a lease,
+            # so the item's attempts outlast a dead holder instead of failing within seconds.
+            lease_s = self._runtime.settings.key_operation_lease_s
+            return RetryItemLater(code, after_s=1 if attempts <= 3 else max(1, lease_s / 2))
+        return RetryItemLater(code, after_s=min(2 ** max(attempts, 1), 600))

@@ -594,3 +594,43 @@ async def test_a_body_that_is_not_json_is_refused_before_anything_runs(
     assert refused.status_code == 415, refused.text
     assert refused.json()["error"]["code"] == "unsupported_media_type"
     assert (await keys.current_key(Owner.user("plain"))).state == "current"
+
+
+async def test_an_emergency_waits_out_an_owner_held_by_a_dead_invocation(
+    keys: KeyLifecycleService, runtime: Runtime, database: Database
+) -> None:
+    """GIVEN an owner whose keys another invocation holds and never lets go (it was killed:
+    its lease lapses only after KEY_OPERATION_LEASE_S)
+    WHEN an emergency tries to replace the owner's key, again and again as the lanes would
+    THEN after a few quick tries it waits half a lease between tries, so its attempts outlast
+    the dead holder instead of failing the owner within seconds."""
+    from shared.emergency.service import EmergencyRotationService, EmergencyScope
+
+    await keys.create_key(Owner.user("held"), actor=ACTOR, tier="free")
+    emergencies = EmergencyRotationService(runtime)
+    async with Holder(keys, Owner.user("held")):
+        status = await emergencies.start(
+            EmergencyScope(user_ids=("held",)),
+            reason="leak",
+            actor=ACTOR,
+            request_id=None,
+            time_budget_s=0,
+        )
+        waits = []
+        for _ in range(5):
+            async with database.connection() as conn:
+                await conn.execute("update work_items set available_at = now()")
+            await emergencies.process(status.rotation.id, time_budget_s=1)
+            async with database.connection() as conn:
+                cursor = await conn.execute(
+                    "select extract(epoch from available_at - now()) as wait from work_items"
+                    " where item like 'replace:%%'"
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                waits.append(float(row["wait"]))
+
+    lease_s = runtime.settings.key_operation_lease_s
+    assert all(wait <= 1.5 for wait in waits[:2]), waits
+    assert all(wait >= lease_s / 2 - 1 for wait in waits[3:]), waits
+    assert (await emergencies.status(status.rotation.id)).rotation.status == "running"
