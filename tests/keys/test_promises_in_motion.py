@@ -628,7 +628,7 @@ async def test_an_emergency_waits_out_an_owner_held_by_a_dead_invocation(
                 )
                 row = await cursor.fetchone()
                 assert row is not None
-                waits.append(float(row["wait"]))
+                waits.append(float(str(row["wait"])))
 
     lease_s = runtime.settings.key_operation_lease_s
     assert all(wait <= 1.5 for wait in waits[:2]), waits
