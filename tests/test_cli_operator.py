@@ -461,3 +461,38 @@ def test_the_system_report_shows_drift_and_shares_as_the_api_writes_them(
     assert re.search(cells.join(["erin", r"\$10\.00", r"\$9\.00", r"\$1\.00"]), table), table
     assert re.search(cells.join(["erin", "free", r"\$9\.00", r"\$10\.00", "90", ""]), table)
     assert both.exit_code == 2, both.stdout
+
+
+def test_rotate_refuses_what_it_would_silently_ignore(cli: Invoke) -> None:
+    """GIVEN two users with keys WHEN an operator names both in an emergency dry run THEN
+    both are in scope (not only the last); and a plain rotation refuses --dry-run and --tier,
+    which only an emergency honours, instead of rotating for real."""
+    for user in ("r1", "r2"):
+        assert cli("keys", "create", "--user", user).exit_code == 0
+    dry = as_json(
+        cli(
+            "keys",
+            "rotate",
+            "--emergency",
+            "--user",
+            "r1",
+            "--user",
+            "r2",
+            "--reason",
+            "leak drill",
+            "--dry-run",
+            "--json",
+        )
+    )
+    plain_dry = cli("keys", "rotate", "--user", "r1", "--dry-run", "--json")
+    plain_tier = cli("keys", "rotate", "--user", "r1", "--tier", "free", "--json")
+    both = cli("keys", "rotate", "--user", "r1", "--user", "r2", "--json")
+    all_and_user = cli(
+        "keys", "rotate", "--emergency", "--all", "--user", "r1", "--reason", "x" * 5, "--json"
+    )
+    shown = as_json(cli("keys", "show", "--user", "r1", "--json"))
+
+    assert dry["total"] == 2, dry
+    for refused in (plain_dry, plain_tier, both, all_and_user):
+        _refused(refused, "invalid_argument")
+    assert shown["key"]["state"] == "current" and shown.get("rotation") is None

@@ -22,11 +22,13 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.cli.support import (
+    EXIT_INVALID,
     DsnOption,
     JsonOption,
     checked,
     count_of,
     emit_json,
+    fail,
     not_an_option,
     operator,
     run,
@@ -112,7 +114,12 @@ def create(
 
 @app.command("rotate")
 def rotate(
-    user: UserOption = None,
+    user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user", help="A user's id (repeat it for an emergency).", callback=not_an_option
+        ),
+    ] = None,
     system: SystemOption = None,
     grace_seconds: Annotated[int | None, typer.Option(min=0, max=86_400)] = None,
     reason: ReasonOption = None,
@@ -131,9 +138,15 @@ def rotate(
     """Rotate one owner's key; or, with --emergency, every key in a scope, with progress."""
     if emergency:
         # Checked as the API's emergency-rotate request checks its user ids, tiers and reason.
+        if all_keys and (user or tier or key):
+            fail(
+                "invalid_argument",
+                "--all covers every key: give no --user, --tier or --key",
+                EXIT_INVALID,
+            )
         scope = EmergencyScope(
             everything=all_keys,
-            user_ids=() if user is None else (checked(UserId, user, "--user"),),
+            user_ids=tuple(checked(list[UserId], user or [], "--user")),
             tiers=tuple(checked(list[TierName], tier or [], "--tier")),
             key_ids=tuple(key or ()),
         )
@@ -144,7 +157,15 @@ def rotate(
         reason = checked(EmergencyReason, reason, "--reason")
         _emergency(scope, reason, dry_run=dry_run, as_json=as_json, dsn=dsn)
         return
-    owner = _owner(user, system)
+    if all_keys or tier or key or dry_run:
+        fail(
+            "invalid_argument",
+            "--all, --tier, --key and --dry-run are for --emergency only",
+            EXIT_INVALID,
+        )
+    if user is not None and len(user) > 1:
+        fail("invalid_argument", "a rotation is of one owner: give --user once", EXIT_INVALID)
+    owner = _owner(None if user is None else user[0], system)
     reason = checked(Reason, reason, "--reason")
     issued = run(
         dsn,
