@@ -41,6 +41,7 @@ async def ensure_month_job(runtime: Runtime) -> WorkJob:
         )
         if created:
             enqueued = await KeyRepository(conn).enqueue_due_for_scheduled_rotation(job.id, period)
+            await WorkQueueRepository(conn).finish_if_drained(job.id)  # nothing due: done
             logger.info("scheduled rotation job created", extra={"keys": enqueued})
     return job
 

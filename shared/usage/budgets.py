@@ -117,6 +117,8 @@ class BudgetService:
                     priority=TIER_BUDGET_PRIORITY,
                 )
                 await KeyRepository(conn).enqueue_owners_of_tier(job.id, tier)
+                # A tier nobody with a key is on: its job is done as it is made.
+                await WorkQueueRepository(conn).finish_if_drained(job.id)
             return next(t for t in await repository.tiers() if t[0] == tier)
 
 

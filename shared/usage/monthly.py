@@ -63,6 +63,7 @@ async def ensure_month_job(runtime: Runtime) -> tuple[WorkJob, int]:
                 period, system_budget_usd=runtime.settings.system_key_monthly_budget_usd
             )
             to_restore = await keys.enqueue_limits_to_restore(job.id, period)
+            await WorkQueueRepository(conn).finish_if_drained(job.id)  # nothing to restore: done
             await AuditRepository(conn).append(
                 actor=ACTOR,
                 action="usage.period_opened",

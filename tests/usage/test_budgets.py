@@ -193,3 +193,16 @@ async def test_a_downgrade_below_the_spend_alerts_at_once(
     assert await _thresholds(runtime, "mover") == [50, 80]
     usage = (await api.get("/api/usage/mover", headers=ADMIN)).json()
     assert (usage["percent_used"], usage["remaining_usd"]) == ("90", "1")
+
+
+async def test_a_tier_amount_change_nobody_is_on_leaves_no_job_running(
+    runtime: Runtime,
+) -> None:
+    """GIVEN no key on the beta tier WHEN its amount changes THEN the change's job is done at
+    once (it was left running with nothing to do, forever, in every job list)."""
+    await BudgetService(runtime).set_tier_budget(
+        "beta", Decimal(1200), actor="t", reason="test", request_id=None
+    )
+    async with runtime.database().connection() as conn:
+        cursor = await conn.execute("select status from work_jobs where kind = 'tier_budget'")
+        assert [row["status"] for row in await cursor.fetchall()] == ["done"]
