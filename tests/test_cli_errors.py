@@ -135,3 +135,28 @@ def test_a_bad_parameter_found_inside_a_command_is_invalid_argument(tmp_path: Pa
     assert error["code"] == "invalid_argument" and "--dsn" in error["message"], error
     assert plain.returncode == EXIT_INVALID
     assert _one_line(plain.stderr).startswith("error: invalid_argument: ")
+
+
+def test_a_master_key_found_bad_when_first_used_is_a_settings_error(tmp_path: Path) -> None:
+    """GIVEN an ENCRYPTION_MASTER_KEY too short to be a key WHEN a command needs it THEN the
+    answer is invalid_settings naming the variable, exit 2, the value never echoed."""
+    result = _run(
+        tmp_path,
+        "keys",
+        "create",
+        "--user",
+        "emk1",
+        "--json",
+        ENCRYPTION_MASTER_KEY="short-secret-value",
+    )
+    error = _json_error(result)
+    assert (result.returncode, error["code"]) == (EXIT_INVALID, "invalid_settings"), error
+    assert "ENCRYPTION_MASTER_KEY" in error["message"]
+    assert "short-secret-value" not in result.stdout + result.stderr
+    # and nothing was made at OpenRouter or begun in the database before the key was found bad
+    listed = _run(tmp_path, "keys", "list", "--json")
+    assert json.loads(listed.stdout)["data"] == [], listed.stdout
+    emulator_state = tmp_path / "local" / "openrouter-emulator.json"
+    if emulator_state.exists():  # the emulator writes its state when something changes
+        keys = json.loads(emulator_state.read_text())["keys"]
+        assert [k for k in keys if not k.get("is_management")] == [], keys

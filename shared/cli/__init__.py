@@ -235,7 +235,9 @@ def _serve(
                 # No Vercel or EventBridge here: the jobs run in process, on their schedules.
                 scheduler = LocalScheduler(runtime, poll_s=settings.local_jobs_poll_s)
                 jobs = asyncio.create_task(scheduler.run())
-                logger.info("scheduled jobs run in process (LOCAL_JOBS_ENABLED=false: off)")
+                logger.info("scheduled jobs run in process (turn off: LOCAL_JOBS_ENABLED=false)")
+            else:
+                logger.info("scheduled jobs are off here (LOCAL_JOBS_ENABLED=false)")
         try:
             await serving
         finally:
@@ -317,7 +319,11 @@ def main() -> None:
         else:
             show()
         raise SystemExit(code) from None
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        # Interrupted (Ctrl-C): under --json that is said as every other ending is.
+        if "--json" in sys.argv[1:]:
+            stopped = {"code": "interrupted", "message": "interrupted", "exit_code": 130}
+            sys.stdout.write(json.dumps({"error": stopped}) + "\n")
         raise SystemExit(130) from None
     except Exception as error:  # anything the commands did not turn into their own line
         name, text, status = describe_failure(error)

@@ -237,6 +237,12 @@ def describe_failure(error: Exception) -> tuple[str, str, int]:
 
     if isinstance(error, typer.BadParameter):  # found while working, e.g. no direct connection
         return "invalid_argument", error.format_message(), EXIT_INVALID
+    from shared.crypto.master_key import MasterKeyError
+
+    if isinstance(error, MasterKeyError):  # a setting found bad when first used
+        return "invalid_settings", f"ENCRYPTION_MASTER_KEY: {error}", EXIT_INVALID
+    if isinstance(error, OSError) and error.filename is not None:  # LOCAL_DATA_DIR, say
+        return "invalid_settings", f"{error.strerror}: {error.filename}", EXIT_INVALID
     refused = refused_by_the_database(error)
     if refused is not None:  # what the API answers with 422: the backstop behind the checks
         return "invalid_input", f"a value cannot be stored ({refused})", EXIT_INVALID

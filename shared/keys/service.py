@@ -270,6 +270,7 @@ class KeyLifecycleService:
         """A key for an owner who has none. `tier` sets the user's tier: only a caller who may
         change tiers (admins, users:write; the keys route says) may name another tier than
         the user's own (free for a new user)."""
+        self._runtime.sealer()  # the secret can be sealed: checked before OpenRouter makes it
         replay = await self._replay(actor, idempotency_key, lease)
         if replay is not None:
             return replay
@@ -309,6 +310,7 @@ class KeyLifecycleService:
         request_id: str | None = None,
         lease: OwnerLease | None = None,
     ) -> IssuedKey:
+        self._runtime.sealer()  # the secret can be sealed: checked before OpenRouter makes it
         replay = await self._replay(actor, idempotency_key, lease)
         if replay is not None:
             return replay
