@@ -37,7 +37,7 @@ def parse_period(text: str) -> date:
         return date.fromisoformat(f"{text}-01")
     except ValueError as error:
         raise ValidationFailed(
-            "period must be a month as YYYY-MM", code="invalid_period", details={"period": text}
+            "period must be a month as YYYY-MM", code="invalid_period"
         ) from error
 
 
