@@ -53,6 +53,15 @@ class EmergencyRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
+    async def unknown_tiers(self, tiers: list[str]) -> list[str]:
+        """Of these tier names, those no tier has."""
+        cursor = await self._conn.execute(
+            "select t from unnest(%s::text[]) t"
+            " where not exists (select 1 from subscription_tiers s where s.tier = t) order by t",
+            (tiers,),
+        )
+        return [str(row["t"]) for row in await cursor.fetchall()]
+
     async def keys_in_scope(
         self,
         *,

@@ -30,7 +30,7 @@ from shared.emergency.repository import (
     EmergencyRepository,
     EmergencyRotationRecord,
 )
-from shared.errors import AppError, NotFound
+from shared.errors import AppError, NotFound, ValidationFailed
 from shared.jobs.queue import ItemHandler, QueueSettings, RetryItemLater, work_through
 from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.limits import KeyVanished, OwnerLease
@@ -82,7 +82,12 @@ class EmergencyRotationService:
             yield EmergencyRepository(conn)
 
     async def keys_in_scope(self, scope: EmergencyScope) -> list[KeyRecord]:
+        """The keys an emergency of this scope covers; a tier that does not exist is refused
+        (it would cover nothing, and an admin would believe it covered their tier)."""
         async with self._repository() as emergencies:
+            unknown = await emergencies.unknown_tiers(list(scope.tiers))
+            if unknown:
+                raise ValidationFailed(f"unknown tier {unknown[0]!r}", code="unknown_tier")
             return await emergencies.keys_in_scope(
                 everything=scope.everything,
                 user_ids=list(scope.user_ids),

@@ -210,3 +210,17 @@ async def test_an_emergency_ends_failed_with_each_keys_reason_when_it_cannot_fin
     assert item.status == "failed" and item.error is not None
     with pytest.raises(EmulatorApiError):
         emulator.charge(secrets["stuck"], Decimal("0.01"))
+
+
+async def test_an_emergency_on_a_tier_that_does_not_exist_is_refused(
+    api: httpx.AsyncClient,
+) -> None:
+    """GIVEN no tier named "gold" WHEN an admin asks for an emergency rotation of it THEN it is
+    refused (422 unknown_tier) instead of answering a rotation of no key, which an admin would
+    read as their tier done."""
+    response = await api.post(
+        "/api/admin/emergency-rotate",
+        headers=ADMIN,
+        json={"tiers": ["gold"], "reason": "leaked on a forum"},
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "unknown_tier")
