@@ -1889,8 +1889,8 @@ begin
         insert into alert_outbox (kind, payload)
         select 'usage.threshold_crossed',
                jsonb_build_object('user_id', c.user_id, 'period', c.period,
-                                  'threshold', c.threshold, 'spent_usd', c.spent_usd::text,
-                                  'budget_usd', c.budget_usd::text)
+                                  'threshold', c.threshold, 'spent_usd', trim_scale(c.spent_usd)::text,
+                                  'budget_usd', trim_scale(c.budget_usd)::text)
           from crossings c
         returning 1
     ),
@@ -1948,8 +1948,8 @@ as $$
         insert into alert_outbox (kind, payload)
         select 'usage.threshold_crossed',
                jsonb_build_object('user_id', c.user_id, 'period', c.period,
-                                  'threshold', c.threshold, 'spent_usd', c.spent_usd::text,
-                                  'budget_usd', c.budget_usd::text)
+                                  'threshold', c.threshold, 'spent_usd', trim_scale(c.spent_usd)::text,
+                                  'budget_usd', trim_scale(c.budget_usd)::text)
           from crossings c
         returning 1
     )
@@ -1985,7 +1985,7 @@ as $$
     left join usage_totals tot on tot.user_id = p_user_id and tot.period = p_period
 $$;
 
-insert into schema_migrations (version, name, checksum) values ('0020', 'books_from_openrouter', 'c191fc3891bec4b2f8ff733a84bdbef5eb83f96f663a4ecec52deee8f2aaea63')
+insert into schema_migrations (version, name, checksum) values ('0020', 'books_from_openrouter', 'e0b9e227fe6c43027085a4f7ae5d8fcdcead0e7d4017aebac5e9e7607380b78f')
 on conflict (version) do nothing;
 
 -- ===== migration 0021_verified_costs.sql =====
@@ -2079,7 +2079,9 @@ begin
         return 'not_ready';
     end if;
 
-    if p_generation_user is not null and p_generation_user <> v_event.user_id then
+    -- Every key we make names its user (external.user): a generation naming none was made on
+    -- a system key or a key not ours, so it is no more this user's than another user's.
+    if p_generation_user is null or p_generation_user <> v_event.user_id then
         v_state := 'foreign';
         v_correction := -v_event.cost_usd;  -- not this user's spend
     elsif p_openrouter_cost <> v_event.cost_usd then
@@ -2141,7 +2143,7 @@ revoke all on function record_usage_verification(bigint, boolean, numeric, text,
 grant execute on function record_usage_verification(bigint, boolean, numeric, text, timestamptz,
     numeric, numeric, numeric) to service_role;
 
-insert into schema_migrations (version, name, checksum) values ('0021', 'verified_costs', '865b163ac945e037727933a1c1c0dd9877fe94b64d0af1e1b4e6527f1e13d16f')
+insert into schema_migrations (version, name, checksum) values ('0021', 'verified_costs', '73166ff116cd731e179e5b0d5ccd43aa7c0335f7e5297633243e760ed1f72502')
 on conflict (version) do nothing;
 
 commit;

@@ -196,8 +196,8 @@ begin
         insert into alert_outbox (kind, payload)
         select 'usage.threshold_crossed',
                jsonb_build_object('user_id', c.user_id, 'period', c.period,
-                                  'threshold', c.threshold, 'spent_usd', c.spent_usd::text,
-                                  'budget_usd', c.budget_usd::text)
+                                  'threshold', c.threshold, 'spent_usd', trim_scale(c.spent_usd)::text,
+                                  'budget_usd', trim_scale(c.budget_usd)::text)
           from crossings c
         returning 1
     ),
@@ -255,8 +255,8 @@ as $$
         insert into alert_outbox (kind, payload)
         select 'usage.threshold_crossed',
                jsonb_build_object('user_id', c.user_id, 'period', c.period,
-                                  'threshold', c.threshold, 'spent_usd', c.spent_usd::text,
-                                  'budget_usd', c.budget_usd::text)
+                                  'threshold', c.threshold, 'spent_usd', trim_scale(c.spent_usd)::text,
+                                  'budget_usd', trim_scale(c.budget_usd)::text)
           from crossings c
         returning 1
     )

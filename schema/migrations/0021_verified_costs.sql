@@ -87,7 +87,9 @@ begin
         return 'not_ready';
     end if;
 
-    if p_generation_user is not null and p_generation_user <> v_event.user_id then
+    -- Every key we make names its user (external.user): a generation naming none was made on
+    -- a system key or a key not ours, so it is no more this user's than another user's.
+    if p_generation_user is null or p_generation_user <> v_event.user_id then
         v_state := 'foreign';
         v_correction := -v_event.cost_usd;  -- not this user's spend
     elsif p_openrouter_cost <> v_event.cost_usd then

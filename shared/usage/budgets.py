@@ -19,6 +19,8 @@ from shared.jobs.repository import ClaimedItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import Owner, current_period
 from shared.keys.repository import KeyRepository
 from shared.keys.service import BudgetApplied, KeyLifecycleService
+from shared.money import usd_text
+from shared.openrouter.errors import OpenRouterNotFound
 from shared.runtime import Runtime
 from shared.usage.repository import UsageRepository
 
@@ -59,8 +61,12 @@ class BudgetService:
         keys = KeyLifecycleService(self._runtime)
         outcomes = []
         for user in users:
+            counters = await self._counters_now(user)
             async with self._runtime.database().connection() as conn, conn.transaction():
-                amount = await UsageRepository(conn).reset(user, period, reason=reason, actor=actor)
+                books = UsageRepository(conn)
+                # What OpenRouter counted up to now, not at the last sync: the whole budget back.
+                await books.sync_counted(period.isoformat(), counters)
+                amount = await books.reset(user, period, reason=reason, actor=actor)
                 if amount:
                     await AuditRepository(conn).append(
                         actor=actor,
@@ -78,6 +84,21 @@ class BudgetService:
             )
             outcomes.append(ResetOutcome(user_id=user, amount_usd=amount, key=applied))
         return outcomes
+
+    async def _counters_now(self, user: str) -> list[dict[str, str]]:
+        """The monthly counter at OpenRouter of each of the user's keys it still has."""
+        async with self._runtime.database().connection() as conn:
+            in_play = await KeyRepository(conn).keys_in_play(Owner.user(user).key)
+        counters = []
+        for key in in_play:
+            if key.openrouter_hash is None or key.deleted_at is not None:
+                continue
+            try:
+                remote = await self._runtime.openrouter().get_key(key.openrouter_hash)
+            except OpenRouterNotFound:
+                continue  # gone: its final usage is in the books already, or will be
+            counters.append({"hash": remote.hash, "usage_usd": usd_text(remote.usage_monthly)})
+        return counters
 
     async def tiers(self) -> list[tuple[str, Decimal | None, str]]:
         async with self._runtime.database().connection() as conn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -20,7 +20,7 @@ from shared.metrics import (
     count,
 )
 from shared.runtime import Runtime
-from shared.usage.repository import BreakdownRow, RecordedEvent
+from shared.usage.repository import BreakdownRow, PeriodTotal, RecordedEvent
 from shared.usage.schemas import (
     Breakdown,
     CurrentUsage,
@@ -205,7 +205,7 @@ class UsageService:
             as_of=now,
             forecast_month_end_usd=forecast_month_end(
                 book.total.effective_usd,
-                books.last_7_days_usd or Decimal(0),
+                books_pace(book.total, books.last_7_days_usd or Decimal(0), now),
                 month.limit_usd,
                 now,
             ),
@@ -220,6 +220,20 @@ class UsageService:
             data=[_month(book, books.budget_usd) for book in books.months],
             next_before=books.months[-1].total.period if len(books.months) == limit else None,
         )
+
+
+def books_pace(total: PeriodTotal, reported_last_7_days: Decimal, now: datetime) -> Decimal:
+    """What the books spent over the last seven days, as far as they can say: the reported
+    events' pace, scaled by how much the books (corrections, what OpenRouter counted) differ
+    from what was reported this month; with nothing reported but spend counted, the month's
+    own average."""
+    gross = max(total.spent_usd + total.corrected_usd, total.counted_usd)
+    if total.spent_usd > 0:
+        return reported_last_7_days * gross / total.spent_usd
+    if gross == 0:
+        return reported_last_7_days  # nothing this month yet: last week's pace, if any
+    days = Decimal(str((now - datetime.combine(total.period, time(), UTC)).total_seconds()))
+    return gross * 7 * 86_400 / max(days, Decimal(86_400))
 
 
 def forecast_month_end(

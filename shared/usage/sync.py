@@ -22,6 +22,7 @@ from shared.jobs.queue import ItemHandler, QueueSettings, work_through
 from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import current_period
 from shared.keys.repository import KeyRepository
+from shared.money import usd_text
 from shared.observability import logger
 from shared.openrouter.client import PAGE_SIZE
 from shared.runtime import Runtime
@@ -32,7 +33,6 @@ PRIORITY = 2  # after the month's rotation and restore, before the daily reconci
 ACTOR = "job:usage-sync"
 PAGES, CONCLUDE = 0, 1
 _SPARE_PAGES = 2
-SLOT_MINUTES = 15  # its cron's interval
 _USERS_A_STATEMENT = 500
 
 
@@ -41,9 +41,9 @@ def _page_item(offset: int) -> NewItem:
 
 
 def slot_of(moment: datetime) -> str:
-    """The run's name: its 15-minute slot, so that each slot's run is made once."""
-    minute = moment.minute - moment.minute % SLOT_MINUTES
-    return moment.replace(minute=minute, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M")
+    """The run's name: its minute, so that a cron delivered twice makes one run, and a run
+    asked for now (`jobs run`) is a new one even after the quarter hour's."""
+    return moment.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M")
 
 
 async def start(runtime: Runtime, *, now: datetime | None = None) -> tuple[WorkJob, bool]:
@@ -81,7 +81,7 @@ def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
         listed = await runtime.openrouter().list_keys(
             offset=offset, include_disabled=True, include_expired=True
         )
-        counters = [{"hash": k.hash, "usage_usd": str(k.usage_monthly)} for k in listed]
+        counters = [{"hash": k.hash, "usage_usd": usd_text(k.usage_monthly)} for k in listed]
         async with runtime.database().connection() as conn, conn.transaction():
             changed = await UsageRepository(conn).sync_counted(period, counters)
             if len(listed) >= PAGE_SIZE:  # a full page: there may be one more

@@ -58,6 +58,9 @@ async def test_spend_nobody_reported_is_in_the_books_after_one_sync(
         "remaining": Decimal("6.75"),
     }
     assert [k.external_user for k in emulator.user_keys()] == ["silent"]
+    # the forecast counts it too: at this pace the month ends above what is spent already
+    forecast = (await api.get("/api/usage/silent", headers=ADMIN)).json()["forecast_month_end_usd"]
+    assert Decimal("3.25") < Decimal(forecast) <= 10
 
 
 async def test_spend_on_a_key_rotated_out_this_month_counts_too(
@@ -162,3 +165,27 @@ async def test_a_user_whose_every_key_was_deleted_this_month_keeps_its_spend(
     await _sync(runtime)
 
     assert (await _books(api, "gone"))["spent"] == Decimal("2.5")
+
+
+async def test_a_reset_gives_back_spend_made_since_the_last_sync(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, runtime: Runtime, emulator: Emulator
+) -> None:
+    """GIVEN a free user with $3.50 counted by a sync, then $2 more spent at OpenRouter that no
+    sync has read yet WHEN an admin resets their month, and the next sync runs THEN they have
+    their whole $10 back (the reset counted what OpenRouter counted up to then, not the books'
+    last sync), and the key can spend $10 more."""
+    issued = await keys.create_key(Owner.user("resetme"), actor="t", tier="free")
+    assert issued.secret is not None
+    emulator.charge(issued.secret, Decimal("3.5"))
+    await _sync(runtime)
+    emulator.charge(issued.secret, Decimal(2))
+
+    reset = await api.post(
+        "/api/admin/reset-usage", headers=ADMIN, json={"user_id": "resetme", "reason": "goodwill"}
+    )
+    await _sync_next_slot(runtime)
+
+    assert reset.status_code == 200, reset.text
+    books = await _books(api, "resetme")
+    assert (books["spent"], books["remaining"]) == (Decimal(0), Decimal(10)), books
+    emulator.charge(issued.secret, Decimal(10))  # the whole budget, at OpenRouter too

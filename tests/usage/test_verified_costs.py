@@ -274,6 +274,32 @@ async def test_a_generation_on_another_users_key_is_flagged_foreign_not_counted(
     ]
     month = await _month(api)
     assert (month["foreign_events"], month["corrections"]) == (1, 1)
+    usage = (await api.get("/api/usage/alice", headers=ADMIN)).json()
+    assert usage["forecast_month_end_usd"] == "0"  # a pace made of no spend of hers
+
+
+async def test_a_generation_on_a_system_key_is_no_users_spend(
+    api: httpx.AsyncClient,
+    keys: KeyLifecycleService,
+    runtime: Runtime,
+    emulator: Emulator,
+    clock: ManualClock,
+) -> None:
+    """GIVEN a request made on a system key (its generations name no user), reported by
+    carol's service as carol's WHEN the job runs THEN it is flagged foreign and not counted
+    for carol (it was verified and counted against her budget)."""
+    await _user(keys, "carol")
+    system = await keys.create_key(Owner.system("probesys"), actor="t")
+    assert system.secret is not None
+    _now(clock)
+    emulator.charge(system.secret, Decimal(1), generation_id="gen-sys-1")
+    await _report(runtime, "carol", "gen-sys-1", "1")
+    clock.advance(seconds=READY_AFTER_S + 1)
+
+    summary = await verify_reported_usage(runtime, now=clock())
+
+    assert summary["foreign"] == 1, summary
+    assert (await _books(api, "carol"))["spent"] == 0
 
 
 async def test_a_run_makes_at_most_verify_calls_per_run_calls(
