@@ -440,7 +440,7 @@ def test_the_system_report_shows_drift_and_shares_as_the_api_writes_them(
 ) -> None:
     """GIVEN a free user who reported $9 but whose key OpenRouter counted at $10, with the
     drift measured WHEN the operator reads the month as a table THEN it lists the drift and
-    the share used is written as amounts are ("90", not "90.00"); and a --period beside
+    the share used is written as amounts are ("100", not "100.00"); and a --period beside
     --user, which the user's report cannot honour, is refused instead of ignored."""
     monkeypatch.setenv("COLUMNS", "200")
     created = as_json(cli("keys", "create", "--user", "erin", "--tier", "free", "--json"))
@@ -459,7 +459,8 @@ def test_the_system_report_shows_drift_and_shares_as_the_api_writes_them(
     assert "drift from OpenRouter" in table, table
     cells = r"[\s│]+"
     assert re.search(cells.join(["erin", r"\$10\.00", r"\$9\.00", r"\$1\.00"]), table), table
-    assert re.search(cells.join(["erin", "free", r"\$9\.00", r"\$10\.00", "90", ""]), table)
+    # the drift job reads OpenRouter's count into the books first: $10 of $10 spent
+    assert re.search(cells.join(["erin", "free", r"\$10\.00", r"\$10\.00", "100", ""]), table)
     assert both.exit_code == 2, both.stdout
 
 

@@ -8,13 +8,12 @@ from shared.access.service import AccessService
 from shared.jobs.queue import QueueSettings, work_through
 from shared.keys import scheduled_rotation
 from shared.keys.domain import current_period
-from shared.keys.repository import KeyRepository
 from shared.keys.service import KeyLifecycleService
 from shared.observability import logger
 from shared.runtime import Runtime
 from shared.usage.alerts import deliver_alerts as deliver_to_webhook
 from shared.usage.monthly import open_period
-from shared.usage.reports import measure_drift
+from shared.usage.reports import ReportRepository
 
 
 async def prune_rate_limits(runtime: Runtime) -> int:
@@ -84,13 +83,13 @@ async def open_usage_period(runtime: Runtime) -> dict[str, object]:
 
 
 async def measure_usage_drift(runtime: Runtime) -> int:
-    """Hourly: compare OpenRouter's counters with the ledger, per user, this month."""
-    remote = {k.hash: k.usage_monthly for k in await runtime.openrouter().list_all_keys()}
+    """Hourly: this month's drift per user, OpenRouter's count against what was reported. The
+    count comes from the sync (a job on the queue, a page a work item: one invocation never
+    lists every key); the drift is then two statements over the books."""
+    await sync_usage_from_openrouter(runtime)
     async with runtime.database().connection() as conn, conn.transaction():
-        # Each key's usage as seen now: the evidence of its spend should it vanish later.
-        await KeyRepository(conn).observe_many(remote, current_period())
-        drifting = await measure_drift(
-            conn, remote, current_period(), tolerance=runtime.settings.drift_tolerance_usd
+        drifting = await ReportRepository(conn).record_drift(
+            current_period(), tolerance=runtime.settings.drift_tolerance_usd
         )
     logger.info("usage drift measured", extra={"users_drifting": drifting})
     return drifting

@@ -167,73 +167,27 @@ class ReportRepository:
             (period,),
         )
 
-    async def record_drift(
-        self,
-        user_id: str,
-        period: date,
-        *,
-        openrouter: Decimal,
-        ledger: Decimal,
-        tolerance: Decimal,
-    ) -> bool:
-        """Keep the user's drift if beyond the tolerance, forget it otherwise; True if kept."""
-        drift = openrouter - ledger
-        if abs(drift) <= tolerance:
-            await self._conn.execute(
-                "delete from usage_drift where user_id = %s and period = %s", (user_id, period)
-            )
-            return False
+    async def record_drift(self, period: date, *, tolerance: Decimal) -> int:
+        """Each user's drift this month, OpenRouter's count (as the sync last read it) against
+        what was reported, corrected: kept where beyond the tolerance, forgotten where not, in
+        two statements whatever the number of users; how many drift."""
         await self._conn.execute(
+            "delete from usage_drift d using usage_totals t"
+            " where d.period = %(p)s and t.period = %(p)s and t.user_id = d.user_id"
+            " and abs(t.counted_usd - t.spent_usd - t.corrected_usd) <= %(tolerance)s",
+            {"p": period, "tolerance": tolerance},
+        )
+        cursor = await self._conn.execute(
             "insert into usage_drift (user_id, period, openrouter_usd, ledger_usd, drift_usd)"
-            " values (%s, %s, %s, %s, %s) on conflict (user_id, period) do update set"
+            " select user_id, period, counted_usd, spent_usd + corrected_usd,"
+            "  counted_usd - spent_usd - corrected_usd from usage_totals"
+            " where period = %(p)s"
+            "  and abs(counted_usd - spent_usd - corrected_usd) > %(tolerance)s"
+            " on conflict (user_id, period) do update set"
             " openrouter_usd = excluded.openrouter_usd, ledger_usd = excluded.ledger_usd,"
             " drift_usd = excluded.drift_usd, measured_at = now()",
-            (user_id, period, openrouter, ledger, drift),
+            {"p": period, "tolerance": tolerance},
         )
-        return True
-
-    async def ledger_spend(self, period: date) -> dict[str, Decimal]:
-        rows = await self._rows(
-            "select user_id, spent_usd from usage_totals where period = %s", (period,)
-        )
-        return {str(r["user_id"]): Decimal(r["spent_usd"]) for r in rows}
-
-    async def user_keys_in_period(self, period: date) -> list[KeyRecord]:
-        rows = await self._rows(
-            "select * from api_keys where user_id is not null and openrouter_hash is not null"
-            " and (deleted_at is null or final_usage_period = %s)",
-            (period,),
-        )
-        return [KeyRecord.from_row(row) for row in rows]
+        return cursor.rowcount
 
 
-async def measure_drift(
-    conn: Connection, remote_usage: dict[str, Decimal], period: date, *, tolerance: Decimal
-) -> int:
-    """Compare, per user, OpenRouter's spend this month (the monthly usage of keys it still
-    has, plus the settled spend of keys deleted there) with the ledger; keep what differs
-    beyond the tolerance."""
-    reports = ReportRepository(conn)
-    openrouter: dict[str, Decimal] = {}
-    for key in await reports.user_keys_in_period(period):
-        assert key.user_id is not None
-        assert key.openrouter_hash is not None
-        if key.openrouter_hash in remote_usage:
-            spent = remote_usage[key.openrouter_hash]
-        elif key.final_usage_usd is not None and key.final_usage_period == period:
-            spent = key.final_usage_usd
-        else:
-            continue
-        openrouter[key.user_id] = openrouter.get(key.user_id, Decimal(0)) + spent
-    ledger = await reports.ledger_spend(period)
-    drifting = 0
-    for user_id in sorted(set(openrouter) | set(ledger)):
-        kept = await reports.record_drift(
-            user_id,
-            period,
-            openrouter=openrouter.get(user_id, Decimal(0)),
-            ledger=ledger.get(user_id, Decimal(0)),
-            tolerance=tolerance,
-        )
-        drifting += kept
-    return drifting

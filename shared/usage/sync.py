@@ -84,6 +84,10 @@ def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
         counters = [{"hash": k.hash, "usage_usd": usd_text(k.usage_monthly)} for k in listed]
         async with runtime.database().connection() as conn, conn.transaction():
             changed = await UsageRepository(conn).sync_counted(period, counters)
+            # each key's usage as seen now: the evidence of its spend should it vanish later
+            await KeyRepository(conn).observe_many(
+                {k.hash: k.usage_monthly for k in listed}, current_period()
+            )
             if len(listed) >= PAGE_SIZE:  # a full page: there may be one more
                 await WorkQueueRepository(conn).enqueue(job.id, [_page_item(offset + PAGE_SIZE)])
         return {"keys": len(listed), "users_changed": changed}
