@@ -189,5 +189,3 @@ class ReportRepository:
             {"p": period, "tolerance": tolerance},
         )
         return cursor.rowcount
-
-
