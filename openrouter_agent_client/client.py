@@ -1,0 +1,283 @@
+"""The async client of openrouter-agent: a platform's view of its users' keys and usage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from openrouter_agent_client.errors import AgentError
+from openrouter_agent_client.models import RotationPolicy, Usage, UsageReport, UserInfo
+
+logger = logging.getLogger("openrouter_agent_client")
+
+# The service's ROTATION_GRACE_SECONDS defaults to 300 s: after a rotation the old key keeps
+# working that long. Caching a revealed key for a quarter of it means a key cached just before
+# a rotation is dropped well before it stops working; a 401/403 from OpenRouter earlier than
+# that (an emergency rotation, a disabled key) is what forget_key() is for.
+DEFAULT_KEY_TTL_S = 75.0
+MAX_BATCH_EVENTS = 1000  # the service's limit per POST /api/usage/log
+
+
+class AgentClient:
+    """Async client of openrouter-agent. Use it as ``async with AgentClient(...) as client``.
+
+    The token is a service token: keys:read and keys:reveal for user_key(), usage:read for
+    usage(), users:write for put_user(), usage:write for report().
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        key_ttl_s: float = DEFAULT_KEY_TTL_S,
+        http: httpx.AsyncClient | None = None,
+        timeout_s: float = 10.0,
+        buffer_size: int = 10_000,
+        batch_size: int = 100,
+        batch_age_s: float = 2.0,
+        max_attempts: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH_EVENTS:
+            raise ValueError(f"batch_size must be within 1..{MAX_BATCH_EVENTS}")
+        if buffer_size < 1 or max_attempts < 1:
+            raise ValueError("buffer_size and max_attempts must be at least 1")
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout_s)
+        self._key_ttl_s = key_ttl_s
+        self._clock = clock
+        self._keys: dict[str, tuple[str, float]] = {}
+        self._pending: dict[str, asyncio.Future[str]] = {}
+        self._generation: dict[str, int] = {}
+        self._buffer: deque[UsageReport] = deque()
+        self._buffer_size = buffer_size
+        self._batch_size = batch_size
+        self._batch_age_s = batch_age_s
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._flush_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self.dropped = 0  # reports refused because the buffer was full
+        self.failed = 0  # reports given up on: retries exhausted or refused by the service
+        self.rejected = 0  # reports the service answered "rejected" for (invalid events)
+        self.stored = 0
+        self.duplicates = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Flush what is buffered, stop the background flusher, close the HTTP client."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:  # it sends what is buffered and stops
+            self._wake.set()
+            await self._flusher
+            self._flusher = None
+        try:
+            await self.flush()
+        finally:
+            if self._owns_http:
+                await self._http.aclose()
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(
+                method, self._base_url + path, headers=self._headers, **kwargs
+            )
+        except httpx.HTTPError as error:
+            raise AgentError(0, "network_error", f"{type(error).__name__}: {error}") from error
+        if response.is_error:
+            raise AgentError.of(response)
+        return response.json()
+
+    # -- keys ----------------------------------------------------------------------------
+
+    async def user_key(self, user_id: str) -> str:
+        """The user's current OpenRouter key, revealed once per ``key_ttl_s`` and user.
+
+        Concurrent calls for one user share one reveal. Call forget_key() when OpenRouter
+        answers 401/403 with it: the next call reveals the current key.
+        """
+        cached = self._keys.get(user_id)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        pending = self._pending.get(user_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._reveal(user_id))
+            pending.add_done_callback(self._reveal_done(user_id))
+            self._pending[user_id] = pending
+        return await asyncio.shield(pending)
+
+    def _reveal_done(self, user_id: str) -> Callable[[asyncio.Future[str]], None]:
+        def done(future: asyncio.Future[str]) -> None:
+            if self._pending.get(user_id) is future:
+                del self._pending[user_id]
+            if not future.cancelled():
+                future.exception()  # retrieved here, so an unawaited failure is not logged
+
+        return done
+
+    async def _reveal(self, user_id: str) -> str:
+        generation = self._generation.get(user_id, 0)
+        body = await self._request(
+            "GET", f"/api/keys/user/{quote(user_id, safe='')}", params={"reveal": "true"}
+        )
+        secret = body.get("secret") if isinstance(body, dict) else None
+        if not isinstance(secret, str) or not secret:
+            raise AgentError(200, "no_secret", "the service revealed no secret")
+        if self._generation.get(user_id, 0) == generation:  # not forgotten meanwhile
+            self._keys[user_id] = (secret, self._clock() + self._key_ttl_s)
+        return secret
+
+    def forget_key(self, user_id: str) -> None:
+        """Drop the user's cached key (and any reveal in flight): the next call reveals."""
+        self._keys.pop(user_id, None)
+        self._pending.pop(user_id, None)
+        self._generation[user_id] = self._generation.get(user_id, 0) + 1
+
+    # -- users and usage -----------------------------------------------------------------
+
+    async def usage(self, user_id: str) -> Usage:
+        """The user's current month: spent, limit and remaining in USD."""
+        body = await self._request("GET", f"/api/usage/{quote(user_id, safe='')}")
+        return Usage.model_validate(body)
+
+    async def put_user(
+        self,
+        user_id: str,
+        tier: str | None = None,
+        rotation_policy: RotationPolicy | None = None,
+        reason: str | None = None,
+    ) -> UserInfo:
+        """Create or update the user (their tier and rotation policy)."""
+        payload: dict[str, str] = {}
+        if tier is not None:
+            payload["tier"] = tier
+        if rotation_policy is not None:
+            payload["rotation_policy"] = rotation_policy
+        if reason is not None:
+            payload["reason"] = reason
+        body = await self._request("PUT", f"/api/users/{quote(user_id, safe='')}", json=payload)
+        return UserInfo.model_validate(body)
+
+    # -- usage reports -------------------------------------------------------------------
+
+    async def report(
+        self,
+        user_id: str,
+        generation_id: str,
+        model: str,
+        cost_usd: Decimal | str | int,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        agent_name: str | None = None,
+    ) -> None:
+        """Buffer one generation for the background flusher. Never blocks and never raises
+        for the service's sake: a full buffer drops the report (counted in ``dropped``)."""
+        try:
+            event = UsageReport(
+                user_id=user_id,
+                generation_id=generation_id,
+                model=model,
+                cost_usd=Decimal(cost_usd) if not isinstance(cost_usd, Decimal) else cost_usd,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                agent_name=agent_name,
+            )
+        except (ValueError, ArithmeticError):
+            self.dropped += 1
+            logger.warning("usage report of %s dropped: invalid", generation_id)
+            return
+        if len(self._buffer) >= self._buffer_size:
+            self.dropped += 1
+            logger.warning(
+                "usage report of %s dropped: the buffer is full (%d dropped in all)",
+                generation_id,
+                self.dropped,
+            )
+            return
+        self._buffer.append(event)
+        if len(self._buffer) >= self._batch_size:
+            self._wake.set()
+        if self._flusher is None and not self._closed:
+            self._flusher = asyncio.create_task(self._flush_forever())
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def _flush_forever(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._batch_age_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # the flusher outlives any one failure
+                logger.exception("usage flush failed")
+
+    async def flush(self) -> None:
+        """Send everything buffered now, in batches, retrying what may succeed later."""
+        async with self._flush_lock:
+            while self._buffer:
+                batch = [
+                    self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))
+                ]
+                await self._send(batch)
+
+    async def _send(self, batch: list[UsageReport]) -> None:
+        payload = {"events": [event.body() for event in batch]}
+        delay = self._backoff_s
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                body = await self._request("POST", "/api/usage/log", json=payload)
+            except AgentError as error:
+                if not error.retryable or attempt == self._max_attempts:
+                    self.failed += len(batch)
+                    logger.error(
+                        "usage batch of %d events given up after %d attempts: %s",
+                        len(batch),
+                        attempt,
+                        error,
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+                continue
+            self.stored += int(body.get("stored", 0))
+            self.duplicates += int(body.get("duplicates", 0))
+            rejected = int(body.get("rejected", 0))
+            if rejected:
+                self.rejected += rejected
+                logger.warning("usage batch: %d events rejected by the service", rejected)
+            return
