@@ -4,15 +4,11 @@ a free loopback port in a thread with its own loop, the emulated OpenRouter behi
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from openrouter_agent_client import AgentClient, AgentError
@@ -25,6 +21,7 @@ from shared.openrouter.emulator import Emulator
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.web.app_factory import create_app
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
+from tests.serving import free_port, served
 
 AGENT_SCOPES = [
     Scope.KEYS_READ,
@@ -33,12 +30,6 @@ AGENT_SCOPES = [
     Scope.USAGE_WRITE,
     Scope.USERS_WRITE,
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -53,17 +44,8 @@ def server(settings: Settings, database_dsn: str, emulator: Emulator) -> Iterato
     app = create_app(
         runtime=Runtime(settings, database=database, openrouter=openrouter, emulator=emulator)
     )
-    port = _free_port()
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not served.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    served.should_exit = True
-    thread.join(timeout=20)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -244,7 +226,7 @@ async def test_an_unreachable_service_is_retried_then_given_up_without_raising()
     THEN flush() does not raise, the event is counted as failed, and a direct call raises
     AgentError network_error (status 0, retryable)."""
     async with AgentClient(
-        f"http://127.0.0.1:{_free_port()}", "t", max_attempts=3, backoff_s=0.01
+        f"http://127.0.0.1:{free_port()}", "t", max_attempts=3, backoff_s=0.01
     ) as lost:
         await lost.report("u", "gen-lost", "openai/gpt-4o", "0.01")
         await lost.flush()

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -34,6 +31,7 @@ from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.service import UsageService
 from shared.web.app_factory import create_app
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
+from tests.serving import served
 
 pytestmark = pytest.mark.integration  # real processes or long campaigns: `-m integration`
 
@@ -42,12 +40,6 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPOSITORY_ROOT / "test-artifacts"
 # tier, user, spend: $58.50 in all; free $9.50 (95 %) is near its limit, standard $12 is not.
 SEED = [("free", "fiona", "9.5"), ("standard", "sam", "12"), ("micro", "mia", "37")]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -95,17 +87,8 @@ def server(settings: Settings, database_dsn: str, emulator: Emulator) -> Iterato
     app = create_app(
         runtime=Runtime(settings, database=database, openrouter=client, emulator=emulator)
     )
-    port = _free_port()
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not served.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    served.should_exit = True
-    thread.join(timeout=20)
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -329,17 +312,8 @@ def server_without_database(settings: Settings, emulator: Emulator) -> Iterator[
         dead_port = closed.getsockname()[1]
     database = Database(f"postgresql://nobody@127.0.0.1:{dead_port}/none?connect_timeout=1")
     app = create_app(runtime=Runtime(settings, database=database, emulator=emulator))
-    port = _free_port()
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not served.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    served.should_exit = True
-    thread.join(timeout=20)
+    with served(app) as url:
+        yield url
 
 
 def test_an_outage_shows_an_error_and_keeps_the_admin_signed_in(
