@@ -23,32 +23,26 @@ too young, never live-but-missing. Repeating a reconcile is harmless.
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.audit.repository import AuditRepository
+from shared.jobs import listing
 from shared.jobs.queue import ItemHandler, QueueSettings, RetryItemLater, work_through
 from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import OwnerOutcome, ReconcileReport, current_period
 from shared.keys.repository import KeyRepository
 from shared.keys.service import KeyLifecycleService, OwnerBusy
 from shared.observability import logger
-from shared.openrouter.client import PAGE_SIZE
 from shared.openrouter.errors import OpenRouterNotFound
 from shared.runtime import Runtime
 
 KIND = "reconcile"
 PRIORITY = 1
-PAGES, CONCLUDE, REPAIRS = 0, 1, 2
-_SPARE_PAGES = 2  # beyond what the database's count of keys needs
+CONCLUDE, REPAIRS = 1, 2  # after the pages (listing.PAGES, 0)
 # Enough for the conclusion to wait out pages retried after an outage (about ten minutes).
 MAX_ATTEMPTS = 40
-
-
-def _page_item(offset: int) -> NewItem:
-    return NewItem(f"page/{offset:09d}", PAGES, {"offset": offset})
 
 
 async def start(runtime: Runtime, *, actor: str, name: str | None = None) -> WorkJob:
@@ -64,12 +58,12 @@ async def start(runtime: Runtime, *, actor: str, name: str | None = None) -> Wor
         )
         if created:
             known = await KeyRepository(conn).count_at_openrouter()
-            pages = math.ceil(known * 1.1 / PAGE_SIZE) + _SPARE_PAGES
+            pages = listing.first_pages(known)
             await queue.enqueue(
                 job.id,
-                [_page_item(n * PAGE_SIZE) for n in range(pages)] + [NewItem("conclude", CONCLUDE)],
+                [*pages, NewItem("conclude", CONCLUDE)],
             )
-            logger.info("reconcile job created", extra={"keys": known, "pages": pages})
+            logger.info("reconcile job created", extra={"keys": known, "pages": len(pages)})
     return job
 
 
@@ -110,7 +104,7 @@ def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
                     )
                 )
             queue = WorkQueueRepository(conn)
-            more = [_page_item(offset + PAGE_SIZE)] if len(listed) >= PAGE_SIZE else []
+            more = listing.after(offset, len(listed))
             await queue.enqueue(job.id, orphans + more)  # a full page: one more, if not there
         return {"hashes": [key.hash for key in ours], "too_young": too_young}
 

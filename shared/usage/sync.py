@@ -14,30 +14,24 @@ thresholds, alerts, forecasts and reports count.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.jobs import listing
 from shared.jobs.queue import ItemHandler, QueueSettings, work_through
 from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import current_period
 from shared.keys.repository import KeyRepository
 from shared.money import usd_text
 from shared.observability import logger
-from shared.openrouter.client import PAGE_SIZE
 from shared.runtime import Runtime
 from shared.usage.repository import UsageRepository
 
 KIND = "usage_sync"
 PRIORITY = 2  # after the month's rotation and restore, before the daily reconcile
 ACTOR = "job:usage-sync"
-PAGES, CONCLUDE = 0, 1
-_SPARE_PAGES = 2
+CONCLUDE = 1  # after the pages (listing.PAGES, 0)
 _USERS_A_STATEMENT = 500
-
-
-def _page_item(offset: int) -> NewItem:
-    return NewItem(f"page/{offset:09d}", PAGES, {"offset": offset})
 
 
 def slot_of(moment: datetime) -> str:
@@ -60,12 +54,12 @@ async def start(runtime: Runtime, *, now: datetime | None = None) -> tuple[WorkJ
         )
         if created:
             known = await KeyRepository(conn).count_at_openrouter()
-            pages = math.ceil(known * 1.1 / PAGE_SIZE) + _SPARE_PAGES
+            pages = listing.first_pages(known)
             await queue.enqueue(
                 job.id,
-                [_page_item(n * PAGE_SIZE) for n in range(pages)] + [NewItem("conclude", CONCLUDE)],
+                [*pages, NewItem("conclude", CONCLUDE)],
             )
-            logger.info("usage sync job created", extra={"keys": known, "pages": pages})
+            logger.info("usage sync job created", extra={"keys": known, "pages": len(pages)})
     return job, created
 
 
@@ -88,8 +82,7 @@ def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
             await KeyRepository(conn).observe_many(
                 {k.hash: k.usage_monthly for k in listed}, current_period()
             )
-            if len(listed) >= PAGE_SIZE:  # a full page: there may be one more
-                await WorkQueueRepository(conn).enqueue(job.id, [_page_item(offset + PAGE_SIZE)])
+            await WorkQueueRepository(conn).enqueue(job.id, listing.after(offset, len(listed)))
         return {"keys": len(listed), "users_changed": changed}
 
     async def conclude(_: ClaimedItem) -> dict[str, Any]:
