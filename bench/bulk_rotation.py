@@ -206,57 +206,65 @@ def _job_done(database: Database, kind: str) -> Callable[[], Awaitable[bool]]:
     return done
 
 
-async def month_rotation(installation: Installation) -> Measured:
+async def _job_from_its_cron(
+    installation: Installation,
+    kind: str,
+    cron: Callable[[Runtime], Awaitable[Any]],
+    *,
+    every_s: int,
+    prepare: tuple[str, ...] = (),
+) -> Measured:
+    """A bulk job from its cron's minute (the start) to its end, after `prepare` set the
+    books up for it; the cron runs every `every_s` seconds after the start."""
     async with installation.database.connection() as conn:
-        await conn.execute(
-            "update api_keys set activated_at = date_trunc('month', now()) - interval '1 day'"
-            " where state = 'current'"
-        )
-        await conn.execute("delete from work_jobs where kind = 'scheduled_rotation'")
-    # The rotation's cron is hourly at :15; the start is that minute.
+        for statement in prepare:
+            await conn.execute(statement)
+        await conn.execute("delete from work_jobs where kind = %s", (kind,))
     return await deployed_cadence(
         installation,
-        crons=[(lambda s: s % 3600 == 0, jobs.rotate_scheduled_keys)],
-        done=_job_done(installation.database, "scheduled_rotation"),
+        crons=[(lambda s: s % every_s == 0, cron)],
+        done=_job_done(installation.database, kind),
+    )
+
+
+async def month_rotation(installation: Installation) -> Measured:
+    """Every key last rotated last month; the rotation's cron is hourly at :15."""
+    return await _job_from_its_cron(
+        installation,
+        "scheduled_rotation",
+        jobs.rotate_scheduled_keys,
+        every_s=3600,
+        prepare=(
+            "update api_keys set activated_at = date_trunc('month', now()) - interval '1 day'"
+            " where state = 'current'",
+        ),
     )
 
 
 async def month_restore(installation: Installation) -> Measured:
-    async with installation.database.connection() as conn:
-        # Last month's limits, each below its budget (a rotation, a downgrade, a reset): every
-        # key needs its OpenRouter limit set again for the new month.
-        await conn.execute(
-            "update api_keys set limit_period = (date_trunc('month', now())"
-            " - interval '1 month')::date, limit_usd = limit_usd - 1 where state = 'current'"
-        )
-        await conn.execute("delete from work_jobs where kind = 'monthly_restore'")
-    # The period's cron runs at :05, :20, :35, :50 on the 1st; the start is :05.
-    return await deployed_cadence(
+    """Every key's limit left below its budget last month (a rotation, a downgrade, a reset);
+    the period's cron runs at :05, :20, :35, :50 on the 1st."""
+    return await _job_from_its_cron(
         installation,
-        crons=[(lambda s: s % 900 == 0, jobs.open_usage_period)],
-        done=_job_done(installation.database, "monthly_restore"),
+        "monthly_restore",
+        jobs.open_usage_period,
+        every_s=900,
+        prepare=(
+            "update api_keys set limit_period = (date_trunc('month', now())"
+            " - interval '1 month')::date, limit_usd = limit_usd - 1 where state = 'current'",
+        ),
     )
 
 
 async def daily_reconcile(installation: Installation) -> Measured:
-    async with installation.database.connection() as conn:
-        await conn.execute("delete from work_jobs where kind = 'reconcile'")
-    # The reconcile's cron is daily at 02:30; the start is that minute.
-    return await deployed_cadence(
-        installation,
-        crons=[(lambda s: s % 86400 == 0, jobs.reconcile_keys)],
-        done=_job_done(installation.database, "reconcile"),
-    )
+    """The reconcile's cron is daily at 02:30."""
+    return await _job_from_its_cron(installation, "reconcile", jobs.reconcile_keys, every_s=86400)
 
 
 async def usage_sync(installation: Installation) -> Measured:
-    async with installation.database.connection() as conn:
-        await conn.execute("delete from work_jobs where kind = 'usage_sync'")
-    # The sync's cron runs every 15 minutes; the start is one of its minutes.
-    return await deployed_cadence(
-        installation,
-        crons=[(lambda s: s % 900 == 0, jobs.sync_usage_from_openrouter)],
-        done=_job_done(installation.database, "usage_sync"),
+    """The sync's cron runs every 15 minutes."""
+    return await _job_from_its_cron(
+        installation, "usage_sync", jobs.sync_usage_from_openrouter, every_s=900
     )
 
 
