@@ -77,6 +77,8 @@ PortOption = Annotated[int | None, typer.Option(min=1, max=65_535, help="Default
 
 # scripts/run exports this so "ready in" covers the whole command, bootstrap included.
 LAUNCHED_AT_ENV = "OPENROUTER_AGENT_LAUNCHED_AT"
+# Where `serve` answers as OpenRouter when the emulator stands in for it (base URL + "/api/v1").
+EMULATOR_MOUNT = "/openrouter"
 
 
 def _launched_at() -> float:
@@ -209,9 +211,14 @@ def _serve(
     else:
         logger.info("OpenRouter at " + settings.openrouter_base_url)
 
+    app = create_app(runtime=runtime)
+    if settings.uses_openrouter_emulator:
+        # The services a developer runs beside the server call "OpenRouter" with their users'
+        # keys: here it is the same emulator that holds those keys.
+        app.mount(EMULATOR_MOUNT, runtime.emulator())
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(runtime=runtime),
+            app,
             host=host,
             port=port,
             access_log=False,  # our middleware writes one structured line per request
@@ -231,6 +238,8 @@ def _serve(
                 f"ready: {url} (docs at {url}/docs)",
                 extra={"ready_in_s": round(time.time() - launched_at, 2)},
             )
+            if settings.uses_openrouter_emulator:
+                logger.info(f"OpenRouter emulator for your services: {url}{EMULATOR_MOUNT}/api/v1")
             if settings.local_jobs_enabled:
                 # No Vercel or EventBridge here: the jobs run in process, on their schedules.
                 scheduler = LocalScheduler(runtime, poll_s=settings.local_jobs_poll_s)

@@ -58,6 +58,8 @@ DEFAULT_WORKSPACE_ID = "00000000-0000-4000-8000-000000000000"
 # What a charge was made with when it does not say: a cheap, real model slug and its provider.
 DEFAULT_MODEL = "openai/gpt-4o-mini"
 DEFAULT_PROVIDER = "OpenAI"
+CHAT_USD_PER_TOKEN = Decimal("0.00001")
+CHAT_REPLY_TOKENS = 12  # what an emulated reply costs in completion tokens (at most max_tokens)
 ACTIVITY_DAYS = 30  # GET /activity serves the last 30 completed UTC days
 # Free-model requests per UTC day for accounts under / at or above $10 of credits (DOC-limits).
 FREE_MODEL_DAILY_LIMITS = (50, 1000)
@@ -302,6 +304,9 @@ class Emulator:
         it (404 before, as OpenRouter lags "a second or more"); 0 serves it at once."""
         self.clock = clock
         self.generation_delay_s = generation_delay_s
+        # What a chat completion costs per token, prompt and completion alike: the emulator
+        # answers every model at this one price.
+        self.chat_usd_per_token = CHAT_USD_PER_TOKEN
         self.total_credits = total_credits
         self.latency_s = latency_s
         # How long a charge through /_emulator/charge takes before it is billed (unless the
@@ -900,6 +905,7 @@ class Emulator:
             Route(f"{API_PREFIX}/credits", self._credits, methods=["GET"]),
             Route(f"{API_PREFIX}/generation", self._generation, methods=["GET"]),
             Route(f"{API_PREFIX}/activity", self._activity, methods=["GET"]),
+            Route(f"{API_PREFIX}/chat/completions", self._chat_completions, methods=["POST"]),
             Route("/_emulator/charge", self._charge, methods=["POST"]),
             Route("/_emulator/state", self._state, methods=["GET"]),
             Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
@@ -1184,6 +1190,78 @@ class Emulator:
         )
         with self._lock:
             return _json(200, {"id": details.generation_id, "data": self.current_key_json(key)})
+
+    async def _chat_completions(self, request: Request) -> Response:
+        """POST /chat/completions, OpenAI-compatible and not streamed, with the user key in the
+        Authorization header: admitted against the key's limit for its worst case (prompt plus
+        max_tokens), billed at completion, answered with the generation id as `id` and OpenRouter's
+        usage accounting (tokens and `cost` in USD) in `usage`. Refusals are OpenRouter's:
+        401 for an unknown or disabled key, 403 "Key limit exceeded", 402 when the worst case
+        is more than the key has left."""
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer ") or not header[7:].strip():
+            raise EmulatorApiError(401, "Missing Authentication header")
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise EmulatorApiError(400, "Input required: specify a request body")
+        model, messages = body.get("model", DEFAULT_MODEL), body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise EmulatorApiError(400, "messages: Input required: specify an array of messages")
+        if body.get("stream") is True:
+            raise EmulatorApiError(400, "stream: the emulator answers only whole completions")
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise EmulatorApiError(400, "max_tokens: Expected a positive integer")
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+        prompt_tokens = 3 * len(messages) + (prompt_chars + 3) // 4
+        completion_tokens = min(CHAT_REPLY_TOKENS, max_tokens or CHAT_REPLY_TOKENS)
+        price = self.chat_usd_per_token
+        cost = price * (prompt_tokens + completion_tokens)
+        worst = price * (prompt_tokens + (max_tokens or completion_tokens))
+        generation_id = new_generation_id()
+        await self.spend(
+            header[7:].strip(),
+            cost,
+            duration_s=self.billing_delay_s,
+            max_cost=worst,
+            generation_id=generation_id,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        reply = f"Emulated reply to {len(messages)} message(s)."
+        return _json(
+            200,
+            {
+                "id": generation_id,
+                "object": "chat.completion",
+                "created": int(self.clock().timestamp()),
+                "model": model,
+                "provider": DEFAULT_PROVIDER,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply, "refusal": None},
+                        "finish_reason": "stop",
+                        "native_finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                    "cost": _number(cost),
+                    "is_byok": False,
+                    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 0},
+                    "cost_details": {"upstream_inference_cost": None},
+                },
+            },
+        )
 
     async def _generation(self, request: Request) -> Response:
         """GET /generation?id=: any valid key of the account; 404 until ready, or unknown."""
