@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
@@ -15,24 +16,27 @@ from urllib.parse import quote
 
 import httpx
 
-from openrouter_agent_client.errors import AgentError
+from openrouter_agent_client.errors import AgentError, BudgetExhausted, OpenRouterError
 from openrouter_agent_client.models import RotationPolicy, Usage, UsageReport, UserInfo
 
 logger = logging.getLogger("openrouter_agent_client")
 
-# The service's ROTATION_GRACE_SECONDS defaults to 300 s: after a rotation the old key keeps
-# working that long. Caching a revealed key for a quarter of it means a key cached just before
-# a rotation is dropped well before it stops working; a 401/403 from OpenRouter earlier than
-# that (an emergency rotation, a disabled key) is what forget_key() is for.
+# A revealed key is cached for as long as the service says (cache_for_s: 80 % of its rotation
+# grace period, after which a rotated-out key stops working); this when it says nothing.
 DEFAULT_KEY_TTL_S = 75.0
 MAX_BATCH_EVENTS = 1000  # the service's limit per POST /api/usage/log
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+# After OpenRouter refuses a key, how long chat() waits for the user's new key to appear: an
+# emergency rotation disables every key first and makes the new ones after.
+DEFAULT_REFRESH_WAIT_S = 10.0
 
 
 class AgentClient:
     """Async client of openrouter-agent. Use it as ``async with AgentClient(...) as client``.
 
-    The token is a service token: keys:read and keys:reveal for user_key(), usage:read for
-    usage(), users:write for put_user(), usage:write for report().
+    The token is a service token: keys:read and keys:reveal for user_key() and chat(),
+    usage:write for report() and chat(), usage:read for usage(), users:write for put_user().
+    ``key_ttl_s`` caps how long a revealed key is cached (default: what the service says).
     """
 
     def __init__(
@@ -40,7 +44,9 @@ class AgentClient:
         base_url: str,
         token: str,
         *,
-        key_ttl_s: float = DEFAULT_KEY_TTL_S,
+        openrouter_base_url: str = OPENROUTER_BASE_URL,
+        key_ttl_s: float | None = None,
+        refresh_wait_s: float = DEFAULT_REFRESH_WAIT_S,
         http: httpx.AsyncClient | None = None,
         timeout_s: float = 10.0,
         buffer_size: int = 10_000,
@@ -59,7 +65,9 @@ class AgentClient:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._owns_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout_s)
+        self._openrouter_base_url = openrouter_base_url.rstrip("/")
         self._key_ttl_s = key_ttl_s
+        self._refresh_wait_s = refresh_wait_s
         self._clock = clock
         self._keys: dict[str, tuple[str, float]] = {}
         self._pending: dict[str, asyncio.Future[str]] = {}
@@ -80,6 +88,7 @@ class AgentClient:
         self.rejected = 0  # reports the service answered "rejected" for (invalid events)
         self.stored = 0
         self.duplicates = 0
+        self.unpriced = 0  # completions whose response carried no usage cost (not reported)
 
     async def __aenter__(self) -> Self:
         return self
@@ -118,15 +127,15 @@ class AgentClient:
             raise AgentError(0, "network_error", f"{type(error).__name__}: {error}") from error
         if response.is_error:
             raise AgentError.of(response)
-        return response.json()
+        return _decimal_json(response)
 
     # -- keys ----------------------------------------------------------------------------
 
     async def user_key(self, user_id: str) -> str:
-        """The user's current OpenRouter key, revealed once per ``key_ttl_s`` and user.
+        """The user's current OpenRouter key, revealed once per cache period and user.
 
-        Concurrent calls for one user share one reveal. Call forget_key() when OpenRouter
-        answers 401/403 with it: the next call reveals the current key.
+        Concurrent calls for one user share one reveal. When OpenRouter refuses the key
+        (401/403), call forget_key(): the next call reveals the current key. chat() does it.
         """
         cached = self._keys.get(user_id)
         if cached is not None and cached[1] > self._clock():
@@ -155,15 +164,107 @@ class AgentClient:
         secret = body.get("secret") if isinstance(body, dict) else None
         if not isinstance(secret, str) or not secret:
             raise AgentError(200, "no_secret", "the service revealed no secret")
+        ttl_s = self._cache_period(body.get("cache_for_s"))
         if self._generation.get(user_id, 0) == generation:  # not forgotten meanwhile
-            self._keys[user_id] = (secret, self._clock() + self._key_ttl_s)
+            self._keys[user_id] = (secret, self._clock() + ttl_s)
         return secret
 
-    def forget_key(self, user_id: str) -> None:
-        """Drop the user's cached key (and any reveal in flight): the next call reveals."""
+    def _cache_period(self, advised: Any) -> float:
+        service_s = float(advised) if isinstance(advised, int | Decimal) else None
+        periods = [p for p in (self._key_ttl_s, service_s) if p is not None]
+        return min(periods) if periods else DEFAULT_KEY_TTL_S
+
+    def forget_key(self, user_id: str, secret: str | None = None) -> None:
+        """Drop the user's cached key (and any reveal in flight): the next call reveals.
+
+        With ``secret``: only if that is the key cached, so that many requests finding the
+        same refused key at once cost one reveal, not one each.
+        """
+        cached = self._keys.get(user_id)
+        if secret is not None and (cached is None or cached[0] != secret):
+            return
         self._keys.pop(user_id, None)
         self._pending.pop(user_id, None)
         self._generation[user_id] = self._generation.get(user_id, 0) + 1
+
+    async def _fresh_key(self, user_id: str, refused: str) -> str:
+        """The user's key after OpenRouter refused ``refused``: revealed again, waiting (up to
+        refresh_wait_s) while the service still holds the refused one or none."""
+        self.forget_key(user_id, refused)
+        deadline = self._clock() + self._refresh_wait_s
+        delay = 0.1
+        while True:
+            try:
+                key = await self.user_key(user_id)
+            except AgentError as error:
+                if error.status != 404 and not error.retryable:
+                    raise
+                key = None
+            if key is not None and key != refused:
+                return key
+            if self._clock() + delay > deadline:
+                if key is None:
+                    raise AgentError(404, "no_current_key", f"{user_id} has no usable key")
+                return key  # the service still says this key: let OpenRouter's answer stand
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            self.forget_key(user_id, key)
+
+    # -- one chat completion -------------------------------------------------------------
+
+    async def chat(
+        self, user_id: str, request: Mapping[str, Any], *, agent_name: str | None = None
+    ) -> dict[str, Any]:
+        """One OpenAI-compatible chat completion for the user, the whole sequence: their key,
+        the call to OpenRouter (asking for its usage accounting), the usage report.
+
+        A key OpenRouter refuses (a rotation or an emergency happened) is replaced by the
+        user's current one and the call made once more. Raises BudgetExhausted when the
+        user's budget is spent (402, or 403 "Key limit exceeded"), OpenRouterError for other
+        refusals, AgentError when the service cannot give the key. Returns OpenRouter's answer
+        (numbers as Decimal).
+        """
+        body = {**request, "usage": {"include": True}}
+        key = await self.user_key(user_id)
+        for attempt in (1, 2):
+            try:
+                response = await self._http.post(
+                    self._openrouter_base_url + "/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json=body,
+                )
+            except httpx.HTTPError as error:
+                raise OpenRouterError(0, f"{type(error).__name__}: {error}") from error
+            if response.is_success:
+                completion = _decimal_json(response)
+                self._report_completion(user_id, completion, agent_name)
+                return completion  # type: ignore[no-any-return]
+            refused = OpenRouterError.of(response)
+            if refused.spent:
+                raise BudgetExhausted(user_id, refused)
+            if not refused.key_refused or attempt == 2:
+                raise refused
+            logger.info("OpenRouter refused %s key (%d): revealing again", user_id, refused.status)
+            key = await self._fresh_key(user_id, key)
+        raise AssertionError("unreachable")
+
+    def _report_completion(self, user_id: str, completion: Any, agent_name: str | None) -> None:
+        usage = completion.get("usage") if isinstance(completion, dict) else None
+        cost = usage.get("cost") if isinstance(usage, dict) else None
+        if not isinstance(cost, Decimal | int) or not isinstance(completion.get("id"), str):
+            self.unpriced += 1
+            logger.warning("a completion for %s carried no usage cost: not reported", user_id)
+            return
+        assert isinstance(usage, dict)
+        self.report(
+            user_id,
+            completion["id"],
+            str(completion.get("model") or "unknown"),
+            Decimal(cost),
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            agent_name,
+        )
 
     # -- users and usage -----------------------------------------------------------------
 
@@ -192,7 +293,7 @@ class AgentClient:
 
     # -- usage reports -------------------------------------------------------------------
 
-    async def report(
+    def report(
         self,
         user_id: str,
         generation_id: str,
@@ -230,7 +331,7 @@ class AgentClient:
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
         if self._flusher is None and not self._closed:
-            self._flusher = asyncio.create_task(self._flush_forever())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
 
     @property
     def buffered(self) -> int:
@@ -238,18 +339,24 @@ class AgentClient:
 
     async def _flush_forever(self) -> None:
         while not self._closed:
+            woken = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._batch_age_s)
+                woken = await asyncio.wait_for(self._wake.wait(), timeout=self._batch_age_s)
             self._wake.clear()
             try:
-                await self.flush()
+                # woken by a full batch: full batches only, so a steady stream of reports is
+                # not sent a few at a time; after batch_age_s: whatever waits
+                await self._drain(full_only=woken and not self._closed)
             except Exception:  # the flusher outlives any one failure
                 logger.exception("usage flush failed")
 
     async def flush(self) -> None:
         """Send everything buffered now, in batches, retrying what may succeed later."""
+        await self._drain(full_only=False)
+
+    async def _drain(self, *, full_only: bool) -> None:
         async with self._flush_lock:
-            while self._buffer:
+            while self._buffer and (len(self._buffer) >= self._batch_size or not full_only):
                 batch = [
                     self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))
                 ]
@@ -281,3 +388,8 @@ class AgentClient:
                 self.rejected += rejected
                 logger.warning("usage batch: %d events rejected by the service", rejected)
             return
+
+
+def _decimal_json(response: httpx.Response) -> Any:
+    # Money stays exact: JSON numbers with a fraction are read as Decimal, never float.
+    return json.loads(response.content, parse_float=Decimal)

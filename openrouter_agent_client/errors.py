@@ -1,4 +1,4 @@
-"""The service's error envelope as an exception."""
+"""The service's error envelope, and OpenRouter's refusals, as exceptions."""
 
 from __future__ import annotations
 
@@ -52,3 +52,46 @@ class AgentError(Exception):
             error.get("request_id") or request_id,
             error.get("details"),
         )
+
+
+class OpenRouterError(Exception):
+    """OpenRouter refused a call made with a user's key (status 0: it did not answer)."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"OpenRouter {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> OpenRouterError:
+        try:
+            body = response.json()
+        except ValueError:
+            return cls(response.status_code, response.text[:200])
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        return cls(response.status_code, str(message or response.reason_phrase), body)
+
+    @property
+    def spent(self) -> bool:
+        """The key's budget is spent: 402 (this call costs more than is left) or 403 "Key
+        limit exceeded" (nothing is left). A new key would not help: the user's month would."""
+        return self.status == 402 or (
+            self.status == 403 and "key limit exceeded" in self.message.lower()
+        )
+
+    @property
+    def key_refused(self) -> bool:
+        """The key itself was refused (rotated out, disabled by an emergency, deleted): the
+        user's current key is another one."""
+        return self.status == 401 or (self.status == 403 and not self.spent)
+
+
+class BudgetExhausted(OpenRouterError):
+    """The user's budget for this period is spent at OpenRouter (402 or 403 "Key limit
+    exceeded"): tell the user, do not retry until their budget is raised or the month turns."""
+
+    def __init__(self, user_id: str, refused: OpenRouterError) -> None:
+        super().__init__(refused.status, refused.message, refused.body)
+        self.user_id = user_id

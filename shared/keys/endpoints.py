@@ -86,7 +86,9 @@ async def _current(
         secret = await service.reveal(
             owned.current, actor=caller.actor, request_id=current_request_id.get()
         )
-    return CurrentKeyResponse.of(owned, secret=secret)
+    return CurrentKeyResponse.of(
+        owned, secret=secret, grace_s=runtime.settings.rotation_grace_seconds
+    )
 
 
 @router.post(

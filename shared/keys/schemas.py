@@ -160,6 +160,12 @@ class KeyIssuedResponse(BaseModel):
 class CurrentKeyResponse(BaseModel):
     key: KeyInfo
     secret: str | None = Field(description="Only with ?reveal=true and the keys:reveal scope.")
+    cache_for_s: int | None = Field(
+        default=None,
+        description="With a secret: how long a caller may keep using it from a cache. A key "
+        "rotated out keeps working for the rotation grace period; this is 80 % of it. An "
+        "emergency rotation or a disabled key ends it early: OpenRouter then answers 401.",
+    )
     rotation: OperationInfo | None = Field(
         default=None, description="The owner's create or rotation in progress, if any."
     )
@@ -174,10 +180,13 @@ class CurrentKeyResponse(BaseModel):
     )
 
     @classmethod
-    def of(cls, owned: OwnerKeys, *, secret: str | None = None) -> CurrentKeyResponse:
+    def of(
+        cls, owned: OwnerKeys, *, secret: str | None = None, grace_s: int | None = None
+    ) -> CurrentKeyResponse:
         return cls(
             key=KeyInfo.of(owned.current),
             secret=secret,
+            cache_for_s=None if secret is None or grace_s is None else grace_s * 4 // 5,
             rotation=None if owned.operation is None else OperationInfo.of(owned.operation),
             in_grace=[KeyInfo.of(k) for k in owned.in_grace],
             tier=owned.tier,

@@ -1,71 +1,91 @@
-"""The Python client (openrouter_agent_client) against the real app over real HTTP: uvicorn on
-a free loopback port in a thread with its own loop, the emulated OpenRouter behind it."""
+"""The Python client (openrouter_agent_client) against scripts/run's stack: `openrouter-agent
+serve` as its own process (tests/clients/local_stack.py), its emulator standing in for
+OpenRouter at /openrouter, the client calling both over real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from openrouter_agent_client import AgentClient, AgentError
-from shared.access.principals import Scope
-from shared.access.service import AccessService
-from shared.config import Settings
-from shared.db.database import Database
-from shared.openrouter.client import OpenRouterClient
-from shared.openrouter.emulator import Emulator
-from shared.runtime import EMULATOR_BASE_URL, Runtime
-from shared.web.app_factory import create_app
-from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
-from tests.serving import free_port, served
+from openrouter_agent_client import (
+    AgentClient,
+    AgentError,
+    BudgetExhausted,
+    SyncAgentClient,
+)
+from tests.clients.local_stack import Stack, running_stack
+from tests.serving import free_port
 
-AGENT_SCOPES = [
-    Scope.KEYS_READ,
-    Scope.KEYS_REVEAL,
-    Scope.USAGE_READ,
-    Scope.USAGE_WRITE,
-    Scope.USERS_WRITE,
-]
+CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running_stack() as running:
+        yield running
 
 
 @pytest.fixture
-def server(settings: Settings, database_dsn: str, emulator: Emulator) -> Iterator[str]:
-    """The local app on a real port, in a thread with its own loop and connections."""
-    database = Database(database_dsn)
-    openrouter = OpenRouterClient(
-        management_key=SecretStr(emulator.management_key),
-        base_url=EMULATOR_BASE_URL,
-        transport=emulator.transport(),
-    )
-    app = create_app(
-        runtime=Runtime(settings, database=database, openrouter=openrouter, emulator=emulator)
-    )
-    with served(app) as url:
-        yield url
+def user() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+class Wire:
+    """What the client sent and what it was answered, seen on its own HTTP client."""
+
+    def __init__(self) -> None:
+        self.reveals = 0
+        self.usage_posts = 0
+        self.refused_by_openrouter: list[int] = []
+
+    async def request(self, request: httpx.Request) -> None:
+        if request.url.path.startswith("/api/keys/user/") and request.url.params.get("reveal"):
+            self.reveals += 1
+        if request.url.path == "/api/usage/log":
+            self.usage_posts += 1
+
+    async def response(self, response: httpx.Response) -> None:
+        if "/chat/completions" in response.request.url.path and response.status_code >= 400:
+            self.refused_by_openrouter.append(response.status_code)
 
 
 @pytest.fixture
-async def agent_token(settings: Settings, database_dsn: str) -> str:
-    """A service token with every scope a platform's agent needs, issued by the service."""
-    runtime = Runtime(settings, database=Database(database_dsn))
-    try:
-        issued = await AccessService(runtime).issue_token(
-            issued_by="test", name="agent", scopes=AGENT_SCOPES, expires_at=None
-        )
-    finally:
-        await runtime.database().close()
-    return issued.token
+def wire() -> Wire:
+    return Wire()
 
 
 @pytest.fixture
-async def admin(server: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The operator, over plain HTTP with the bootstrap admin token (keys, rotations)."""
-    headers = {"Authorization": f"Bearer {BOOTSTRAP_ADMIN_TOKEN}"}
-    async with httpx.AsyncClient(base_url=server, headers=headers, timeout=20) as client:
+async def admin(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """The operator over plain HTTP: keys, rotations, emergencies."""
+    headers = {"Authorization": f"Bearer {stack.admin_token}"}
+    async with httpx.AsyncClient(base_url=stack.agent_url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def agent(stack: Stack, wire: Wire) -> AsyncIterator[AgentClient]:
+    hooks: dict[str, list[Callable[..., Any]]] = {
+        "request": [wire.request],
+        "response": [wire.response],
+    }
+    http = httpx.AsyncClient(timeout=30, event_hooks=hooks)
+    async with (
+        http,
+        AgentClient(
+            stack.agent_url,
+            stack.service_token,
+            openrouter_base_url=stack.openrouter_url,
+            http=http,
+            backoff_s=0.05,
+        ) as client,
+    ):
         yield client
 
 
@@ -74,122 +94,337 @@ async def _create_key(admin: httpx.AsyncClient, user_id: str) -> None:
     assert response.status_code == 201, response.text
 
 
-class RevealCounter:
-    """Counts the reveals the client sends, on its own transport (an httpx event hook)."""
+async def _stream_of_chats(
+    agent: AgentClient, user_id: str, calls: int, *, event_after: int, event: asyncio.Event
+) -> list[BaseException | None]:
+    """`calls` chat completions by 4 workers; `event` is set once `event_after` succeeded, and
+    the workers pause until the test says the rotation happened (event cleared)."""
+    outcomes: list[BaseException | None] = []
+    queue = list(range(calls))
 
-    def __init__(self) -> None:
-        self.reveals = 0
+    async def worker() -> None:
+        while queue:
+            queue.pop()
+            if len(outcomes) >= event_after and event.is_set():
+                while event.is_set():  # the operator acts; traffic resumes after
+                    await asyncio.sleep(0.01)
+            try:
+                await agent.chat(user_id, CHAT, agent_name="stream")
+                outcomes.append(None)
+            except Exception as error:  # the assertion counts them
+                outcomes.append(error)
+            if len(outcomes) == event_after:
+                event.set()
 
-    async def __call__(self, request: httpx.Request) -> None:
-        if request.url.path.startswith("/api/keys/user/") and request.url.params.get("reveal"):
-            self.reveals += 1
-
-
-@pytest.fixture
-def counter() -> RevealCounter:
-    return RevealCounter()
-
-
-@pytest.fixture
-async def agent(
-    server: str, agent_token: str, counter: RevealCounter
-) -> AsyncIterator[AgentClient]:
-    http = httpx.AsyncClient(timeout=20, event_hooks={"request": [counter]})
-    async with http, AgentClient(server, agent_token, http=http) as client:
-        yield client
+    await asyncio.gather(*(worker() for _ in range(4)))
+    return outcomes
 
 
-async def test_a_burst_of_key_lookups_for_one_user_reveals_once(
-    agent: AgentClient, admin: httpx.AsyncClient, counter: RevealCounter
+async def test_a_burst_of_100_key_lookups_for_one_user_reveals_once(
+    agent: AgentClient, admin: httpx.AsyncClient, wire: Wire, user: str
 ) -> None:
     """GIVEN a user with a key
-    WHEN 20 tasks ask the client for that user's key at once, and once more afterwards
+    WHEN 100 tasks ask the client for that user's key at once, and once more afterwards
     THEN all get the same secret, and the service was asked to reveal it exactly once."""
-    await _create_key(admin, "burst")
+    await _create_key(admin, user)
 
-    secrets = await asyncio.gather(*(agent.user_key("burst") for _ in range(20)))
-    again = await agent.user_key("burst")
+    secrets = await asyncio.gather(*(agent.user_key(user) for _ in range(100)))
+    again = await agent.user_key(user)
 
     assert len(set(secrets)) == 1
     assert secrets[0].startswith("sk-")
     assert again == secrets[0]
-    assert counter.reveals == 1
+    assert wire.reveals == 1
 
 
-async def test_forget_key_after_a_rotation_reveals_the_new_key(
-    agent: AgentClient, admin: httpx.AsyncClient, counter: RevealCounter
+async def test_the_cache_follows_the_period_the_service_advises(
+    stack: Stack, admin: httpx.AsyncClient, wire: Wire, user: str
 ) -> None:
-    """GIVEN a user's key cached by the client
-    WHEN the operator rotates the key and the client forgets the user's key
-    THEN the cache still answers the old key before forget_key, and the new one after it."""
-    await _create_key(admin, "rotated")
-    old = await agent.user_key("rotated")
-    rotated = await admin.post("/api/keys/rotate", json={"user_id": "rotated", "grace_seconds": 0})
+    """GIVEN a client on a clock the test moves, and a service whose grace period is 300 s
+    WHEN the user's key is asked 239 s after its reveal, then 241 s after
+    THEN the first is served from the cache, the second reveals again (cache_for_s: 240)."""
+    await _create_key(admin, user)
+    now = [1000.0]
+    hooks = {"request": [wire.request]}
+    async with (
+        httpx.AsyncClient(timeout=30, event_hooks=hooks) as http,
+        AgentClient(stack.agent_url, stack.service_token, http=http, clock=lambda: now[0]) as a,
+    ):
+        await a.user_key(user)
+        now[0] += 239
+        await a.user_key(user)
+        assert wire.reveals == 1
+        now[0] += 2
+        await a.user_key(user)
+
+    assert wire.reveals == 2
+
+
+async def test_a_rotation_in_a_stream_of_chats_fails_no_call(
+    agent: AgentClient, admin: httpx.AsyncClient, wire: Wire, user: str
+) -> None:
+    """GIVEN a stream of 40 chat completions for one user through the client, 4 at a time
+    WHEN the operator rotates the user's key with no grace in the middle of it
+    THEN OpenRouter refused the old key (401) at least once, yet every call succeeded, and
+    the client revealed twice (the first key, the new one): one reveal per discovery."""
+    await _create_key(admin, user)
+    pause = asyncio.Event()
+    stream = asyncio.create_task(_stream_of_chats(agent, user, 40, event_after=10, event=pause))
+    await pause.wait()
+    rotated = await admin.post("/api/keys/rotate", json={"user_id": user, "grace_seconds": 0})
     assert rotated.is_success, rotated.text
+    pause.clear()
+    outcomes = await stream
 
-    assert await agent.user_key("rotated") == old  # cached: no reveal
-    agent.forget_key("rotated")
-    new = await agent.user_key("rotated")
+    assert [o for o in outcomes if o is not None] == []
+    assert len(outcomes) == 40
+    assert 401 in wire.refused_by_openrouter
+    assert wire.reveals == 2
+    await agent.flush()
+    assert agent.stored == 40
 
-    assert new != old
-    assert counter.reveals == 2
 
-
-async def test_reports_flushed_twice_are_stored_once(
-    agent: AgentClient, admin: httpx.AsyncClient
+async def test_an_emergency_rotation_in_a_stream_of_chats_fails_no_call(
+    agent: AgentClient, admin: httpx.AsyncClient, stack: Stack, wire: Wire, user: str
 ) -> None:
-    """GIVEN a user with a key
-    WHEN two generations are reported and flushed, then reported and flushed again
-    THEN the service stores them once (the second flush finds duplicates) and the month's usage
-    counts two events and their cost, in Decimal."""
-    await _create_key(admin, "reporter")
-    for _ in range(2):
-        await agent.report("reporter", "gen-1", "openai/gpt-4o", Decimal("0.25"), 10, 20, "bot")
-        await agent.report("reporter", "gen-2", "openai/gpt-4o", "0.5")
-        await agent.flush()
+    """GIVEN a stream of 40 chat completions for one user, 4 at a time, and an OpenRouter that
+    takes 1.5 s to make a key
+    WHEN an admin starts an emergency rotation of the user's key in the middle of it, and the
+    traffic goes on at once (the old key disabled first, the new one made 1.5 s later)
+    THEN OpenRouter refused the old key, yet every call succeeded, on the new key."""
+    await _create_key(admin, user)
+    before = await agent.user_key(user)
+    slow = {"kind": "latency", "method": "POST", "path": "/keys", "delay_s": 1.5}
+    emulator = stack.openrouter_url.removesuffix("/api/v1")
+    assert httpx.post(emulator + "/_emulator/faults", json=slow).status_code == 204
+    pause = asyncio.Event()
+    stream = asyncio.create_task(_stream_of_chats(agent, user, 40, event_after=10, event=pause))
+    await pause.wait()
+    emergency = asyncio.create_task(
+        admin.post("/api/admin/emergency-rotate", json={"reason": "drill", "user_ids": [user]})
+    )
+    async with httpx.AsyncClient(base_url=stack.openrouter_url) as watcher:
+        await _until_refused(watcher, before)
+    pause.clear()  # the traffic goes on while the new key is still being made
+    outcomes = await stream
+    started = await emergency
+    assert started.status_code == 202, started.text
+    progress = await _wait_for_emergency(admin, started.json()["id"])
 
-    usage = await agent.usage("reporter")
+    assert progress["failed"] == 0, progress
+    assert [o for o in outcomes if o is not None] == []
+    assert 401 in wire.refused_by_openrouter
+    assert await agent.user_key(user) != before
 
-    assert (agent.stored, agent.duplicates, agent.dropped, agent.failed) == (2, 2, 0, 0)
+
+async def _until_refused(openrouter: httpx.AsyncClient, secret: str) -> None:
+    """Until OpenRouter refuses this key (GET /key answers 401)."""
+    for _ in range(1000):
+        answer = await openrouter.get("/key", headers={"Authorization": f"Bearer {secret}"})
+        if answer.status_code == 401:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the key was never disabled at OpenRouter")
+
+
+async def _wait_for_emergency(admin: httpx.AsyncClient, job_id: str) -> dict[str, object]:
+    """The emergency's progress once its old keys are disabled at OpenRouter, or it ended."""
+    for _ in range(600):
+        progress: dict[str, object] = (
+            await admin.get(f"/api/admin/emergency-rotate/{job_id}")
+        ).json()
+        items = progress.get("items")
+        done = isinstance(items, list) and all(i["status"] != "pending" for i in items)
+        if done or progress.get("status") in ("completed", "failed"):
+            return progress
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the emergency rotation {job_id} did not move")
+
+
+async def test_a_spent_budget_is_its_own_error_and_reveals_nothing_more(
+    agent: AgentClient, admin: httpx.AsyncClient, stack: Stack, wire: Wire, user: str
+) -> None:
+    """GIVEN a free-tier user ($10) who spent all of it at OpenRouter
+    WHEN their service asks the client for one more chat completion
+    THEN it raises BudgetExhausted (OpenRouter's 403 "Key limit exceeded"), without revealing
+    the key again, and reports nothing."""
+    await _create_key(admin, user)
+    key = await agent.user_key(user)
+    emulator = stack.openrouter_url.removesuffix("/api/v1")
+    charged = httpx.post(
+        emulator + "/_emulator/charge",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"cost": "10"},
+    )
+    assert charged.status_code == 200, charged.text
+
+    with pytest.raises(BudgetExhausted) as raised:
+        await agent.chat(user, CHAT)
+
+    assert raised.value.status in (402, 403)
+    assert raised.value.user_id == user
+    assert wire.reveals == 1
     assert agent.buffered == 0
-    assert usage.events == 2
-    assert usage.reported_usd == Decimal("0.75")
-    assert isinstance(usage.spent_usd, Decimal)
 
 
-async def test_a_full_buffer_drops_reports_without_raising(
-    server: str, agent_token: str, admin: httpx.AsyncClient
+async def test_completions_are_reported_in_batches_and_duplicates_count_once(
+    stack: Stack, admin: httpx.AsyncClient, wire: Wire, user: str
+) -> None:
+    """GIVEN a client sending batches of 10
+    WHEN 25 chat completions are made and 5 of their generations reported a second time
+    THEN 3 batches carried the 25, a fourth the 5 again; the service stored 25 and counted 5
+    duplicates, and the user's month shows 25 events costing what OpenRouter answered."""
+    await _create_key(admin, user)
+    hooks = {"request": [wire.request]}
+    costs: list[Decimal] = []
+    async with (
+        httpx.AsyncClient(timeout=30, event_hooks=hooks) as http,
+        AgentClient(
+            stack.agent_url,
+            stack.service_token,
+            openrouter_base_url=stack.openrouter_url,
+            http=http,
+            batch_size=10,
+            batch_age_s=60,
+        ) as client,
+    ):
+        answers = [await client.chat(user, CHAT) for _ in range(25)]
+        costs = [a["usage"]["cost"] for a in answers]
+        await client.flush()
+        for answer in answers[:5]:
+            client.report(user, answer["id"], answer["model"], answer["usage"]["cost"])
+        await client.flush()
+        usage = await client.usage(user)
+
+    assert (client.stored, client.duplicates, client.dropped, client.failed) == (25, 5, 0, 0)
+    assert wire.usage_posts == 4
+    assert usage.events == 25
+    assert usage.reported_usd == sum(costs)
+    assert all(isinstance(c, Decimal) for c in costs)
+
+
+async def test_leaving_the_client_flushes_what_is_buffered(
+    stack: Stack, admin: httpx.AsyncClient, user: str
+) -> None:
+    """GIVEN a client whose batches would wait a minute
+    WHEN 7 generations are reported and the client is left (the service shutting down)
+    THEN all 7 reach the service."""
+    await _create_key(admin, user)
+    async with AgentClient(stack.agent_url, stack.service_token, batch_age_s=60) as client:
+        for n in range(7):
+            client.report(user, f"{user}-{n}", "openai/gpt-4o", "0.01")
+        assert client.buffered == 7
+
+    async with AgentClient(stack.agent_url, stack.service_token) as reader:
+        usage = await reader.usage(user)
+    assert (client.stored, client.buffered, usage.events) == (7, 0, 7)
+
+
+async def test_a_full_buffer_drops_reports_without_raising_and_says_so(
+    stack: Stack, admin: httpx.AsyncClient, user: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """GIVEN a client whose report buffer holds 3 events
     WHEN 5 generations are reported before any flush
-    THEN report() never raises, 2 are counted as dropped, and the 3 buffered are stored by the
-    flush on leaving the client's context."""
-    await _create_key(admin, "overflow")
-    async with AgentClient(server, agent_token, buffer_size=3, batch_age_s=60) as small:
+    THEN report() never raises, 2 are counted as dropped and logged, and the 3 buffered are
+    stored by the flush on leaving the client's context."""
+    await _create_key(admin, user)
+    caplog.set_level(logging.WARNING, logger="openrouter_agent_client")
+    async with AgentClient(
+        stack.agent_url, stack.service_token, buffer_size=3, batch_age_s=60
+    ) as small:
         for n in range(5):
-            await small.report("overflow", f"ov-{n}", "openai/gpt-4o", "0.01")
+            small.report(user, f"{user}-ov-{n}", "openai/gpt-4o", "0.01")
         assert (small.buffered, small.dropped) == (3, 2)
 
     assert (small.stored, small.dropped, small.buffered) == (3, 2, 0)
+    assert sum("buffer is full" in r.getMessage() for r in caplog.records) == 2
 
 
-async def test_put_user_creates_then_updates(agent: AgentClient) -> None:
+class FailingFirst(httpx.AsyncBaseTransport):
+    """Answers the first POSTs of usage with the given failures, then passes them on."""
+
+    def __init__(self, failures: list[int | None]) -> None:
+        self._real = httpx.AsyncHTTPTransport()
+        self._failures = failures  # None: the connection breaks
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/usage/log" and self._failures:
+            status = self._failures.pop(0)
+            if status is None:
+                raise httpx.ConnectError("connection reset", request=request)
+            return httpx.Response(status, json={"error": {"code": "x", "message": "busy"}})
+        return await self._real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+
+
+async def test_a_batch_refused_by_a_5xx_a_429_and_a_broken_connection_arrives_once(
+    stack: Stack, admin: httpx.AsyncClient, user: str
+) -> None:
+    """GIVEN a service that answers a batch with a broken connection, then 503, then 429
+    WHEN the client flushes 3 generations
+    THEN it tries again with backoff and the service stores each of them once."""
+    await _create_key(admin, user)
+    transport = FailingFirst([None, 503, 429])
+    async with (
+        httpx.AsyncClient(transport=transport, timeout=30) as http,
+        AgentClient(stack.agent_url, stack.service_token, http=http, backoff_s=0.01) as client,
+    ):
+        for n in range(3):
+            client.report(user, f"{user}-r-{n}", "openai/gpt-4o", "0.02")
+        await client.flush()
+        usage = await client.usage(user)
+
+    assert (client.stored, client.duplicates, client.failed) == (3, 0, 0)
+    assert transport._failures == []
+    assert (usage.events, usage.reported_usd) == (3, Decimal("0.06"))
+
+
+def test_the_sync_client_chats_reports_and_flushes_on_close(
+    stack: Stack, user: str, wire: Wire
+) -> None:
+    """GIVEN synchronous code (no event loop) holding a SyncAgentClient
+    WHEN it creates the user, makes 3 chat completions, and closes the client
+    THEN the 3 completions' costs are in the user's month, and its key was revealed once."""
+    admin = httpx.Client(
+        base_url=stack.agent_url, headers={"Authorization": f"Bearer {stack.admin_token}"}
+    )
+    assert admin.post("/api/keys/create", json={"user_id": user}).status_code == 201
+    with SyncAgentClient(
+        stack.agent_url,
+        stack.service_token,
+        openrouter_base_url=stack.openrouter_url,
+        batch_age_s=60,
+    ) as agent:
+        answers = [agent.chat(user, CHAT, agent_name="sync") for _ in range(3)]
+        assert agent.put_user(user, tier="standard").tier == "standard"
+    with SyncAgentClient(stack.agent_url, stack.service_token) as reader:
+        usage = reader.usage(user)
+
+    assert agent.client.stored == 3
+    assert usage.events == 3
+    assert usage.reported_usd == sum(a["usage"]["cost"] for a in answers)
+    assert usage.limit_usd == Decimal(50)
+
+
+async def test_put_user_creates_then_updates(agent: AgentClient, user: str) -> None:
     """GIVEN no such user
     WHEN the client puts the user twice, the second time with another tier
     THEN the first answer says created, the second says updated with the new tier."""
-    first = await agent.put_user("subscriber", tier="free")
-    second = await agent.put_user("subscriber", tier="standard", rotation_policy="monthly")
+    first = await agent.put_user(user, tier="free")
+    second = await agent.put_user(user, tier="standard", rotation_policy="monthly")
 
     assert first.created
     assert not second.created
     assert (second.tier, second.rotation_policy) == ("standard", "monthly")
 
 
-async def test_an_unknown_token_raises_agent_error_with_code_and_request_id(server: str) -> None:
+async def test_an_unknown_token_raises_agent_error_with_code_and_request_id(stack: Stack) -> None:
     """GIVEN a client holding a token the service never issued
     WHEN it asks for a user's usage
     THEN it raises AgentError with the status, the envelope's code and its request id."""
-    async with AgentClient(server, "not-a-real-token") as stranger:
+    async with AgentClient(stack.agent_url, "not-a-real-token") as stranger:
         with pytest.raises(AgentError) as raised:
             await stranger.usage("anyone")
 
@@ -200,23 +435,18 @@ async def test_an_unknown_token_raises_agent_error_with_code_and_request_id(serv
 
 
 async def test_a_token_without_reveal_scope_cannot_read_a_key(
-    server: str, settings: Settings, database_dsn: str, admin: httpx.AsyncClient
+    stack: Stack, admin: httpx.AsyncClient, user: str
 ) -> None:
     """GIVEN a service token with keys:read but not keys:reveal
-    WHEN the client asks for a user's key
-    THEN it raises AgentError 403 reveal_not_allowed, and nothing is cached."""
-    await _create_key(admin, "guarded")
-    runtime = Runtime(settings, database=Database(database_dsn))
-    try:
-        issued = await AccessService(runtime).issue_token(
-            issued_by="test", name="reader", scopes=[Scope.KEYS_READ], expires_at=None
-        )
-    finally:
-        await runtime.database().close()
-    async with AgentClient(server, issued.token) as reader:
+    WHEN the client asks for a user's key, twice
+    THEN it raises AgentError 403 reveal_not_allowed each time (nothing is cached)."""
+    await _create_key(admin, user)
+    issued = await admin.post("/api/admin/tokens", json={"name": "reader", "scopes": ["keys:read"]})
+    assert issued.status_code == 201, issued.text
+    async with AgentClient(stack.agent_url, issued.json()["token"]) as reader:
         for _ in range(2):
             with pytest.raises(AgentError) as raised:
-                await reader.user_key("guarded")
+                await reader.user_key(user)
             assert (raised.value.status, raised.value.code) == (403, "reveal_not_allowed")
 
 
@@ -228,7 +458,7 @@ async def test_an_unreachable_service_is_retried_then_given_up_without_raising()
     async with AgentClient(
         f"http://127.0.0.1:{free_port()}", "t", max_attempts=3, backoff_s=0.01
     ) as lost:
-        await lost.report("u", "gen-lost", "openai/gpt-4o", "0.01")
+        lost.report("u", "gen-lost", "openai/gpt-4o", "0.01")
         await lost.flush()
         assert (lost.failed, lost.buffered) == (1, 0)
         with pytest.raises(AgentError) as raised:
