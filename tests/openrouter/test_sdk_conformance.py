@@ -307,3 +307,42 @@ def test_the_sdk_stays_out_of_the_shipped_code() -> None:
         if re.search(r"^\s*(import openrouter\b|from openrouter\b)", path.read_text(), re.M)
     ]
     assert importing == []
+
+
+async def test_the_sdk_chats_with_a_user_key_and_reads_the_emulators_refusals(
+    timed_emulator: Emulator,
+) -> None:
+    """GIVEN a user key with a $0.001 limit, and a disabled one
+    WHEN the SDK's chat client sends completions with them until the limit is spent
+    THEN the first answers validate as ChatResult with a generation id and usage cost, what is
+    billed is that cost, and the refusals are the SDK's errors: 402 (the worst case is more
+    than is left), 403 (nothing left) and 401 (disabled)."""
+    key = timed_emulator.add_key(name="chatty", limit=Decimal("0.001"), limit_reset="monthly")
+    gone = timed_emulator.add_key(name="gone")
+    gone.disabled = True
+    hello = [{"role": "user", "content": "hello"}]
+
+    async with httpx.AsyncClient(transport=timed_emulator.transport()) as http:
+
+        def as_user(secret: str) -> OpenRouter:
+            return OpenRouter(
+                api_key=secret, server_url="http://emulator/api/v1", async_client=http
+            )
+
+        chat = as_user(key.secret).chat
+        answer = await chat.send_async(model="openai/gpt-4o-mini", messages=hello)
+        with pytest.raises(errors.PaymentRequiredResponseError):
+            await chat.send_async(model="openai/gpt-4o-mini", messages=hello, max_tokens=500)
+        first = timed_emulator.generation(answer.id)
+        assert first is not None
+        timed_emulator.charge(key.secret, Decimal("0.001") - first.cost)  # the rest of it
+        with pytest.raises(errors.ForbiddenResponseError) as spent:
+            await chat.send_async(model="openai/gpt-4o-mini", messages=hello)
+        with pytest.raises(errors.UnauthorizedResponseError):
+            await as_user(gone.secret).chat.send_async(model="openai/gpt-4o-mini", messages=hello)
+
+    assert isinstance(answer, components.ChatResult)
+    assert answer.id.startswith("gen-")
+    assert answer.usage is not None and answer.usage.cost == float(first.cost)
+    assert first.cost == Decimal("0.00001") * answer.usage.total_tokens > 0
+    assert "Key limit exceeded" in str(spent.value)
