@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +42,9 @@ class Stack:
     data_dir: str
 
 
-def _environment(data_dir: Path, port: int, admin_token: str) -> dict[str, str]:
+def _environment(
+    data_dir: Path, port: int, admin_token: str, overrides: Mapping[str, str]
+) -> dict[str, str]:
     environment = {
         name: value
         for name, value in os.environ.items()
@@ -60,6 +62,7 @@ def _environment(data_dir: Path, port: int, admin_token: str) -> dict[str, str]:
         RATE_LIMIT_KEY_WRITES_PER_MINUTE="10000",
         PYTHONUNBUFFERED="1",
     )
+    environment.update(overrides)
     return environment
 
 
@@ -93,12 +96,13 @@ def _issue_service_token(environment: dict[str, str]) -> str:
 
 
 @contextmanager
-def running_stack() -> Iterator[Stack]:
-    """The local server in its own process while the block runs; stopped and removed after."""
+def running_stack(**overrides: str) -> Iterator[Stack]:
+    """The local server in its own process while the block runs; stopped and removed after.
+    `overrides`: settings for the server (the benchmarks' higher rate limits)."""
     data_dir = Path(tempfile.mkdtemp(prefix="ora-stack-"))
     port = free_port()
     admin_token = "ora-admin-" + secrets.token_urlsafe(24)
-    environment = _environment(data_dir, port, admin_token)
+    environment = _environment(data_dir, port, admin_token, overrides)
     url = f"http://127.0.0.1:{port}"
     log = (data_dir / "serve.log").open("wb")
     process = subprocess.Popen(
