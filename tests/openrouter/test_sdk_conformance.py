@@ -320,7 +320,7 @@ async def test_the_sdk_chats_with_a_user_key_and_reads_the_emulators_refusals(
     key = timed_emulator.add_key(name="chatty", limit=Decimal("0.001"), limit_reset="monthly")
     gone = timed_emulator.add_key(name="gone")
     gone.disabled = True
-    hello = [{"role": "user", "content": "hello"}]
+    hello = [components.ChatUserMessage(role="user", content="hello")]
 
     async with httpx.AsyncClient(transport=timed_emulator.transport()) as http:
 
