@@ -69,8 +69,9 @@ class AgentClient:
         self._key_ttl_s = key_ttl_s
         self._refresh_wait_s = refresh_wait_s
         self._clock = clock
-        self._keys: dict[str, tuple[str, float]] = {}
+        self._keys: dict[str, tuple[str, float, str | None]] = {}  # secret, until, key id
         self._pending: dict[str, asyncio.Future[str]] = {}
+        self._refreshing: dict[str, tuple[str, asyncio.Future[str]]] = {}  # by refused secret
         self._generation: dict[str, int] = {}
         self._buffer: deque[UsageReport] = deque()
         self._buffer_size = buffer_size
@@ -165,8 +166,10 @@ class AgentClient:
         if not isinstance(secret, str) or not secret:
             raise AgentError(200, "no_secret", "the service revealed no secret")
         ttl_s = self._cache_period(body.get("cache_for_s"))
+        key = body.get("key")
+        key_id = key.get("id") if isinstance(key, dict) else None
         if self._generation.get(user_id, 0) == generation:  # not forgotten meanwhile
-            self._keys[user_id] = (secret, self._clock() + ttl_s)
+            self._keys[user_id] = (secret, self._clock() + ttl_s, key_id)
         return secret
 
     def _cache_period(self, advised: Any) -> float:
@@ -188,27 +191,47 @@ class AgentClient:
         self._generation[user_id] = self._generation.get(user_id, 0) + 1
 
     async def _fresh_key(self, user_id: str, refused: str) -> str:
-        """The user's key after OpenRouter refused ``refused``: revealed again, waiting (up to
-        refresh_wait_s) while the service still holds the refused one or none."""
+        """The user's key after OpenRouter refused ``refused``. Until the service names another
+        current key (an emergency disables the old one before it makes the new one), its
+        metadata is read, up to refresh_wait_s: no reveal, so no audit row, until a new key
+        is there to reveal."""
+        running = self._refreshing.get(user_id)
+        if running is not None and running[0] == refused:  # found by another call: wait with it
+            return await asyncio.shield(running[1])
+        cached = self._keys.get(user_id)
+        if cached is None or cached[0] != refused:  # another call refreshed it already
+            return await self.user_key(user_id)
+        refreshing = asyncio.ensure_future(self._new_key(user_id, refused, cached[2]))
+        self._refreshing[user_id] = (refused, refreshing)
+
+        def done(future: asyncio.Future[str]) -> None:
+            if self._refreshing.get(user_id, (None, None))[1] is future:
+                del self._refreshing[user_id]
+            if not future.cancelled():
+                future.exception()
+
+        refreshing.add_done_callback(done)
+        return await asyncio.shield(refreshing)
+
+    async def _new_key(self, user_id: str, refused: str, refused_id: str | None) -> str:
         self.forget_key(user_id, refused)
         deadline = self._clock() + self._refresh_wait_s
         delay = 0.1
-        while True:
+        while refused_id is not None:
             try:
-                key = await self.user_key(user_id)
+                body = await self._request("GET", f"/api/keys/user/{quote(user_id, safe='')}")
             except AgentError as error:
                 if error.status != 404 and not error.retryable:
                     raise
-                key = None
-            if key is not None and key != refused:
-                return key
+                body = None
+            key = body.get("key") if isinstance(body, dict) else None
+            if isinstance(key, dict) and key.get("id") != refused_id and not key.get("disabled"):
+                break
             if self._clock() + delay > deadline:
-                if key is None:
-                    raise AgentError(404, "no_current_key", f"{user_id} has no usable key")
-                return key  # the service still says this key: let OpenRouter's answer stand
+                break  # reveal what there is: OpenRouter's answer to it is the caller's
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            self.forget_key(user_id, key)
+        return await self.user_key(user_id)
 
     # -- one chat completion -------------------------------------------------------------
 

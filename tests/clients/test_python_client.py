@@ -191,7 +191,9 @@ async def test_an_emergency_rotation_in_a_stream_of_chats_fails_no_call(
     takes 1.5 s to make a key
     WHEN an admin starts an emergency rotation of the user's key in the middle of it, and the
     traffic goes on at once (the old key disabled first, the new one made 1.5 s later)
-    THEN OpenRouter refused the old key, yet every call succeeded, on the new key."""
+    THEN OpenRouter refused the old key, yet every call succeeded, on the new key, and the
+    client revealed twice: the first key, then the new one once it existed (it read the key's
+    metadata while the new key was being made, which reveals nothing)."""
     await _create_key(admin, user)
     before = await agent.user_key(user)
     slow = {"kind": "latency", "method": "POST", "path": "/keys", "delay_s": 1.5}
@@ -215,6 +217,7 @@ async def test_an_emergency_rotation_in_a_stream_of_chats_fails_no_call(
     assert [o for o in outcomes if o is not None] == []
     assert 401 in wire.refused_by_openrouter
     assert await agent.user_key(user) != before
+    assert wire.reveals == 2
 
 
 async def _until_refused(openrouter: httpx.AsyncClient, secret: str) -> None:
