@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -125,7 +126,7 @@ class AgentClient:
                 method, self._base_url + path, headers=self._headers, **kwargs
             )
         except httpx.HTTPError as error:
-            raise AgentError(0, "network_error", f"{type(error).__name__}: {error}") from error
+            raise AgentError(0, "network_error", _described(error)) from error
         if response.is_error:
             raise AgentError.of(response)
         return _decimal_json(response)
@@ -257,7 +258,7 @@ class AgentClient:
                     json=body,
                 )
             except httpx.HTTPError as error:
-                raise OpenRouterError(0, f"{type(error).__name__}: {error}") from error
+                raise OpenRouterError(0, _described(error)) from error
             if response.is_success:
                 completion = _decimal_json(response)
                 self._report_completion(user_id, completion, agent_name)
@@ -321,40 +322,51 @@ class AgentClient:
         user_id: str,
         generation_id: str,
         model: str,
-        cost_usd: Decimal | str | int,
+        cost_usd: Decimal | str | int | float,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         agent_name: str | None = None,
     ) -> None:
         """Buffer one generation for the background flusher. Never blocks and never raises
-        for the service's sake: a full buffer drops the report (counted in ``dropped``)."""
+        for the service's sake: an invalid report, one after close() and one that finds the
+        buffer full are dropped (counted in ``dropped``, logged)."""
+        if self._closed:
+            self._drop(generation_id, "the client is closed")
+            return
         try:
             event = UsageReport(
                 user_id=user_id,
                 generation_id=generation_id,
                 model=model,
-                cost_usd=Decimal(cost_usd) if not isinstance(cost_usd, Decimal) else cost_usd,
+                cost_usd=_money(cost_usd),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 agent_name=agent_name,
             )
-        except (ValueError, ArithmeticError):
-            self.dropped += 1
-            logger.warning("usage report of %s dropped: invalid", generation_id)
+        except (ValueError, TypeError, ArithmeticError):
+            self._drop(generation_id, "invalid")
             return
         if len(self._buffer) >= self._buffer_size:
-            self.dropped += 1
-            logger.warning(
-                "usage report of %s dropped: the buffer is full (%d dropped in all)",
-                generation_id,
-                self.dropped,
-            )
+            self._drop(generation_id, "the buffer is full")
             return
         self._buffer.append(event)
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
-        if self._flusher is None and not self._closed:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        if self._flusher is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside the loop: flush() or close() will send it
+                return
+            self._flusher = loop.create_task(self._flush_forever())
+
+    def _drop(self, generation_id: object, why: str) -> None:
+        self.dropped += 1
+        logger.warning(
+            "usage report of %.80s dropped: %s (%d dropped in all)",
+            generation_id,
+            why,
+            self.dropped,
+        )
 
     @property
     def buffered(self) -> int:
@@ -392,6 +404,11 @@ class AgentClient:
             try:
                 body = await self._request("POST", "/api/usage/log", json=payload)
             except AgentError as error:
+                if error.status == 413 and len(batch) > 1:  # one large event: not the others
+                    half = len(batch) // 2
+                    await self._send(batch[:half])
+                    await self._send(batch[half:])
+                    return
                 if not error.retryable or attempt == self._max_attempts:
                     self.failed += len(batch)
                     logger.error(
@@ -416,3 +433,21 @@ class AgentClient:
 def _decimal_json(response: httpx.Response) -> Any:
     # Money stays exact: JSON numbers with a fraction are read as Decimal, never float.
     return json.loads(response.content, parse_float=Decimal)
+
+
+def _money(amount: Decimal | str | int | float) -> Decimal:
+    # A float (from a plain json.loads of OpenRouter's answer) as it prints, 0.00016, not as
+    # its binary expansion, 0.000159999999999999995...; bool is no amount.
+    if isinstance(amount, bool):
+        raise TypeError("a cost is a number")
+    if isinstance(amount, float):
+        return Decimal(repr(amount))
+    return amount if isinstance(amount, Decimal) else Decimal(amount)
+
+
+_BEARER = re.compile(r"bearer\s+\S+", re.IGNORECASE)
+
+
+def _described(error: Exception) -> str:
+    # httpx quotes an illegal header value in its message: never a credential in an error.
+    return f"{type(error).__name__}: " + _BEARER.sub("Bearer [redacted]", str(error))

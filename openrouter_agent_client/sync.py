@@ -69,7 +69,8 @@ class SyncAgentClient:
         return self._run(self._client.user_key(user_id))
 
     def forget_key(self, user_id: str, secret: str | None = None) -> None:
-        self._loop.call_soon_threadsafe(self._client.forget_key, user_id, secret)
+        if not self._closed:
+            self._loop.call_soon_threadsafe(self._client.forget_key, user_id, secret)
 
     def chat(
         self, user_id: str, request: Mapping[str, Any], *, agent_name: str | None = None
@@ -93,12 +94,15 @@ class SyncAgentClient:
         user_id: str,
         generation_id: str,
         model: str,
-        cost_usd: Decimal | str | int,
+        cost_usd: Decimal | str | int | float,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         agent_name: str | None = None,
     ) -> None:
         """Hand one generation to the background loop's buffer; returns at once."""
+        if self._closed:  # the loop is gone: counted and logged as the client does
+            self._client.report(user_id, generation_id, model, cost_usd)
+            return
         self._loop.call_soon_threadsafe(
             self._client.report,
             user_id,

@@ -472,3 +472,61 @@ async def test_an_unreachable_service_is_retried_then_given_up_without_raising()
         "network_error",
         True,
     )
+
+
+async def test_what_a_service_hands_report_never_raises_and_good_events_survive_a_bad_one(
+    stack: Stack, admin: httpx.AsyncClient, user: str
+) -> None:
+    """GIVEN a client, and a service that refuses any request over 1 MB (413)
+    WHEN it is handed a float cost (as json.loads gives OpenRouter's), a None cost, and a
+    batch of 4 where one event's model is 2 MB; then a report after the client is closed
+    THEN report() never raises; the float is stored as it prints (0.00016); the None and the
+    late report are dropped and counted; the batch is split until the 3 good events are stored
+    and only the large one is given up."""
+    await _create_key(admin, user)
+    async with AgentClient(stack.agent_url, stack.service_token, batch_age_s=60) as client:
+        client.report(user, f"{user}-float", "openai/gpt-4o", 0.00016)
+        client.report(user, f"{user}-none", "openai/gpt-4o", None)  # type: ignore[arg-type]
+        await client.flush()
+        for n in range(4):
+            model = "m" * 2_000_000 if n == 2 else "openai/gpt-4o"
+            client.report(user, f"{user}-big-{n}", model, "0.01")
+        await client.flush()
+        usage = await client.usage(user)
+    client.report(user, f"{user}-late", "openai/gpt-4o", "0.01")
+
+    assert (client.stored, client.failed, client.dropped, client.buffered) == (4, 1, 2, 0)
+    assert (usage.events, usage.reported_usd) == (4, Decimal("0.03016"))
+
+
+async def test_a_token_never_appears_in_an_error_or_a_log_line(
+    stack: Stack, user: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GIVEN a service token read from a file with its newline (an illegal header value)
+    WHEN the client asks for usage and reports a generation it cannot send
+    THEN the error and the log lines say what failed without the token."""
+    caplog.set_level(logging.DEBUG, logger="openrouter_agent_client")
+    token = stack.service_token + "\n"
+    async with AgentClient(stack.agent_url, token, max_attempts=1) as client:
+        with pytest.raises(AgentError) as raised:
+            await client.usage(user)
+        client.report(user, f"{user}-x", "openai/gpt-4o", "0.01")
+        await client.flush()
+
+    assert raised.value.code == "network_error"
+    assert stack.service_token not in str(raised.value)
+    assert client.failed == 1
+    assert all(stack.service_token not in r.getMessage() for r in caplog.records)
+
+
+def test_the_sync_client_after_close_drops_and_counts_without_raising(stack: Stack) -> None:
+    """GIVEN a SyncAgentClient that was closed
+    WHEN its caller still reports and forgets a key
+    THEN nothing raises and the report is counted as dropped."""
+    agent = SyncAgentClient(stack.agent_url, stack.service_token)
+    agent.close()
+
+    agent.report("anyone", "gen-after-close", "openai/gpt-4o", "0.01")
+    agent.forget_key("anyone")
+
+    assert agent.client.dropped == 1
