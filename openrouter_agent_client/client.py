@@ -72,7 +72,8 @@ class AgentClient:
         self._clock = clock
         self._keys: dict[str, tuple[str, float, str | None]] = {}  # secret, until, key id
         self._pending: dict[str, asyncio.Future[str]] = {}
-        self._refreshing: dict[str, tuple[str, asyncio.Future[str]]] = {}  # by refused secret
+        self._refreshing: dict[str, tuple[str, asyncio.Future[str | None]]] = {}
+        self._unreplaced: dict[str, str] = {}  # user: id of a refused key with no successor
         self._generation: dict[str, int] = {}
         self._buffer: deque[UsageReport] = deque()
         self._buffer_size = buffer_size
@@ -144,7 +145,9 @@ class AgentClient:
             return cached[0]
         pending = self._pending.get(user_id)
         if pending is None:
-            pending = asyncio.ensure_future(self._reveal(user_id))
+            # the generation when asked: a forget from now on keeps this reveal out of the cache
+            generation = self._generation.get(user_id, 0)
+            pending = asyncio.ensure_future(self._reveal(user_id, generation))
             pending.add_done_callback(self._reveal_done(user_id))
             self._pending[user_id] = pending
         return await asyncio.shield(pending)
@@ -158,8 +161,7 @@ class AgentClient:
 
         return done
 
-    async def _reveal(self, user_id: str) -> str:
-        generation = self._generation.get(user_id, 0)
+    async def _reveal(self, user_id: str, generation: int) -> str:
         body = await self._request(
             "GET", f"/api/keys/user/{quote(user_id, safe='')}", params={"reveal": "true"}
         )
@@ -185,27 +187,30 @@ class AgentClient:
         same refused key at once cost one reveal, not one each.
         """
         cached = self._keys.get(user_id)
-        if secret is not None and (cached is None or cached[0] != secret):
-            return
+        if secret is not None and cached is not None and cached[0] != secret:
+            return  # another key is cached now: the refused one is already gone
         self._keys.pop(user_id, None)
         self._pending.pop(user_id, None)
         self._generation[user_id] = self._generation.get(user_id, 0) + 1
 
-    async def _fresh_key(self, user_id: str, refused: str) -> str:
-        """The user's key after OpenRouter refused ``refused``. Until the service names another
-        current key (an emergency disables the old one before it makes the new one), its
-        metadata is read, up to refresh_wait_s: no reveal, so no audit row, until a new key
-        is there to reveal."""
+    async def _fresh_key(self, user_id: str, refused: str) -> str | None:
+        """The user's key after OpenRouter refused ``refused``, or None when the service names
+        no other (an admin disabled it). Until the service names another current key (an
+        emergency disables the old one before it makes the new one), its metadata is read, up
+        to refresh_wait_s: no reveal, so no audit row, until a new key is there to reveal. One
+        wait per user however many calls found the key refused; a key already known to have no
+        replacement costs one metadata read, no wait."""
         running = self._refreshing.get(user_id)
         if running is not None and running[0] == refused:  # found by another call: wait with it
             return await asyncio.shield(running[1])
         cached = self._keys.get(user_id)
         if cached is None or cached[0] != refused:  # another call refreshed it already
             return await self.user_key(user_id)
-        refreshing = asyncio.ensure_future(self._new_key(user_id, refused, cached[2]))
+        wait_s = 0.0 if self._unreplaced.get(user_id) == cached[2] else self._refresh_wait_s
+        refreshing = asyncio.ensure_future(self._new_key(user_id, refused, cached[2], wait_s))
         self._refreshing[user_id] = (refused, refreshing)
 
-        def done(future: asyncio.Future[str]) -> None:
+        def done(future: asyncio.Future[str | None]) -> None:
             if self._refreshing.get(user_id, (None, None))[1] is future:
                 del self._refreshing[user_id]
             if not future.cancelled():
@@ -214,9 +219,10 @@ class AgentClient:
         refreshing.add_done_callback(done)
         return await asyncio.shield(refreshing)
 
-    async def _new_key(self, user_id: str, refused: str, refused_id: str | None) -> str:
-        self.forget_key(user_id, refused)
-        deadline = self._clock() + self._refresh_wait_s
+    async def _new_key(
+        self, user_id: str, refused: str, refused_id: str | None, wait_s: float
+    ) -> str | None:
+        deadline = self._clock() + wait_s
         delay = 0.1
         while refused_id is not None:
             try:
@@ -228,10 +234,17 @@ class AgentClient:
             key = body.get("key") if isinstance(body, dict) else None
             if isinstance(key, dict) and key.get("id") != refused_id and not key.get("disabled"):
                 break
-            if self._clock() + delay > deadline:
-                break  # reveal what there is: OpenRouter's answer to it is the caller's
-            await asyncio.sleep(delay)
+            left = deadline - self._clock()
+            if left <= 0:
+                # No other key: keep the refused one cached (a reveal a call would fill the
+                # audit; and if it is enabled again, the cached secret simply works again) and
+                # remember it, so the next call does not wait again.
+                self._unreplaced[user_id] = refused_id
+                return None
+            await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 1.0)
+        self._unreplaced.pop(user_id, None)
+        self.forget_key(user_id, refused)
         return await self.user_key(user_id)
 
     # -- one chat completion -------------------------------------------------------------
@@ -269,7 +282,10 @@ class AgentClient:
             if not refused.key_refused or attempt == 2:
                 raise refused
             logger.info("OpenRouter refused %s key (%d): revealing again", user_id, refused.status)
-            key = await self._fresh_key(user_id, key)
+            fresh = await self._fresh_key(user_id, key)
+            if fresh is None:  # the service names no other key: the refusal stands
+                raise refused
+            key = fresh
         raise AssertionError("unreachable")
 
     def _report_completion(self, user_id: str, completion: Any, agent_name: str | None) -> None:

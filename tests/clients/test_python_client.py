@@ -18,6 +18,7 @@ from openrouter_agent_client import (
     AgentClient,
     AgentError,
     BudgetExhausted,
+    OpenRouterError,
     SyncAgentClient,
 )
 from tests.clients.local_stack import Stack, running_stack
@@ -530,3 +531,83 @@ def test_the_sync_client_after_close_drops_and_counts_without_raising(stack: Sta
     agent.forget_key("anyone")
 
     assert agent.client.dropped == 1
+
+
+async def test_a_disabled_key_fails_fast_after_the_first_wait_and_works_once_enabled(
+    stack: Stack, admin: httpx.AsyncClient, wire: Wire, user: str
+) -> None:
+    """GIVEN a user whose key an admin disabled (the service names no other key)
+    WHEN their service makes three chat completions, and one more after the key is enabled
+    THEN the first fails after waiting refresh_wait_s for a new key, the next two at once
+    (no wait, no reveal), and the one after the enable succeeds on the same key."""
+    await _create_key(admin, user)
+    hooks: dict[str, list[Callable[..., Any]]] = {"request": [wire.request]}
+    async with (
+        httpx.AsyncClient(timeout=30, event_hooks=hooks) as http,
+        AgentClient(
+            stack.agent_url,
+            stack.service_token,
+            openrouter_base_url=stack.openrouter_url,
+            http=http,
+            refresh_wait_s=1.0,
+        ) as client,
+    ):
+        await client.chat(user, CHAT)
+        key_id = (await admin.get(f"/api/keys/user/{user}")).json()["key"]["id"]
+        assert (await admin.post(f"/api/keys/{key_id}/disable")).status_code == 200
+        took = []
+        for _ in range(3):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(OpenRouterError) as refused:
+                await client.chat(user, CHAT)
+            took.append(asyncio.get_running_loop().time() - started)
+            assert refused.value.status == 401
+        assert (await admin.post(f"/api/keys/{key_id}/enable")).status_code == 200
+        answer = await client.chat(user, CHAT)
+
+    assert took[0] >= 1.0
+    assert max(took[1:]) < 0.5
+    assert answer["id"].startswith("gen-")
+    assert wire.reveals == 1
+
+
+class HeldReveals(httpx.AsyncBaseTransport):
+    """Holds every reveal until the test releases it; says when one has arrived."""
+
+    def __init__(self) -> None:
+        self._real = httpx.AsyncHTTPTransport()
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
+        self.reveals = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("reveal"):
+            self.reveals += 1
+            self.arrived.set()
+            await self.released.wait()
+        return await self._real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+
+
+async def test_forgetting_a_key_during_its_reveal_keeps_the_reveal_out_of_the_cache(
+    stack: Stack, admin: httpx.AsyncClient, user: str
+) -> None:
+    """GIVEN a reveal of the user's key in flight (held at the transport) and nothing cached
+    WHEN the caller forgets the key it was refused with, then the reveal ends
+    THEN the reveal in flight was not cached: the next call reveals again."""
+    await _create_key(admin, user)
+    transport = HeldReveals()
+    async with (
+        httpx.AsyncClient(transport=transport, timeout=30) as http,
+        AgentClient(stack.agent_url, stack.service_token, http=http) as client,
+    ):
+        in_flight = asyncio.create_task(client.user_key(user))
+        await transport.arrived.wait()
+        client.forget_key(user, "sk-or-v1-the-refused-one")
+        transport.released.set()
+        await in_flight
+        await client.user_key(user)
+
+    assert transport.reveals == 2
