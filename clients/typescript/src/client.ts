@@ -1,7 +1,5 @@
 /** The client of openrouter-agent: a platform's view of its users' keys and usage. */
 
-import { createHash } from "node:crypto";
-
 import { toDecimalString } from "./decimal.js";
 import { AgentError, BudgetExhaustedError, OpenRouterError } from "./errors.js";
 import type {
@@ -9,6 +7,7 @@ import type {
   ChatOptions,
   ChatRequest,
   CurrentKey,
+  KeyInfo,
   Logger,
   RotationPolicy,
   Usage,
@@ -60,26 +59,36 @@ export interface AgentClientOptions {
   now?: () => number;
 }
 
-interface CachedKey {
+/** A revealed key, and until when the cache may serve it. */
+interface HeldKey {
   secret: string;
+  /** KeyInfo.id: how the service's metadata names this key without a reveal. */
+  id: string | undefined;
   expiresAt: number;
 }
 
 interface PendingReveal {
-  promise: Promise<string>;
+  promise: Promise<HeldKey>;
   /** The secret this reveal replaces (a refresh after OpenRouter refused it), if any. */
   replacing: string | undefined;
-}
-
-interface Revealed {
-  secret: string;
-  ttlMs: number;
 }
 
 interface OpenRouterAnswer {
   status: number;
   body: unknown;
   message: string;
+}
+
+/** OpenRouter refused `key` with `answer`. */
+interface Refusal {
+  key: HeldKey;
+  answer: OpenRouterAnswer;
+}
+
+interface Refreshed {
+  key: HeldKey;
+  /** Set when the service named no replacement in time: OpenRouter's refusal stands. */
+  standing?: Refusal;
 }
 
 /** A client of openrouter-agent. Make one per process and reuse it; `await close()` (or at
@@ -103,9 +112,13 @@ export class AgentClient {
   readonly #logger: Logger;
   readonly #now: () => number;
 
-  readonly #keys = new Map<string, CachedKey>();
+  readonly #keys = new Map<string, HeldKey>();
   readonly #pending = new Map<string, PendingReveal>();
   readonly #generation = new Map<string, number>();
+  /** Per user, a refusal that stands until the refused key's cache period ends: chat() repeats
+   * it at once, without waiting refreshWaitMs again, while the service's metadata shows no
+   * change. */
+  readonly #refused = new Map<string, Refusal>();
 
   #buffer: UsageEventBody[] = [];
   #flushing: Promise<void> = Promise.resolve();
@@ -208,92 +221,142 @@ export class AgentClient {
   /** The user's current OpenRouter key, revealed once per cache period and user; concurrent
    * calls for one user share one reveal (reveals are rate-limited and audited). */
   async userKey(userId: string): Promise<string> {
-    const cached = this.#keys.get(userId);
-    if (cached !== undefined && cached.expiresAt > this.#now()) return cached.secret;
+    return (await this.#currentKey(userId)).secret;
+  }
+
+  #currentKey(userId: string): Promise<HeldKey> {
+    const cached = this.#cachedKey(userId);
+    if (cached !== undefined) return Promise.resolve(cached);
     const pending = this.#pending.get(userId);
     if (pending !== undefined) return pending.promise;
     return this.#startReveal(userId, undefined);
   }
 
+  #cachedKey(userId: string): HeldKey | undefined {
+    const cached = this.#keys.get(userId);
+    return cached !== undefined && cached.expiresAt > this.#now() ? cached : undefined;
+  }
+
   /** Drops the user's cached key and any reveal in flight: the next userKey() reveals anew.
    * For OpenRouter's 401 with a key you got from userKey() (chat() does it by itself). With
-   * `secret`: only if that is the key cached, so that many calls that met the same refused key
-   * cost one reveal, not one each. */
+   * `secret`, a key other than that one cached, or the refresh in flight that replaces that one,
+   * is kept: many calls that met the same refused key cost one reveal, not one each. */
   forgetKey(userId: string, secret?: string): void {
-    if (secret !== undefined && this.#keys.get(userId)?.secret !== secret) return;
+    if (secret !== undefined) {
+      const cached = this.#cachedKey(userId);
+      // With nothing cached, a plain reveal in flight may answer `secret` again: it goes too.
+      const replaced =
+        cached === undefined
+          ? this.#pending.get(userId)?.replacing === secret
+          : cached.secret !== secret;
+      if (replaced) return;
+    }
     this.#keys.delete(userId);
     this.#pending.delete(userId);
+    this.#refused.delete(userId);
     this.#generation.set(userId, (this.#generation.get(userId) ?? 0) + 1);
   }
 
-  /** A key other than `stale`, which OpenRouter just refused: the one another call already
-   * refreshed, or the refresh in flight for the same stale key, else a new reveal. So a burst of
-   * calls that all hit the rotated key costs one reveal, not one each. */
-  #replacementKey(userId: string, stale: string): Promise<string> {
-    const cached = this.#keys.get(userId);
-    if (cached !== undefined && cached.secret !== stale && cached.expiresAt > this.#now()) {
-      return Promise.resolve(cached.secret);
+  /** The key for chat(): the user's current one, unless a refusal stands. Then one metadata read
+   * (no reveal, no wait) tells whether the service holds another key since, or shows the refused
+   * one enabled (worth one try); otherwise the refusal is repeated at once. */
+  async #keyToTry(userId: string): Promise<HeldKey> {
+    const refusal = this.#standingRefusal(userId);
+    if (refusal === undefined) return this.#currentKey(userId);
+    let info: KeyInfo | undefined;
+    try {
+      info = (await this.#request<CurrentKey>("GET", keyPath(userId))).key;
+    } catch (error) {
+      if (!isWaitable(error)) throw error;
     }
+    if (info !== undefined && !info.disabled) {
+      if (info.id === refusal.key.id) return refusal.key;
+      if (this.#refused.get(userId) === refusal) this.#refused.delete(userId);
+      return this.#replacementKey(userId, refusal);
+    }
+    throw refusalError(refusal.answer);
+  }
+
+  #standingRefusal(userId: string): Refusal | undefined {
+    const refusal = this.#refused.get(userId);
+    if (refusal === undefined || refusal.key.expiresAt > this.#now()) return refusal;
+    this.#refused.delete(userId); // its cache period is over: the next refusal waits again
+    return undefined;
+  }
+
+  /** A key other than the refused one: the one another call already refreshed, or the refresh
+   * in flight for the same key, else a new refresh. So a burst of calls that all hit the rotated
+   * key costs one reveal, not one each; a refusal that stands is answered without a wait. */
+  #replacementKey(userId: string, refusal: Refusal): Promise<HeldKey> {
+    const stale = refusal.key.secret;
+    if (this.#standingRefusal(userId)?.key.secret === stale) return Promise.resolve(refusal.key);
+    const cached = this.#cachedKey(userId);
+    if (cached !== undefined && cached.secret !== stale) return Promise.resolve(cached);
     const pending = this.#pending.get(userId);
     if (pending !== undefined && pending.replacing === stale) return pending.promise;
     this.forgetKey(userId);
-    return this.#startReveal(userId, stale);
+    return this.#startReveal(userId, refusal);
   }
 
-  #startReveal(userId: string, replacing: string | undefined): Promise<string> {
+  #startReveal(userId: string, refusal: Refusal | undefined): Promise<HeldKey> {
     const generation = this.#generation.get(userId) ?? 0;
-    const revealing =
-      replacing === undefined ? this.#reveal(userId) : this.#refresh(userId, replacing);
+    const revealing: Promise<Refreshed> =
+      refusal === undefined
+        ? this.#reveal(userId).then((key) => ({ key }))
+        : this.#refresh(userId, refusal);
     const promise = revealing
-      .then(({ secret, ttlMs }) => {
+      .then(({ key, standing }) => {
         // A forgetKey() since this reveal started means its answer may be the old key.
-        if ((this.#generation.get(userId) ?? 0) === generation && ttlMs > 0) {
-          this.#keys.set(userId, { secret, expiresAt: this.#now() + ttlMs });
+        if ((this.#generation.get(userId) ?? 0) === generation) {
+          if (key.expiresAt > this.#now()) this.#keys.set(userId, key);
+          if (standing !== undefined) this.#refused.set(userId, standing);
         }
-        return secret;
+        return key;
       })
       .finally(() => {
         if (this.#pending.get(userId)?.promise === promise) this.#pending.delete(userId);
       });
-    this.#pending.set(userId, { promise, replacing });
+    this.#pending.set(userId, { promise, replacing: refusal?.key.secret });
     return promise;
   }
 
-  async #reveal(userId: string): Promise<Revealed> {
+  async #reveal(userId: string): Promise<HeldKey> {
     const answer = await this.#request<CurrentKey>("GET", `${keyPath(userId)}?reveal=true`);
     const secret = answer.secret;
     if (typeof secret !== "string" || !secret) {
       throw new AgentError(200, "no_secret", "the service revealed no secret");
     }
-    return { secret, ttlMs: this.#ttlMs(answer.cache_for_s) };
+    const info = answer.key as Partial<KeyInfo> | undefined; // a malformed answer: no id to compare
+    const id = typeof info?.id === "string" ? info.id : undefined;
+    return { secret, id, expiresAt: this.#now() + this.#ttlMs(answer.cache_for_s) };
   }
 
-  /** The key after OpenRouter refused `refused`: one reveal, once the service's current key is
-   * another one that is not disabled. Until then it asks for the key's metadata only (not a
+  /** The key after OpenRouter refused one: one reveal, once the service's current key is another
+   * one (by its id) that is not disabled. Until then it asks for the key's metadata only (not a
    * reveal: those are rate-limited), up to refreshWaitMs: OpenRouter can refuse a key a moment
    * before the service shows its replacement (a rotation in progress, an emergency's disabling
-   * before its new key). If the service still holds the refused key then, OpenRouter's refusal
-   * stands, and the key stays cached: a key disabled for good costs no reveal per request. */
-  async #refresh(userId: string, refused: string): Promise<Revealed> {
-    const refusedFingerprint = fingerprint(refused);
+   * before its new key). If the service still holds the refused key then, the refusal stands,
+   * and the key stays cached: a key disabled for good costs no reveal per request. */
+  async #refresh(userId: string, refusal: Refusal): Promise<Refreshed> {
+    const refusedId = refusal.key.id;
+    if (refusedId === undefined) return { key: await this.#reveal(userId) }; // nothing to compare
     const deadline = this.#now() + this.#refreshWaitMs;
     for (let delay = FIRST_POLL_MS; ; delay = Math.min(delay * 2, MAX_POLL_MS)) {
       let lastError: AgentError | undefined;
       try {
         const { key } = await this.#request<CurrentKey>("GET", keyPath(userId));
-        const replaced = key.fingerprint !== refusedFingerprint && !key.disabled;
-        if (replaced) return await this.#reveal(userId);
+        if (key.id !== refusedId && !key.disabled) return { key: await this.#reveal(userId) };
       } catch (error) {
         // No current key (between an emergency's revoking and its new key), or a passing failure.
-        const waitable = error instanceof AgentError && (error.status === 404 || error.retryable);
-        if (!waitable) throw error;
+        if (!isWaitable(error)) throw error;
         lastError = error;
       }
-      if (this.#now() + delay > deadline) {
+      const left = deadline - this.#now();
+      if (left <= 0) {
         if (lastError !== undefined) throw lastError;
-        return { secret: refused, ttlMs: this.#ttlMs(undefined) };
+        return { key: refusal.key, standing: refusal };
       }
-      await sleep(delay, true);
+      await sleep(Math.min(delay, left), true); // the last look is at the deadline, not before
     }
   }
 
@@ -319,18 +382,20 @@ export class AgentClient {
       throw new TypeError("chat() asks for whole completions: stream is not supported");
     }
     const body = JSON.stringify({ ...request, usage: { ...request.usage, include: true } });
-    const key = await this.userKey(userId);
-    let answer = await this.#complete(key, body, options.signal);
+    const key = await this.#keyToTry(userId);
+    let answer = await this.#complete(key.secret, body, options.signal);
     if (isRefusedKey(answer)) {
-      const fresh = await this.#replacementKey(userId, key);
-      if (fresh !== key) answer = await this.#complete(fresh, body, options.signal);
+      const fresh = await this.#replacementKey(userId, { key, answer });
+      if (fresh.secret !== key.secret) {
+        answer = await this.#complete(fresh.secret, body, options.signal);
+      }
+    } else if (this.#refused.get(userId)?.key.secret === key.secret) {
+      this.#refused.delete(userId); // the refused key works again: enabled again
     }
     if (isBudgetRefusal(answer)) {
       throw new BudgetExhaustedError(answer.status, answer.message, userId, answer.body);
     }
-    if (answer.status < 200 || answer.status > 299) {
-      throw new OpenRouterError(answer.status, answer.message, answer.body);
-    }
+    if (answer.status < 200 || answer.status > 299) throw refusalError(answer);
     const completion = answer.body as ChatCompletion;
     if (completion === null || typeof completion !== "object" || Array.isArray(completion)) {
       throw new OpenRouterError(
@@ -414,31 +479,32 @@ export class AgentClient {
 
   // -- usage reports ------------------------------------------------------------------------
 
-  /** Buffers one generation for the background flush. Never blocks and never throws: a full
-   * buffer or an invalid report is dropped (counted in `dropped`, logged). */
+  /** Buffers one generation for the background flush. Never blocks and never throws: an invalid
+   * report, one after close() and one that finds the buffer full are dropped (counted in
+   * `dropped`, logged). */
   report(event: UsageReport): void {
+    // Nothing would send it: close() has flushed, and the timer no longer runs.
+    if (this.#closed) return this.#drop(event?.generationId, "the client is closed");
     let body: UsageEventBody;
     try {
       body = eventBody(event);
     } catch (error) {
-      this.#counts.dropped += 1;
-      this.#logger.warn(
-        `openrouter-agent-client: usage report of ${String(event?.generationId)} dropped: ` +
-          describe(error),
-      );
-      return;
+      return this.#drop(event?.generationId, describe(error));
     }
     if (this.#buffer.length >= this.#bufferSize) {
-      this.#counts.dropped += 1;
-      this.#logger.warn(
-        `openrouter-agent-client: usage report of ${body.generation_id} dropped: the buffer ` +
-          `is full (${this.#bufferSize}; ${this.#counts.dropped} dropped in all)`,
-      );
-      return;
+      return this.#drop(body.generation_id, `the buffer is full (${this.#bufferSize} reports)`);
     }
     this.#buffer.push(body);
     this.#armTimer();
     if (this.#buffer.length >= this.#batchSize) this.#flushInBackground(true);
+  }
+
+  #drop(generationId: unknown, why: string): void {
+    this.#counts.dropped += 1;
+    this.#logger.warn(
+      `openrouter-agent-client: usage report of ${String(generationId)} dropped: ${why}; ` +
+        `${this.#counts.dropped} dropped in all`,
+    );
   }
 
   #armTimer(): void {
@@ -518,11 +584,22 @@ export class AgentClient {
           caught instanceof AgentError
             ? caught
             : new AgentError(0, "network_error", describe(caught));
+        if (error.status === 413 && batch.length > 1) {
+          // Over the service's body limit: halves, down to the oversized event alone.
+          const half = Math.floor(batch.length / 2);
+          await this.#send(batch.slice(0, half));
+          await this.#send(batch.slice(half));
+          return;
+        }
         if (!error.retryable || attempt >= this.#maxAttempts) {
           this.#counts.failed += batch.length;
+          const what =
+            batch.length === 1
+              ? `usage report of ${batch[0]?.generation_id}`
+              : `usage batch of ${batch.length} events`;
           this.#logger.error(
-            `openrouter-agent-client: usage batch of ${batch.length} events given up after ` +
-              `${attempt} attempts: ${error.toString()}`,
+            `openrouter-agent-client: ${what} given up after ${attempt} attempts: ` +
+              error.toString(),
           );
           return;
         }
@@ -568,9 +645,13 @@ function keyPath(userId: string): string {
   return `/api/keys/user/${encodeURIComponent(userId)}`;
 }
 
-/** The service's name for a secret (KeyInfo.fingerprint): which key it holds, without a reveal. */
-function fingerprint(secret: string): string {
-  return `sha256:${createHash("sha256").update(secret).digest("hex").slice(0, 16)}`;
+/** The service has no current key (404), or failed for now: worth another look. */
+function isWaitable(error: unknown): error is AgentError {
+  return error instanceof AgentError && (error.status === 404 || error.retryable);
+}
+
+function refusalError(answer: OpenRouterAnswer): OpenRouterError {
+  return new OpenRouterError(answer.status, answer.message, answer.body);
 }
 
 function openRouterMessage(body: unknown, text: string): string {

@@ -3,7 +3,6 @@
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
 import { test } from "node:test";
 
 import { AgentClient, AgentError, OpenRouterError, type AgentClientOptions } from "../src/index.js";
@@ -12,13 +11,15 @@ import { MemoryLogger } from "./helpers.js";
 const json = (status: number, body: unknown, headers: Record<string, string> = {}): Response =>
   new Response(JSON.stringify(body), { status, headers });
 
-const fingerprint = (secret: string): string =>
-  `sha256:${createHash("sha256").update(secret).digest("hex").slice(0, 16)}`;
+/** The scripted service's id of a secret's key (KeyInfo.id). */
+const idOf = (secret: string): string => `key-${secret}`;
 
-/** A scripted service and OpenRouter: reveals answer `secrets` in turn; the key's metadata
- * (GET without reveal) names the secret the next reveal answers, unless `meta` says otherwise. */
+/** A scripted service and OpenRouter: reveals answer `secrets` in turn (or what `holding` says);
+ * the key's metadata (GET without reveal) names the key the next reveal answers, unless `meta`
+ * says otherwise. */
 class Script {
   secrets: string[] = [];
+  holding: (() => string) | undefined; // the secret the service holds now, if not `secrets`
   cacheForS: number | null = 240;
   reveals = 0;
   lookups = 0; // GETs of the key's metadata, without reveal
@@ -30,19 +31,18 @@ class Script {
   readonly fetch: typeof globalThis.fetch = async (input, init) => {
     const url = new URL(String(input));
     if (url.pathname.startsWith("/api/keys/user/")) {
-      const secret = this.secrets[Math.min(this.reveals, this.secrets.length - 1)] ?? "";
+      const secret =
+        this.holding?.() ?? this.secrets[Math.min(this.reveals, this.secrets.length - 1)] ?? "";
       if (url.searchParams.get("reveal") !== "true") {
         this.lookups += 1;
         const scripted = this.meta?.(this.lookups);
         if (scripted !== undefined) return scripted;
-        return json(200, {
-          secret: null,
-          key: { fingerprint: fingerprint(secret), disabled: false },
-        });
+        return json(200, { secret: null, key: { id: idOf(secret), disabled: false } });
       }
       this.reveals += 1;
       await this.gate;
-      return json(200, { secret, cache_for_s: this.cacheForS, key: { disabled: false } });
+      const key = { id: idOf(secret), disabled: false };
+      return json(200, { secret, cache_for_s: this.cacheForS, key });
     }
     if (url.pathname.endsWith("/chat/completions")) {
       const key = new Headers(init?.headers).get("authorization")?.slice(7) ?? "";
@@ -90,6 +90,43 @@ test("a reveal in flight when the key is forgotten does not fill the cache", asy
   assert.equal(await client.userKey("u"), "sk-new"); // ...but the cache does not keep it
   assert.equal(await client.userKey("u"), "sk-new");
   assert.equal(script.reveals, 2);
+});
+
+test("forgetKey(userId, secret) with nothing cached drops the reveal in flight", async () => {
+  const script = new Script();
+  script.secrets = ["sk-old", "sk-new"];
+  let open!: () => void;
+  script.gate = new Promise((resolve) => (open = resolve));
+  const client = script.client();
+
+  const inFlight = client.userKey("u"); // may answer the key the caller below found refused
+  client.forgetKey("u", "sk-old");
+  open();
+  assert.equal(await inFlight, "sk-old");
+  assert.equal(await client.userKey("u"), "sk-new", "the in-flight answer was not cached");
+  assert.equal(script.reveals, 2);
+});
+
+test("forgetKey(userId, secret) spares the refresh in flight that replaces that key", async () => {
+  const script = new Script();
+  script.secrets = ["sk-1", "sk-2"];
+  script.chat = (key) =>
+    key === "sk-1" ? json(401, { error: { message: "User not found." } }) : json(200, completion());
+  let lookedUp!: () => void;
+  const firstLookup = new Promise<void>((resolve) => (lookedUp = resolve));
+  script.meta = (lookup) => {
+    lookedUp();
+    return lookup === 1 ? json(200, { secret: null, key: { id: idOf("sk-1") } }) : undefined;
+  };
+  const client = script.client();
+  await client.userKey("u");
+
+  const chat = client.chat("u", HELLO); // meets sk-1's refusal and waits for its replacement
+  await firstLookup;
+  client.forgetKey("u", "sk-1"); // another caller that met sk-1
+  assert.equal((await chat).id, "gen-1");
+  assert.equal(await client.userKey("u"), "sk-2", "the refresh's key was cached");
+  assert.equal(script.reveals, 2, "the initial reveal and one refresh");
 });
 
 test("forgetKey(userId, secret) forgets only that key", async () => {
@@ -200,12 +237,12 @@ test("a refresh waits while the service still holds the refused key, then reveal
   script.secrets = ["sk-1", "sk-2"];
   script.chat = (key) =>
     key === "sk-1" ? json(401, { error: { message: "User not found." } }) : json(200, completion());
-  const held = { fingerprint: fingerprint("sk-1"), disabled: false };
+  const held = { id: idOf("sk-1"), disabled: false };
   script.meta = (lookup) =>
     lookup === 1
       ? json(200, { secret: null, key: held }) // the rotation not shown yet
       : lookup === 2
-        ? json(200, { secret: null, key: { fingerprint: fingerprint("sk-x"), disabled: true } })
+        ? json(200, { secret: null, key: { id: idOf("sk-x"), disabled: true } })
         : lookup === 3
           ? json(404, { error: { code: "no_current_key", message: "none", request_id: "r" } })
           : undefined; // the new key
@@ -214,6 +251,29 @@ test("a refresh waits while the service still holds the refused key, then reveal
   assert.equal((await client.chat("u", HELLO)).id, "gen-1");
   assert.equal(script.lookups, 4);
   assert.equal(script.reveals, 2, "the initial reveal and one refresh");
+  assert.deepEqual(
+    script.chats.map((c) => c.key),
+    ["sk-1", "sk-2"],
+  );
+});
+
+test("a refresh compares key ids: a fingerprint of another scheme does not end the wait", async () => {
+  const script = new Script();
+  let rotated = false; // the service shows the rotation from the 3rd metadata read on
+  script.holding = () => (rotated ? "sk-2" : "sk-1");
+  script.chat = (key) =>
+    key === "sk-1" ? json(401, { error: { message: "User not found." } }) : json(200, completion());
+  script.meta = (lookup) => {
+    rotated ||= lookup >= 3;
+    const secret = rotated ? "sk-2" : "sk-1";
+    const key = { id: idOf(secret), fingerprint: `blake3:${secret}`, disabled: false };
+    return json(200, { secret: null, key });
+  };
+  const client = script.client();
+
+  assert.equal((await client.chat("u", HELLO)).id, "gen-1");
+  assert.equal(script.lookups, 3, "waited while the service named the refused key's id");
+  assert.equal(script.reveals, 2, "the initial reveal and one refresh, of the new key");
   assert.deepEqual(
     script.chats.map((c) => c.key),
     ["sk-1", "sk-2"],
@@ -232,8 +292,37 @@ test("a refresh gives up after refreshWaitMs: OpenRouter's refusal stands, no re
   assert.equal(script.reveals, 1, "the service holds the refused key: nothing to reveal");
   assert.equal(script.chats.length, 1, "no second try with the refused key");
 
-  await client.chat("u", HELLO).catch(() => undefined);
+  const again = await client.chat("u", HELLO).catch((caught: unknown) => caught);
+  assert.ok(again instanceof OpenRouterError && again.status === 401, String(again));
   assert.equal(script.reveals, 1, "the refused key stays cached: no reveal per request");
+});
+
+test("a refusal that stands fails at once while the service shows the key disabled", async () => {
+  const script = new Script();
+  script.secrets = ["sk-1"];
+  let disabled = true;
+  script.chat = () =>
+    disabled ? json(401, { error: { message: "User not found." } }) : json(200, completion());
+  script.meta = () => json(200, { secret: null, key: { id: idOf("sk-1"), disabled } });
+  const client = script.client({ refreshWaitMs: 300 });
+  const refused = async (): Promise<number> => {
+    const started = performance.now();
+    const error = await client.chat("u", HELLO).catch((caught: unknown) => caught);
+    assert.ok(error instanceof OpenRouterError && error.status === 401, String(error));
+    assert.equal(error.message, "User not found.");
+    return performance.now() - started;
+  };
+
+  assert.ok((await refused()) >= 290, "the first call waits refreshWaitMs for a replacement");
+  const [lookups, chats] = [script.lookups, script.chats.length];
+  assert.ok((await refused()) < 100, "a later call does not wait again");
+  assert.equal(script.lookups - lookups, 1, "one metadata read");
+  assert.equal(script.chats.length - chats, 0, "a key the service shows disabled is not tried");
+
+  disabled = false; // enabled again: the same key
+  assert.equal((await client.chat("u", HELLO)).id, "gen-1");
+  assert.equal((await client.chat("u", HELLO)).id, "gen-1");
+  assert.equal(script.reveals, 1, "the refused key stayed cached");
 });
 
 test("a 403 that is not about money is a stale key too; other refusals are not", async () => {
@@ -377,6 +466,17 @@ test("report() never throws: an invalid report is dropped and logged", () => {
   assert.equal(client.dropped, 4);
   assert.equal(client.buffered, 0);
   assert.equal(logger.warnings.length, 4);
+});
+
+test("a report after close() is dropped, counted and logged", async () => {
+  const logger = new MemoryLogger();
+  const client = new Script().client({ logger });
+  await client.close();
+  client.report({ userId: "u", generationId: "g-late", model: "m", costUsd: "0.1" });
+
+  assert.equal(client.dropped, 1);
+  assert.equal(client.buffered, 0);
+  assert.match(logger.warnings[0] ?? "", /g-late dropped: the client is closed/);
 });
 
 test("AgentError: the envelope, the header's request id, no answer at all", async () => {

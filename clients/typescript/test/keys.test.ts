@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AgentClient, BudgetExhaustedError } from "../src/index.js";
+import { AgentClient, BudgetExhaustedError, OpenRouterError } from "../src/index.js";
 import type { RunningStack } from "../tools/stack.js";
 import {
   admin,
@@ -209,6 +209,45 @@ test("a spent budget throws BudgetExhaustedError, without a refresh", async () =
       ["/openrouter/api/v1/chat/completions", "/openrouter/api/v1/chat/completions"],
       "one request per call, and no key refresh: a budget refusal is not a stale key",
     );
+  } finally {
+    await client.close();
+  }
+});
+
+test("a disabled key: one wait of refreshWaitMs, then at once; enabled again, it works", async () => {
+  const recorder = new Recorder();
+  const client = newClient(stack(), { fetch: recorder.fetch, refreshWaitMs: 500 });
+  const user = "keys-disabled";
+  try {
+    await createKey(stack(), user);
+    await client.chat(user, HELLO);
+    const current = await admin(stack(), "GET", `/api/keys/user/${user}`);
+    const keyId = String((current.body["key"] as Record<string, unknown>)["id"]);
+    const disabled = await admin(stack(), "POST", `/api/keys/${keyId}/disable`);
+    assert.equal(disabled.status, 200, JSON.stringify(disabled.body));
+
+    const refused = async (): Promise<{ ms: number; calls: Call[] }> => {
+      const [start, started] = [recorder.calls.length, performance.now()];
+      const error = await client.chat(user, HELLO).catch((caught: unknown) => caught);
+      assert.ok(error instanceof OpenRouterError, String(error));
+      assert.ok(!(error instanceof BudgetExhaustedError), String(error));
+      assert.equal(error.status, 401);
+      return { ms: performance.now() - started, calls: recorder.calls.slice(start) };
+    };
+    const first = await refused();
+    assert.ok(first.ms >= 450, `the first refusal waited ${first.ms} ms for a replacement`);
+    const second = await refused();
+    assert.ok(second.ms < 150, `the second refusal took ${second.ms} ms`);
+    assert.deepEqual(
+      second.calls.map((c) => `${c.method} ${c.url.pathname}${c.url.search}`),
+      [`GET /api/keys/user/${user}`],
+      "one metadata read: no reveal, no request to OpenRouter",
+    );
+
+    const enabled = await admin(stack(), "POST", `/api/keys/${keyId}/enable`);
+    assert.equal(enabled.status, 200, JSON.stringify(enabled.body));
+    assert.match((await client.chat(user, HELLO)).id, /^gen-/);
+    assert.match((await client.chat(user, HELLO)).id, /^gen-/);
   } finally {
     await client.close();
   }

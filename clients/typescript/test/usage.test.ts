@@ -171,6 +171,34 @@ test("retries give up after maxAttempts: counted in failed and logged", async ()
   assert.match(logger.errors[0] ?? "", /given up after 3 attempts/);
 });
 
+test("a batch over the service's body limit is split: only the oversized event fails", async () => {
+  const user = "usage-oversized";
+  await createKey(stack(), user);
+  const recorder = new Recorder();
+  const logger = new MemoryLogger();
+  const client = newClient(stack(), { fetch: recorder.fetch, batchAgeMs: 60_000, logger });
+  try {
+    const huge = { ...event(user, 3), model: "m".repeat(2_000_000) }; // over the 1 MB limit
+    for (const report of [event(user, 1), event(user, 2), huge, event(user, 4)]) {
+      client.report(report);
+    }
+    await client.flush();
+
+    assert.equal(client.stored, 3);
+    assert.equal(client.failed, 1);
+    assert.deepEqual(
+      recorder.usagePosts.map((c) => c.status),
+      [413, 200, 413, 413, 200],
+      "4, then halves of 2, then the oversized one alone",
+    );
+    assert.equal(logger.errors.length, 1);
+    assert.match(logger.errors[0] ?? "", /gen-usage-oversized-3 given up.*payload_too_large/);
+    assert.equal((await client.usage(user)).events, 3);
+  } finally {
+    await client.close();
+  }
+});
+
 test("the service's refusals are counted: per event rejected, a whole batch failed", async () => {
   const logger = new MemoryLogger();
   const client = newClient(stack(), { logger });
