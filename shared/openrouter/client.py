@@ -5,8 +5,11 @@ Retry policy, the part that matters most:
   with exponential backoff and full jitter, honouring Retry-After.
 - POST /keys is retried only on 429, which refuses a call before it does anything. A create
   whose outcome we cannot know (timeout, 5xx, lost or unreadable response) raises
-  OpenRouterOutcomeUnknown so the caller reconciles by key name.
-- DELETE answering 404 means the key is already gone: success.
+  OpenRouterOutcomeUnknown so the caller reconciles by key name. POST /guardrails likewise
+  (reconcile by guardrail name).
+- The guardrail key (un)assignments are POSTs that set where keys stand, so repeating one is
+  harmless: they are retried like reads.
+- DELETE answering 404 means the key (or guardrail) is already gone: success.
 - GET /generation answering 404 means "not ready yet, or unknown": OpenRouterGenerationNotFound,
   never retried here (the caller asks again later).
 
@@ -20,7 +23,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -51,11 +54,13 @@ from shared.openrouter.models import (
     Credits,
     CurrentKey,
     Generation,
+    Guardrail,
+    GuardrailKeyAssignment,
     InvalidOpenRouterPayload,
 )
 
 LimitReset = Literal["daily", "weekly", "monthly"]
-PAGE_SIZE: Final = 100
+PAGE_SIZE: Final = 100  # GET /keys's fixed page, and the largest page the guardrail lists take
 _RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 # 4xx answers that do not refuse the request itself: 401 and 403 say our management key does
 # not work (our configuration: unavailable until it is fixed), 404 that the key is gone (the
@@ -116,6 +121,15 @@ def _money_to_json(amount: Decimal | None) -> float | None:
     return None if amount is None else float(amount)
 
 
+def _names_to_json(names: Sequence[str] | None, field: str) -> list[str] | None:
+    """An allowlist as OpenRouter takes it: None (no restriction) or at least one name."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not names:
+        raise ValueError(f"{field} must be None or a non-empty list of names")
+    return list(names)
+
+
 def expires_at_to_json(moment: datetime) -> str:
     """An expiry as OpenRouter takes it: the same instant in UTC, with seconds, "...Z".
 
@@ -132,6 +146,19 @@ def expires_at_to_json(moment: datetime) -> str:
             "(datetime(..., tzinfo=UTC)), it is sent converted to UTC"
         )
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hashes_to_json(key_hashes: Sequence[str]) -> list[str]:
+    if isinstance(key_hashes, str) or not key_hashes or not all(key_hashes):
+        raise ValueError("key_hashes must be a non-empty list of key hashes")
+    return list(key_hashes)
+
+
+def _count(body: Any, field: str, what: str) -> int:
+    value = body.get(field) if isinstance(body, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OpenRouterInvalidResponse(f"{what}: response has no {field}")
+    return value
 
 
 def _parse(parser: Callable[[Any], T], data: Any, what: str) -> T:
@@ -209,8 +236,10 @@ class OpenRouterClient:
         *,
         params: Mapping[str, str | int] | None = None,
         body: Mapping[str, Any] | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
-        retryable = method != "POST"
+        # A POST is retried only when it is idempotent (its caller says so); the rest always.
+        retryable = method != "POST" if idempotent is None else idempotent
         attempt = 0
         while True:
             started = time.perf_counter()
@@ -431,6 +460,182 @@ class OpenRouterClient:
     async def get_credits(self) -> Credits:
         data = self._data(await self._request("GET", "/credits"), "credits")
         return _parse(Credits.from_json, data, "credits")
+
+    async def list_guardrails(
+        self, *, offset: int = 0, limit: int = PAGE_SIZE, workspace_id: str | None = None
+    ) -> list[Guardrail]:
+        """One page of GET /guardrails (at most `limit`, 1 to 100): the default workspace's
+        guardrails unless workspace_id says, its default guardrail among them."""
+        params: dict[str, str | int] = {"offset": offset, "limit": limit}
+        if workspace_id is not None:
+            params["workspace_id"] = workspace_id
+        body = await self._request("GET", "/guardrails", params=params)
+        data = self._data(body, "list guardrails")
+        if not isinstance(data, list):
+            raise OpenRouterInvalidResponse("list guardrails: data is not a list")
+        return [_parse(Guardrail.from_json, item, "list guardrails") for item in data]
+
+    async def list_all_guardrails(self, *, workspace_id: str | None = None) -> list[Guardrail]:
+        """Every guardrail of a workspace, paging by offset until a short page; de-duplicated
+        by id (a guardrail created while we page shifts later pages)."""
+        seen: dict[str, Guardrail] = {}
+        offset = 0
+        while True:
+            page = await self.list_guardrails(offset=offset, workspace_id=workspace_id)
+            for guardrail in page:
+                seen.setdefault(guardrail.id, guardrail)
+            if len(page) < PAGE_SIZE:
+                return list(seen.values())
+            offset += PAGE_SIZE
+
+    async def create_guardrail(
+        self,
+        *,
+        name: str,
+        description: str | None = None,
+        limit_usd: Decimal | None = None,
+        reset_interval: LimitReset | None = None,
+        allowed_models: Sequence[str] | None = None,
+        allowed_providers: Sequence[str] | None = None,
+        include_byok_in_budgets: bool | None = None,
+        workspace_id: str | None = None,
+    ) -> Guardrail:
+        """POST /guardrails, exactly once (it is not idempotent): a guardrail that enforces
+        nothing until keys are assigned to it. A budget is limit_usd per key per reset_interval
+        (UTC windows); OpenRouter refuses one without the other, so does this (ValueError,
+        before anything is sent), and an empty allowlist (None allows everything). An
+        unknown outcome raises OpenRouterOutcomeUnknown: reconcile by name
+        (list_all_guardrails)."""
+        if (limit_usd is None) != (reset_interval is None):
+            raise ValueError("limit_usd and reset_interval go together: give both or neither")
+        body: dict[str, Any] = {"name": name}
+        if description is not None:
+            body["description"] = description
+        if limit_usd is not None:
+            body["limit_usd"] = _money_to_json(limit_usd)
+            body["reset_interval"] = reset_interval
+        for field, names in (
+            ("allowed_models", allowed_models),
+            ("allowed_providers", allowed_providers),
+        ):
+            if names is not None:
+                body[field] = _names_to_json(names, field)
+        if include_byok_in_budgets is not None:
+            body["include_byok_in_budgets"] = include_byok_in_budgets
+        if workspace_id is not None:
+            body["workspace_id"] = workspace_id
+        response = await self._request("POST", "/guardrails", body=body)
+        try:
+            return Guardrail.from_json(self._data(response, "create guardrail"))
+        except (InvalidOpenRouterPayload, OpenRouterInvalidResponse) as exc:
+            # The guardrail exists at OpenRouter but we could not read it: reconcile by name.
+            raise OpenRouterOutcomeUnknown(f"create guardrail: {exc}", status_code=201) from exc
+
+    async def get_guardrail(self, guardrail_id: str) -> Guardrail:
+        """GET /guardrails/{id}; OpenRouterNotFound for an unknown id, and for a workspace
+        default guardrail not configured yet."""
+        data = self._data(await self._request("GET", f"/guardrails/{guardrail_id}"), "guardrail")
+        return _parse(Guardrail.from_json, data, "get guardrail")
+
+    async def update_guardrail(
+        self,
+        guardrail_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        description: str | _Unset | None = UNSET,
+        limit_usd: Decimal | _Unset | None = UNSET,
+        reset_interval: LimitReset | _Unset | None = UNSET,
+        allowed_models: Sequence[str] | _Unset | None = UNSET,
+        allowed_providers: Sequence[str] | _Unset | None = UNSET,
+        include_byok_in_budgets: bool | _Unset = UNSET,
+    ) -> Guardrail:
+        """PATCH /guardrails/{id} with only the fields given (None is sent, meaning 'remove':
+        no budget, no allowlist). Lists replace the guardrail's whole. Changing a budget keeps
+        what was spent in its window (OpenRouter has no manual reset). To remove a budget send
+        limit_usd=None and reset_interval=None together."""
+        body: dict[str, Any] = {}
+        for field, value in (
+            ("name", name),
+            ("description", description),
+            ("reset_interval", reset_interval),
+            ("include_byok_in_budgets", include_byok_in_budgets),
+        ):
+            if value is not UNSET:
+                body[field] = value
+        if not isinstance(limit_usd, _Unset):
+            body["limit_usd"] = _money_to_json(limit_usd)
+        for field, names in (
+            ("allowed_models", allowed_models),
+            ("allowed_providers", allowed_providers),
+        ):
+            if not isinstance(names, _Unset):
+                body[field] = _names_to_json(names, field)
+        if not body:
+            raise ValueError("update_guardrail needs at least one field")
+        path = f"/guardrails/{guardrail_id}"
+        data = self._data(await self._request("PATCH", path, body=body), "update guardrail")
+        return _parse(Guardrail.from_json, data, "update guardrail")
+
+    async def delete_guardrail(self, guardrail_id: str) -> bool:
+        """DELETE /guardrails/{id}, which frees its keys; True if deleted now, False if it was
+        already gone (404)."""
+        try:
+            await self._request("DELETE", f"/guardrails/{guardrail_id}")
+        except OpenRouterNotFound:
+            return False
+        return True
+
+    async def assign_keys_to_guardrail(self, guardrail_id: str, key_hashes: Sequence[str]) -> int:
+        """POST /guardrails/{id}/assignments/keys: the keys now hold this guardrail (a key holds
+        at most one: one of another guardrail moves here). Returns OpenRouter's assigned_count;
+        fewer than asked means some hashes named no key. Retried like a read (harmless)."""
+        body = {"key_hashes": _hashes_to_json(key_hashes)}
+        path = f"/guardrails/{guardrail_id}/assignments/keys"
+        response = await self._request("POST", path, body=body, idempotent=True)
+        return _count(response, "assigned_count", "assign keys")
+
+    async def unassign_keys_from_guardrail(
+        self, guardrail_id: str, key_hashes: Sequence[str]
+    ) -> int:
+        """POST /guardrails/{id}/assignments/keys/remove: the keys no longer hold this
+        guardrail. Returns OpenRouter's unassigned_count (keys that held it). Retried like a
+        read (harmless)."""
+        body = {"key_hashes": _hashes_to_json(key_hashes)}
+        path = f"/guardrails/{guardrail_id}/assignments/keys/remove"
+        response = await self._request("POST", path, body=body, idempotent=True)
+        return _count(response, "unassigned_count", "unassign keys")
+
+    async def list_key_assignments(
+        self, *, guardrail_id: str | None = None, offset: int = 0, limit: int = PAGE_SIZE
+    ) -> list[GuardrailKeyAssignment]:
+        """One page of key assignments: one guardrail's (GET /guardrails/{id}/assignments/keys)
+        or, without guardrail_id, the account's (GET /guardrails/assignments/keys)."""
+        path = (
+            "/guardrails/assignments/keys"
+            if guardrail_id is None
+            else f"/guardrails/{guardrail_id}/assignments/keys"
+        )
+        params: dict[str, str | int] = {"offset": offset, "limit": limit}
+        data = self._data(await self._request("GET", path, params=params), "key assignments")
+        if not isinstance(data, list):
+            raise OpenRouterInvalidResponse("key assignments: data is not a list")
+        return [_parse(GuardrailKeyAssignment.from_json, item, "key assignments") for item in data]
+
+    async def list_all_key_assignments(
+        self, *, guardrail_id: str | None = None
+    ) -> list[GuardrailKeyAssignment]:
+        """Every key assignment (of one guardrail, or of the account), paging until a short
+        page; one per key hash (a key holds one guardrail; one moved while we page is kept as
+        first seen)."""
+        seen: dict[str, GuardrailKeyAssignment] = {}
+        offset = 0
+        while True:
+            page = await self.list_key_assignments(guardrail_id=guardrail_id, offset=offset)
+            for assignment in page:
+                seen.setdefault(assignment.key_hash, assignment)
+            if len(page) < PAGE_SIZE:
+                return list(seen.values())
+            offset += PAGE_SIZE
 
     async def get_generation(self, generation_id: str) -> Generation:
         """GET /generation?id=: what OpenRouter counted for one request (its `gen-...` id).

@@ -19,6 +19,15 @@ it completes, `duration_s` later; a request admitted before a limit was lowered,
 key was disabled or deleted, is still billed. Deleted keys keep their books here (state()), as
 OpenRouter keeps the account's spend, so a checker can sum everything a user's keys spent.
 
+Guardrails (GET/POST /guardrails, GET/PATCH/DELETE /guardrails/{id}, key assignments under
+/guardrails/{id}/assignments/keys and /guardrails/assignments/keys; management key only) are
+kept and enforced as OpenRouter documents them: a key holds at most one guardrail (assigning it
+to another moves it), each workspace has a default guardrail that applies to all its keys once
+configured, and on every charge the guardrails' budgets (per key, over the guardrail's UTC
+window), model allowlists and provider allowlists are checked before the key's own limit.
+GET /key reports each budget layer (budgets[], effective_budget). What OpenRouter does not
+document is marked "(guess)" where it is decided.
+
 Latency is applied after a request has been handled, before its answer is sent: a crash of the
 caller during it lands between "key made" and "answer received".
 
@@ -38,7 +47,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -64,6 +73,43 @@ ACTIVITY_DAYS = 30  # GET /activity serves the last 30 completed UTC days
 # Free-model requests per UTC day for accounts under / at or above $10 of credits (DOC-limits).
 FREE_MODEL_DAILY_LIMITS = (50, 1000)
 FREE_MODEL_CREDITS_THRESHOLD = Decimal(10)
+# Guardrail lists (GET /guardrails and the assignment lists) page by offset and limit: the
+# limit defaults to 50 and may be 1 to 100 (SDK ListGuardrailsRequest; the OpenAPI spec).
+GUARDRAIL_PAGE_DEFAULT = 50
+GUARDRAIL_PAGE_MAX = 100
+GUARDRAIL_LISTS = ("allowed_models", "allowed_providers", "ignored_models", "ignored_providers")
+# Per-model-group zero data retention; the deprecated enforce_zdr is copied into those of them
+# a request does not set (SDK CreateGuardrailRequest).
+ZDR_FLAGS = (
+    "enforce_zdr_anthropic",
+    "enforce_zdr_google",
+    "enforce_zdr_openai",
+    "enforce_zdr_other",
+    "enforce_zdr_xai",
+)
+# A guardrail's privacy switches: kept and answered, never enforced here (the emulator has no
+# endpoint catalog with retention or training policies).
+GUARDRAIL_FLAGS = (
+    "allow_safety_retention_google",
+    "allow_safety_retention_other",
+    "enable_free_model_publication",
+    "enable_free_model_training",
+    "enable_paid_model_training",
+    "enforce_zdr",
+    *ZDR_FLAGS,
+)
+DATA_REGIONS = ("global", "europe", "us")
+# The emulated account has no regional routing: its requests arrive through openrouter.ai.
+ACCOUNT_DATA_REGIONS = ("global",)
+GUARDRAIL_SETTINGS_URL = "https://openrouter.ai/settings/privacy"
+# OpenRouter's answer when the endpoints left after guardrail filtering are none (404, observed
+# verbatim in many reports, e.g. https://github.com/truefoundry/models/pull/826).
+NO_ENDPOINTS_MESSAGE = (
+    "No endpoints available matching your guardrail restrictions and data policy. "
+    f"Configure: {GUARDRAIL_SETTINGS_URL}"
+)
+# Budget scopes (SDK KeyBudgetScope) as the guardrail_scope a refusal's metadata names them.
+_GUARDRAIL_SCOPES = {"workspace_default_key": "workspace-default", "api_key": "api-key"}
 
 FaultKind = Literal["status", "latency", "timeout", "lost_response"]
 
@@ -173,6 +219,50 @@ class EmulatedKey:
     deleted_at: datetime | None = None
     secret_digest: str = ""
     label: str = ""
+    # Worst case of the requests in flight on the key, by kind, whatever the key's limit
+    # counts: guardrail budgets count BYOK spend by their own switch (in_flight is the key
+    # limit's share).
+    pending_credit: Decimal = Decimal(0)
+    pending_byok: Decimal = Decimal(0)
+
+
+@dataclass(slots=True)
+class EmulatedGuardrail:
+    """A guardrail as OpenRouter keeps it (SDK components.Guardrail). `flags` holds the privacy
+    switches (GUARDRAIL_FLAGS), kept and answered but not enforced; content filters likewise.
+    A workspace's default guardrail (`workspace_default`) exists from the start, is listed,
+    but reads as 404 until a PATCH configures it (`configured`), as OpenRouter's spec says."""
+
+    id: str
+    name: str
+    workspace_id: str | None
+    created_at: datetime
+    description: str | None = None
+    limit_usd: Decimal | None = None
+    reset_interval: str | None = None
+    include_byok_in_budgets: bool = False
+    allowed_models: list[str] | None = None
+    allowed_providers: list[str] | None = None
+    ignored_models: list[str] | None = None
+    ignored_providers: list[str] | None = None
+    allowed_data_regions: list[str] | None = None
+    content_filters: list[dict[str, Any]] | None = None
+    content_filter_builtins: list[dict[str, Any]] | None = None
+    flags: dict[str, bool | None] = field(default_factory=dict)
+    updated_at: datetime | None = None
+    workspace_default: bool = False
+    configured: bool = True
+
+
+@dataclass(slots=True)
+class EmulatedKeyAssignment:
+    """A key's (single) guardrail assignment (SDK components.KeyAssignment)."""
+
+    id: str
+    key_hash: str
+    guardrail_id: str
+    created_at: datetime
+    assigned_by: str | None = None
 
 
 @dataclass(slots=True)
@@ -247,6 +337,35 @@ def _effective_budget(budgets: list[dict[str, Any]]) -> dict[str, Any] | None:
         if budget["remaining_usd"] <= 0:
             return budget
     return min(budgets, key=lambda b: b["remaining_usd"], default=None)
+
+
+def _budget_json(
+    scope: str,
+    limit: Decimal,
+    spent: Decimal,
+    interval: str | None,
+    now: datetime,
+    *,
+    include_byok: bool,
+    guardrail_id: str | None = None,
+) -> dict[str, Any]:
+    """One of GET /key's budget layers (SDK components.KeyBudget)."""
+    return {
+        "scope": scope,
+        "limit_usd": _number(limit),
+        "spend_usd": _number(spent),
+        # limit - spend, not clamped: zero or less means this layer rejects (403)
+        "remaining_usd": _number(limit - spent),
+        "reset_interval": interval,
+        "resets_at": None if interval is None else _iso(_next_window_start(now, interval)),
+        "include_byok": include_byok,
+        "budget_id": None,
+        "guardrail_id": guardrail_id,
+    }
+
+
+def _copy(value: list[Any] | None) -> list[Any] | None:
+    return None if value is None else [dict(v) if isinstance(v, dict) else v for v in value]
 
 
 def _request_details(
@@ -326,6 +445,8 @@ class Emulator:
         self._by_secret: dict[str, EmulatedKey] = {}  # by the secret's digest
         self._deleted: dict[str, EmulatedKey] = {}  # still billed for requests in flight
         self._generations: dict[str, EmulatedGeneration] = {}  # by id, in billing order
+        self._guardrails: dict[str, EmulatedGuardrail] = {}  # by id, in creation order
+        self._assignments: dict[str, EmulatedKeyAssignment] = {}  # by key hash: one each
         self._sequence = 0
         self._lock = _SharedState(self, state_dir)
         self.management_key = self._lock.management_key() or self.add_management_key()
@@ -368,6 +489,17 @@ class Emulator:
             reverse=True,
         )
 
+    def guardrail(self, guardrail_id: str) -> EmulatedGuardrail | None:
+        """The guardrail with this id, if it exists (a workspace's default one included)."""
+        with self._lock:
+            return self._guardrails.get(guardrail_id)
+
+    def guardrail_of(self, key_hash: str) -> EmulatedGuardrail | None:
+        """The guardrail assigned to this key, if any (the workspace default is not)."""
+        with self._lock:
+            assignment = self._assignments.get(key_hash)
+            return None if assignment is None else self._guardrails[assignment.guardrail_id]
+
     def charge(
         self,
         secret: str,
@@ -387,9 +519,14 @@ class Emulator:
 
         403 "Key limit exceeded (<window> limit)" once nothing is left; 402 when the worst-case
         cost (max_cost, else cost) is more than what is left; 401 for an unknown, disabled or
-        expired key. A billed charge leaves a generation record (EmulatedGeneration) with
-        generation_id (else a new `gen-...` id: new_generation_id()), the model, provider and
-        token counts given, the key's hash and external user; a refused one leaves none. 400
+        expired key. The key's guardrails (its workspace's default one once configured, and the
+        one assigned to it) are checked first, the same way for their budgets (403 and 402 with
+        metadata.limit_source "openrouter_guardrail_budget"), then for the model (403 when not
+        in allowed_models) and the provider (404 "No endpoints available matching your
+        guardrail restrictions..." when not in allowed_providers, or ignored).
+        A billed charge leaves a generation record (EmulatedGeneration) with generation_id
+        (else a new `gen-...` id: new_generation_id()), the model, provider and token counts
+        given, the key's hash and external user; a refused one leaves none. 400
         (EmulatorApiError) for a generation_id already used or malformed details.
         Returns the key (charged); Emulator.generation(generation_id) has the record.
         """
@@ -404,7 +541,14 @@ class Emulator:
         )
         with self._lock:
             self._refuse_known_generation(details.generation_id)
-            key = self._admit(secret, cost, byok=byok, max_cost=max_cost)
+            key = self._admit(
+                secret,
+                cost,
+                byok=byok,
+                max_cost=max_cost,
+                model=details.model,
+                provider_name=details.provider_name,
+            )
             self._bill(
                 key, cost, reserved=Decimal(0), byok=byok, details=details, started=self.clock()
             )
@@ -442,18 +586,35 @@ class Emulator:
         worst = max_cost if max_cost is not None and max_cost > cost else cost
         with self._lock:
             self._refuse_known_generation(details.generation_id)
-            key = self._admit(secret, cost, byok=byok, max_cost=worst)
+            key = self._admit(
+                secret,
+                cost,
+                byok=byok,
+                max_cost=worst,
+                model=details.model,
+                provider_name=details.provider_name,
+            )
             started = self.clock()
             counts = not (byok and not key.include_byok_in_limit)
             reserved = worst if counts else Decimal(0)
             key.in_flight += reserved
+            if byok:
+                key.pending_byok += worst
+            else:
+                key.pending_credit += worst
         try:
             if duration_s > 0:
                 await asyncio.sleep(duration_s)
         finally:
             with self._lock:
                 self._bill(
-                    key, cost, reserved=reserved, byok=byok, details=details, started=started
+                    key,
+                    cost,
+                    reserved=reserved,
+                    pending=worst,
+                    byok=byok,
+                    details=details,
+                    started=started,
                 )
         return key
 
@@ -474,12 +635,25 @@ class Emulator:
             raise EmulatorApiError(400, f"generation_id {generation_id} was already used")
 
     def _admit(
-        self, secret: str, cost: Decimal, *, byok: bool, max_cost: Decimal | None
+        self,
+        secret: str,
+        cost: Decimal,
+        *,
+        byok: bool,
+        max_cost: Decimal | None,
+        model: str = DEFAULT_MODEL,
+        provider_name: str = DEFAULT_PROVIDER,
     ) -> EmulatedKey:
         key = self._by_secret.get(_digest(secret))
         now = self.clock()
         if key is None or key.disabled or key.is_management or self._expired(key, now):
             raise EmulatorApiError(401, "User not found.")
+        guardrails = self._guardrails_of(key)
+        for scope, guardrail in guardrails:
+            worst_case = max_cost if max_cost is not None else cost
+            self._refuse_over_guardrail_budget(
+                key, scope, guardrail, now, byok=byok, worst_case=worst_case
+            )
         if key.limit is not None and not (byok and not key.include_byok_in_limit):
             remaining = self._limit_remaining(key, now)
             assert remaining is not None
@@ -499,7 +673,123 @@ class Emulator:
                     f"This key can only afford {remaining}.",
                     metadata={"limit_source": "openrouter_key_limit"},
                 )
+        self._refuse_unroutable(guardrails, model, provider_name)
         return key
+
+    def _guardrails_of(self, key: EmulatedKey) -> list[tuple[str, EmulatedGuardrail]]:
+        """The guardrails that govern a user key's requests, in the order enforcement checks
+        them, each with its budget scope (SDK KeyBudgetScope): the key's workspace default
+        guardrail once configured (workspace_default_key), then the guardrail assigned to the
+        key (api_key). The emulated account has no organization members, so no member layers."""
+        if key.is_management:
+            return []
+        layers: list[tuple[str, EmulatedGuardrail]] = []
+        default = self._guardrails.get(_workspace_default_id(key.workspace_id))
+        if default is not None and default.configured:
+            layers.append(("workspace_default_key", default))
+        assignment = self._assignments.get(key.hash)
+        if assignment is not None:
+            layers.append(("api_key", self._guardrails[assignment.guardrail_id]))
+        return layers
+
+    def _guardrail_spend(
+        self, key: EmulatedKey, guardrail: EmulatedGuardrail, now: datetime
+    ) -> Decimal:
+        """What counts against a guardrail's budget for this key: the key's spend in the
+        guardrail's current UTC window (before its assignment too: OpenRouter counts the key's
+        usage), BYOK spend only if the guardrail includes it. Budgets are per key, not pooled."""
+        assert guardrail.reset_interval is not None
+        since = _window_start(now, guardrail.reset_interval)
+        spent = self._spent(key, since, byok=False)
+        if guardrail.include_byok_in_budgets:
+            spent += self._spent(key, since, byok=True)
+        return spent
+
+    def _refuse_over_guardrail_budget(
+        self,
+        key: EmulatedKey,
+        scope: str,
+        guardrail: EmulatedGuardrail,
+        now: datetime,
+        *,
+        byok: bool,
+        worst_case: Decimal,
+    ) -> None:
+        """403 once a guardrail budget has nothing left for this key (what was billed in its
+        window plus what is in flight), 402 when the request's worst case is more than is left:
+        the key limit's two refusals, with metadata naming the layer. OpenRouter documents the
+        403 ("budget limits ... produce 403 responses") and the metadata's limit_source
+        "openrouter_guardrail_budget"; the message text is a guess (in the words of its
+        documented workspace-budget refusal), and so is the 402."""
+        limit, interval = guardrail.limit_usd, guardrail.reset_interval
+        if limit is None or interval is None or (byok and not guardrail.include_byok_in_budgets):
+            return
+        spent = self._guardrail_spend(key, guardrail, now)
+        pending = key.pending_credit + (
+            key.pending_byok if guardrail.include_byok_in_budgets else Decimal(0)
+        )
+        remaining = max(limit - spent - pending, Decimal(0))
+        metadata: dict[str, Any] = {
+            "limit_source": "openrouter_guardrail_budget",
+            "scope": scope,
+            "guardrail_id": guardrail.id,
+            "limit_usd": _number(limit),
+            "spend_usd": _number(spent),
+            "resets_at": _iso(_next_window_start(now, interval)),
+        }
+        if remaining <= 0:
+            raise EmulatorApiError(
+                403,
+                f"Guardrail {interval} budget of ${limit:.2f} exceeded. "
+                "Contact your workspace admin.",
+                metadata={"error_type": "permission_denied", **metadata},
+            )
+        if worst_case > remaining:
+            raise EmulatorApiError(
+                402,
+                "This request requires more credits, or fewer max_tokens. "
+                f"This key's guardrail budget can only afford {remaining}.",
+                metadata={"error_type": "payment_required", **metadata},
+            )
+
+    @staticmethod
+    def _refuse_unroutable(
+        guardrails: list[tuple[str, EmulatedGuardrail]], model: str, provider_name: str
+    ) -> None:
+        """A model outside a guardrail's allowed_models: 403 (OpenRouter: "allowlist
+        restrictions also produce 403 responses"; the message is a guess). Guardrails intersect:
+        every one must allow it. Models are matched exactly, variants (":free") included: the
+        docs speak of slugs and canonical slugs, never of wildcards. A provider outside
+        allowed_providers (or in ignored_providers), or a model in ignored_models, leaves no
+        endpoint to route to: OpenRouter's 404 for that, verbatim."""
+        for scope, guardrail in guardrails:
+            if guardrail.allowed_models is not None and model not in guardrail.allowed_models:
+                raise EmulatorApiError(
+                    403,
+                    f"Model {model} is not allowed by your guardrail restrictions. "
+                    f"Configure: {GUARDRAIL_SETTINGS_URL}",
+                    metadata={
+                        "error_type": "permission_denied",
+                        "guardrail_id": guardrail.id,
+                        "guardrail_scope": _GUARDRAIL_SCOPES[scope],
+                    },
+                )
+        for _, guardrail in guardrails:
+            if model in (guardrail.ignored_models or []) or not _provider_allowed(
+                guardrail, provider_name
+            ):
+                raise EmulatorApiError(404, NO_ENDPOINTS_MESSAGE)
+
+    def _chat_provider(self, secret: str, candidates: list[str]) -> str:
+        """The first of a chat completion's candidate providers the key's guardrails allow (the
+        first candidate when none is: admission then refuses it, 404)."""
+        with self._lock:
+            key = self._by_secret.get(_digest(secret))
+            guardrails = [] if key is None else self._guardrails_of(key)
+            for provider in candidates:
+                if all(_provider_allowed(g, provider) for _, g in guardrails):
+                    return _provider_name(provider)
+            return _provider_name(candidates[0])
 
     def _bill(
         self,
@@ -510,9 +800,14 @@ class Emulator:
         byok: bool,
         details: _RequestDetails,
         started: datetime,
+        pending: Decimal = Decimal(0),
     ) -> None:
         now = self.clock()
         key.in_flight -= reserved
+        if byok:
+            key.pending_byok -= pending
+        else:
+            key.pending_credit -= pending
         key.charges.append(Charge(at=now, amount=cost, byok=byok))
         key.last_used_at = now
         self._generations[details.generation_id] = EmulatedGeneration(
@@ -583,9 +878,19 @@ class Emulator:
             data["charges"] = [[_iso(c.at), str(c.amount), c.byok] for c in key.charges]
             for name in ("created_at", "updated_at", "expires_at", "last_used_at", "deleted_at"):
                 data[name] = _iso(data[name])
-            for name in ("limit", "in_flight"):
+            for name in ("limit", "in_flight", "pending_credit", "pending_byok"):
                 data[name] = None if data[name] is None else str(data[name])
             return data
+
+        def guardrail_data(guardrail: EmulatedGuardrail) -> dict[str, Any]:
+            data = asdict(guardrail)
+            data["limit_usd"] = None if guardrail.limit_usd is None else str(guardrail.limit_usd)
+            data["created_at"] = _iso(guardrail.created_at)
+            data["updated_at"] = _iso(guardrail.updated_at)
+            return data
+
+        def assignment_data(assignment: EmulatedKeyAssignment) -> dict[str, Any]:
+            return {**asdict(assignment), "created_at": _iso(assignment.created_at)}
 
         def generation_data(generation: EmulatedGeneration) -> dict[str, Any]:
             data = asdict(generation)
@@ -596,11 +901,13 @@ class Emulator:
 
         every = [*self._keys.values(), *self._deleted.values()]
         return {
-            "version": 2,
+            "version": 3,
             "sequence": self._sequence,
             "total_credits": str(self.total_credits),
             "keys": [key_data(k) for k in sorted(every, key=lambda k: k.sequence)],
             "generations": [generation_data(g) for g in self._generations.values()],
+            "guardrails": [guardrail_data(g) for g in self._guardrails.values()],
+            "guardrail_key_assignments": [assignment_data(a) for a in self._assignments.values()],
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -616,6 +923,8 @@ class Emulator:
                 fields_[name] = None if value is None else datetime.fromisoformat(value)
             fields_["limit"] = None if fields_["limit"] is None else Decimal(fields_["limit"])
             fields_["in_flight"] = Decimal(fields_["in_flight"])
+            for name in ("pending_credit", "pending_byok"):  # a version 2 state has none
+                fields_[name] = Decimal(fields_.get(name) or 0)
             fields_["charges"] = [
                 Charge(at=datetime.fromisoformat(at), amount=Decimal(amount), byok=byok)
                 for at, amount, byok in fields_["charges"]
@@ -634,6 +943,22 @@ class Emulator:
             fields_["billed_at"] = datetime.fromisoformat(fields_["billed_at"])
             generation = EmulatedGeneration(**fields_)
             self._generations[generation.id] = generation
+        self._guardrails, self._assignments = {}, {}
+        for raw in data.get("guardrails", []):  # a version 2 state has none
+            fields_ = dict(raw)
+            limit_usd = fields_["limit_usd"]
+            fields_["limit_usd"] = None if limit_usd is None else Decimal(limit_usd)
+            fields_["created_at"] = datetime.fromisoformat(fields_["created_at"])
+            updated_at = fields_["updated_at"]
+            fields_["updated_at"] = (
+                None if updated_at is None else datetime.fromisoformat(updated_at)
+            )
+            guardrail = EmulatedGuardrail(**fields_)
+            self._guardrails[guardrail.id] = guardrail
+        for raw in data.get("guardrail_key_assignments", []):
+            fields_ = {**raw, "created_at": datetime.fromisoformat(raw["created_at"])}
+            assignment = EmulatedKeyAssignment(**fields_)
+            self._assignments[assignment.key_hash] = assignment
 
     @staticmethod
     def _expired(key: EmulatedKey, now: datetime) -> bool:
@@ -660,28 +985,48 @@ class Emulator:
         return max(key.limit - self._limit_spend(key, now), Decimal(0))
 
     def _budgets(self, key: EmulatedKey, now: datetime) -> list[dict[str, Any]]:
-        """GET /key's budgets: every layer enforcement checks, in its order. The emulator has
-        no guardrails or workspace budgets, so that is the key's own limit (scope key_limit)
-        when it has one, else nothing."""
-        if key.limit is None:
-            return []
-        spent = self._limit_spend(key, now)
-        return [
-            {
-                "scope": "key_limit",
-                "limit_usd": _number(key.limit),
-                "spend_usd": _number(spent),
-                # limit - spend, not clamped: zero or less means this layer rejects (403)
-                "remaining_usd": _number(key.limit - spent),
-                "reset_interval": key.limit_reset,
-                "resets_at": None
-                if key.limit_reset is None
-                else _iso(_next_window_start(now, key.limit_reset)),
-                "include_byok": key.include_byok_in_limit,
-                "budget_id": None,
-                "guardrail_id": None,
-            }
-        ]
+        """GET /key's budgets: every layer enforcement checks, in its order ("guardrail
+        budgets, workspace budgets, then the key's own limit", SDK GetCurrentKeyData.budgets):
+        the workspace default guardrail's and the key's guardrail's (scopes
+        workspace_default_key and api_key) when they have a budget, then the key's own limit
+        (key_limit) when it has one. The emulator has no workspace budgets or members."""
+        budgets = []
+        for scope, guardrail in self._guardrails_of(key):
+            limit, interval = guardrail.limit_usd, guardrail.reset_interval
+            if limit is None or interval is None:
+                continue
+            budgets.append(
+                _budget_json(
+                    scope,
+                    limit,
+                    self._guardrail_spend(key, guardrail, now),
+                    interval,
+                    now,
+                    include_byok=guardrail.include_byok_in_budgets,
+                    guardrail_id=guardrail.id,
+                )
+            )
+        if key.limit is not None:
+            budgets.append(
+                _budget_json(
+                    "key_limit",
+                    key.limit,
+                    self._limit_spend(key, now),
+                    key.limit_reset,
+                    now,
+                    include_byok=key.include_byok_in_limit,
+                )
+            )
+        return budgets
+
+    def _allowed_data_regions(self, key: EmulatedKey) -> list[str]:
+        """The regions the key's requests may arrive through: the account's, narrowed by every
+        guardrail that restricts them (their intersection; empty when none is left)."""
+        regions = list(ACCOUNT_DATA_REGIONS)
+        for _, guardrail in self._guardrails_of(key):
+            if guardrail.allowed_data_regions is not None:
+                regions = [r for r in regions if r in guardrail.allowed_data_regions]
+        return regions
 
     def _free_model_daily_requests(self, now: datetime) -> dict[str, int]:
         """The account's `:free` model requests today (UTC) against its tier's daily cap."""
@@ -749,11 +1094,45 @@ class Emulator:
             "budgets": budgets,
             "effective_budget": _effective_budget(budgets),
             "free_model_daily_requests": self._free_model_daily_requests(now),
-            # No guardrail restricts regions here, and an account without regional routing
-            # is served globally.
-            "allowed_data_regions": ["global"],
+            # An account without regional routing is served globally, unless a guardrail
+            # restricts the regions.
+            "allowed_data_regions": self._allowed_data_regions(key),
             "organization_id": None,  # an individual account, not an organization
             "workspace_id": key.workspace_id,
+        }
+
+    @staticmethod
+    def guardrail_json(guardrail: EmulatedGuardrail) -> dict[str, Any]:
+        """A guardrail as OpenRouter answers it (SDK components.Guardrail), every field present
+        (null where unset), as the documented examples show them."""
+        return {
+            "id": guardrail.id,
+            "name": guardrail.name,
+            "description": guardrail.description,
+            "workspace_id": guardrail.workspace_id,
+            "limit_usd": _number(guardrail.limit_usd),
+            "reset_interval": guardrail.reset_interval,
+            "include_byok_in_budgets": guardrail.include_byok_in_budgets,
+            **{name: _copy(getattr(guardrail, name)) for name in GUARDRAIL_LISTS},
+            "allowed_data_regions": _copy(guardrail.allowed_data_regions),
+            "content_filters": _copy(guardrail.content_filters),
+            "content_filter_builtins": _copy(guardrail.content_filter_builtins),
+            **{name: guardrail.flags.get(name) for name in GUARDRAIL_FLAGS},
+            "created_at": _iso(guardrail.created_at),
+            "updated_at": _iso(guardrail.updated_at),
+        }
+
+    def key_assignment_json(self, assignment: EmulatedKeyAssignment) -> dict[str, Any]:
+        """A key assignment as OpenRouter answers it (SDK components.KeyAssignment)."""
+        key = self._keys[assignment.key_hash]
+        return {
+            "id": assignment.id,
+            "key_hash": assignment.key_hash,
+            "guardrail_id": assignment.guardrail_id,
+            "key_name": key.name,
+            "key_label": key.label,
+            "assigned_by": assignment.assigned_by,
+            "created_at": _iso(assignment.created_at),
         }
 
     def generation_json(self, generation: EmulatedGeneration) -> dict[str, Any]:
@@ -906,6 +1285,61 @@ class Emulator:
             Route(f"{API_PREFIX}/generation", self._generation, methods=["GET"]),
             Route(f"{API_PREFIX}/activity", self._activity, methods=["GET"]),
             Route(f"{API_PREFIX}/chat/completions", self._chat_completions, methods=["POST"]),
+            Route(f"{API_PREFIX}/guardrails", self._list_guardrails, methods=["GET"]),
+            Route(f"{API_PREFIX}/guardrails", self._create_guardrail, methods=["POST"]),
+            Route(
+                f"{API_PREFIX}/guardrails/assignments/keys",
+                self._list_key_assignments,
+                methods=["GET"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/assignments/members",
+                self._list_member_assignments,
+                methods=["GET"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}", self._get_guardrail, methods=["GET"]
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}",
+                self._update_guardrail,
+                methods=["PATCH"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}",
+                self._delete_guardrail,
+                methods=["DELETE"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}/assignments/keys",
+                self._list_key_assignments,
+                methods=["GET"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}/assignments/keys",
+                self._assign_keys,
+                methods=["POST"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}/assignments/keys/remove",
+                self._unassign_keys,
+                methods=["POST"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}/assignments/members",
+                self._list_member_assignments,
+                methods=["GET"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}/assignments/members",
+                self._assign_members,
+                methods=["POST"],
+            ),
+            Route(
+                f"{API_PREFIX}/guardrails/{{guardrail_id}}/assignments/members/remove",
+                self._assign_members,
+                methods=["POST"],
+            ),
             Route("/_emulator/charge", self._charge, methods=["POST"]),
             Route("/_emulator/state", self._state, methods=["GET"]),
             Route("/_emulator/faults", self._faults, methods=["POST", "DELETE"]),
@@ -1127,6 +1561,7 @@ class Emulator:
             key = self._managed_key(request.path_params["key_hash"])
             del self._keys[key.hash]
             del self._by_secret[key.secret_digest]
+            self._assignments.pop(key.hash, None)  # a deleted key holds no guardrail
             key.deleted_at = self.clock()
             self._deleted[key.hash] = key
         return _json(200, {"deleted": True})
@@ -1197,7 +1632,9 @@ class Emulator:
         max_tokens), billed at completion, answered with the generation id as `id` and OpenRouter's
         usage accounting (tokens and `cost` in USD) in `usage`. Refusals are OpenRouter's:
         401 for an unknown or disabled key, 403 "Key limit exceeded", 402 when the worst case
-        is more than the key has left."""
+        is more than the key has left, and the guardrails' (see charge). The provider is the
+        first the body's `provider` preferences (only, order, ignore, allow_fallbacks) and the
+        key's guardrails allow, the default provider when the body names none."""
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
             raise EmulatorApiError(401, "Missing Authentication header")
@@ -1220,6 +1657,13 @@ class Emulator:
         price = self.chat_usd_per_token
         cost = price * (prompt_tokens + completion_tokens)
         worst = price * (prompt_tokens + (max_tokens or completion_tokens))
+        candidates = _chat_providers(body)
+        if not candidates:
+            # (guess) the words OpenRouter uses when provider preferences leave nothing
+            raise EmulatorApiError(
+                404, "No allowed providers are available for the selected model."
+            )
+        provider = self._chat_provider(header[7:].strip(), candidates)
         generation_id = new_generation_id()
         await self.spend(
             header[7:].strip(),
@@ -1228,6 +1672,7 @@ class Emulator:
             max_cost=worst,
             generation_id=generation_id,
             model=model,
+            provider_name=provider,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
@@ -1239,7 +1684,7 @@ class Emulator:
                 "object": "chat.completion",
                 "created": int(self.clock().timestamp()),
                 "model": model,
-                "provider": DEFAULT_PROVIDER,
+                "provider": provider,
                 "system_fingerprint": None,
                 "choices": [
                     {
@@ -1262,6 +1707,215 @@ class Emulator:
                 },
             },
         )
+
+    # ----- guardrails (management key) -----
+
+    def _workspace_default(self, workspace_id: str) -> EmulatedGuardrail:
+        """A workspace's default guardrail, made when the workspace is first looked at: named
+        "Workspace <id> Default" (OpenRouter's guardrails guide), listed, unconfigured (404 to
+        GET, enforcing nothing) until a PATCH materializes it."""
+        guardrail_id = _workspace_default_id(workspace_id)
+        if guardrail_id not in self._guardrails:
+            self._guardrails[guardrail_id] = EmulatedGuardrail(
+                id=guardrail_id,
+                name=f"Workspace {workspace_id} Default",
+                workspace_id=workspace_id,
+                created_at=self.clock(),
+                workspace_default=True,
+                configured=False,
+            )
+        return self._guardrails[guardrail_id]
+
+    def _managed_guardrail(self, request: Request, *, readable: bool = True) -> EmulatedGuardrail:
+        """The guardrail of the path, 404 when unknown (or, readable, an unconfigured default)."""
+        guardrail = self._guardrails.get(_guardrail_id(request.path_params["guardrail_id"]))
+        if guardrail is None or (readable and not guardrail.configured):
+            raise EmulatorApiError(404, "Resource not found")
+        return guardrail
+
+    async def _list_guardrails(self, request: Request) -> Response:
+        """GET /guardrails?offset=&limit=&workspace_id=: a workspace's guardrails (the default
+        workspace's unless named), its default guardrail among them, oldest first (guess: no
+        order is documented), with the workspace's total_count."""
+        self._authenticate(request, management=True)
+        offset, limit = _page_params(request.query_params)
+        workspace = request.query_params.get("workspace_id") or DEFAULT_WORKSPACE_ID
+        with self._lock:
+            self._workspace_default(workspace)
+            selected = [g for g in self._guardrails.values() if g.workspace_id == workspace]
+            page = selected[offset : offset + limit]
+            return _json(
+                200,
+                {"data": [self.guardrail_json(g) for g in page], "total_count": len(selected)},
+            )
+
+    async def _create_guardrail(self, request: Request) -> Response:
+        """POST /guardrails: 201 {"data": guardrail}. It enforces nothing until keys are
+        assigned to it, whatever its workspace (OpenRouter's spec)."""
+        body = await _json_body(request)
+        self._authenticate(request, management=True)
+        if not isinstance(body, dict):
+            raise EmulatorApiError(400, "Invalid request parameters")
+        if "name" not in body:
+            raise EmulatorApiError(400, "name: Required")
+        fields, flags = _guardrail_changes(body)
+        workspace = body.get("workspace_id", DEFAULT_WORKSPACE_ID)
+        if not isinstance(workspace, str) or not workspace:
+            raise EmulatorApiError(400, "workspace_id: Expected string")
+        with self._lock:
+            self._workspace_default(workspace)
+            guardrail = EmulatedGuardrail(
+                id=str(uuid.uuid4()),
+                workspace_id=workspace,
+                created_at=self.clock(),
+                **fields,
+                flags=flags,
+            )
+            _check_budget_pair(guardrail)
+            self._guardrails[guardrail.id] = guardrail
+            return _json(201, {"data": self.guardrail_json(guardrail)})
+
+    async def _get_guardrail(self, request: Request) -> Response:
+        self._authenticate(request, management=True)
+        with self._lock:
+            guardrail = self._managed_guardrail(request)
+            return _json(200, {"data": self.guardrail_json(guardrail)})
+
+    async def _update_guardrail(self, request: Request) -> Response:
+        """PATCH /guardrails/{id}: the fields sent, lists replaced whole; 400 when none is
+        known (guess, as PATCH /keys), or for a new name of a workspace default guardrail
+        (derived from its workspace, OpenRouter's spec), which this also materializes.
+        Changing a budget does not reset its spend (DOC-spend: no manual reset)."""
+        body = await _json_body(request)
+        self._authenticate(request, management=True)
+        if not isinstance(body, dict):
+            raise EmulatorApiError(400, "Invalid request parameters")
+        fields, flags = _guardrail_changes(body)
+        if not fields and not flags:
+            raise EmulatorApiError(400, "No update fields provided")
+        with self._lock:
+            current = self._managed_guardrail(request, readable=False)
+            if current.workspace_default and fields.get("name", current.name) != current.name:
+                raise EmulatorApiError(
+                    400, "The name of a workspace default guardrail cannot be changed"
+                )
+            guardrail = replace(
+                current,
+                **fields,
+                flags={**current.flags, **flags},
+                updated_at=self.clock(),
+                configured=True,
+            )
+            _check_budget_pair(guardrail)
+            self._guardrails[guardrail.id] = guardrail
+            return _json(200, {"data": self.guardrail_json(guardrail)})
+
+    async def _delete_guardrail(self, request: Request) -> Response:
+        """DELETE /guardrails/{id}: {"deleted": true}; its keys are unassigned (free of it).
+        A workspace default guardrail cannot be deleted: 400 (guess)."""
+        self._authenticate(request, management=True)
+        with self._lock:
+            guardrail = self._managed_guardrail(request, readable=False)
+            if guardrail.workspace_default:
+                raise EmulatorApiError(400, "A workspace default guardrail cannot be deleted")
+            del self._guardrails[guardrail.id]
+            for key_hash in [
+                h for h, a in self._assignments.items() if a.guardrail_id == guardrail.id
+            ]:
+                del self._assignments[key_hash]
+        return _json(200, {"deleted": True})
+
+    async def _list_key_assignments(self, request: Request) -> Response:
+        """GET /guardrails/{id}/assignments/keys (one guardrail's) or
+        /guardrails/assignments/keys (all): oldest first, paged, with total_count."""
+        self._authenticate(request, management=True)
+        offset, limit = _page_params(request.query_params)
+        with self._lock:
+            selected = list(self._assignments.values())
+            if "guardrail_id" in request.path_params:
+                guardrail = self._managed_guardrail(request, readable=False)
+                selected = [a for a in selected if a.guardrail_id == guardrail.id]
+            page = selected[offset : offset + limit]
+            return _json(
+                200,
+                {
+                    "data": [self.key_assignment_json(a) for a in page],
+                    "total_count": len(selected),
+                },
+            )
+
+    async def _assign_keys(self, request: Request) -> Response:
+        """POST /guardrails/{id}/assignments/keys {"key_hashes": [...]}: {"assigned_count"}.
+        "A key may hold at most one guardrail; assigning replaces any existing assignment"
+        (OpenRouter's spec): a key of another guardrail moves here. Hashes of no (user) key are
+        skipped and not counted (guess: the count is of keys "successfully assigned"); a key
+        already here counts and keeps its assignment. The workspace default guardrail applies
+        to all keys of its workspace and takes no assignment: 400 (guess)."""
+        body = await _json_body(request)
+        self._authenticate(request, management=True)
+        key_hashes = _key_hashes(body)
+        with self._lock:
+            guardrail = self._managed_guardrail(request, readable=False)
+            if guardrail.workspace_default:
+                raise EmulatorApiError(
+                    400, "The workspace default guardrail applies to every key of its workspace"
+                )
+            assigned = 0
+            for key_hash in key_hashes:
+                key = self._keys.get(key_hash)
+                if key is None or key.is_management:
+                    continue
+                assigned += 1
+                current = self._assignments.get(key_hash)
+                if current is not None and current.guardrail_id == guardrail.id:
+                    continue
+                self._assignments.pop(key_hash, None)
+                self._assignments[key_hash] = EmulatedKeyAssignment(
+                    id=str(uuid.uuid4()),
+                    key_hash=key_hash,
+                    guardrail_id=guardrail.id,
+                    created_at=self.clock(),
+                    # the management key's creator, none for an individual account
+                    assigned_by=None,
+                )
+            return _json(200, {"assigned_count": assigned})
+
+    async def _unassign_keys(self, request: Request) -> Response:
+        """POST /guardrails/{id}/assignments/keys/remove: {"unassigned_count"}, of the keys
+        that held this guardrail (others are left as they are, uncounted)."""
+        body = await _json_body(request)
+        self._authenticate(request, management=True)
+        key_hashes = _key_hashes(body)
+        with self._lock:
+            guardrail = self._managed_guardrail(request, readable=False)
+            unassigned = 0
+            for key_hash in key_hashes:
+                current = self._assignments.get(key_hash)
+                if current is not None and current.guardrail_id == guardrail.id:
+                    del self._assignments[key_hash]
+                    unassigned += 1
+            return _json(200, {"unassigned_count": unassigned})
+
+    async def _list_member_assignments(self, request: Request) -> Response:
+        """The member assignment lists: the emulated account is an individual one, with no
+        organization members, so they are empty."""
+        self._authenticate(request, management=True)
+        _page_params(request.query_params)
+        with self._lock:
+            if "guardrail_id" in request.path_params:
+                self._managed_guardrail(request, readable=False)
+        return _json(200, {"data": [], "total_count": 0})
+
+    async def _assign_members(self, request: Request) -> Response:
+        """Bulk (un)assign members: no user id is a member of an individual account, so none
+        is (un)assigned (counted as the key calls count unknown hashes)."""
+        body = await _json_body(request)
+        self._authenticate(request, management=True)
+        _key_hashes(body, "member_user_ids")
+        with self._lock:
+            self._managed_guardrail(request, readable=False)
+        removing = request.url.path.endswith("/remove")
+        return _json(200, {"unassigned_count" if removing else "assigned_count": 0})
 
     async def _generation(self, request: Request) -> Response:
         """GET /generation?id=: any valid key of the account; 404 until ready, or unknown."""
@@ -1371,22 +2025,22 @@ def _parse_bool(body: dict[str, Any], field: str, *, default: bool) -> bool:
     return value
 
 
-def _parse_limit(value: Any) -> Decimal | None:
+def _parse_limit(value: Any, field: str = "limit") -> Decimal | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise EmulatorApiError(400, "limit: Expected number, received " + type(value).__name__)
+        raise EmulatorApiError(400, f"{field}: Expected number, received " + type(value).__name__)
     amount = Decimal(str(value))
-    if amount < 0:
-        raise EmulatorApiError(400, "limit: Number must be greater than or equal to 0")
+    if not amount.is_finite() or amount < 0:
+        raise EmulatorApiError(400, f"{field}: Number must be greater than or equal to 0")
     return amount
 
 
-def _parse_limit_reset(value: Any) -> str | None:
+def _parse_limit_reset(value: Any, field: str = "limit_reset") -> str | None:
     if value is None or value in LIMIT_RESETS:
         return value  # type: ignore[no-any-return]
     raise EmulatorApiError(
-        400, "limit_reset: Invalid enum value. Expected 'daily' | 'weekly' | 'monthly'"
+        400, f"{field}: Invalid enum value. Expected 'daily' | 'weekly' | 'monthly'"
     )
 
 
@@ -1413,6 +2067,193 @@ def _parse_activity_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError as exc:
         raise EmulatorApiError(400, "Invalid date format or date range") from exc
+
+
+def _workspace_default_id(workspace_id: str) -> str:
+    """The id of a workspace's default guardrail: stable, so a state file need not hold it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"openrouter-emulator:default:{workspace_id}"))
+
+
+def _provider_slug(provider: str) -> str:
+    """A provider's id as guardrails name them ("openai", "google-vertex") from its id or its
+    display name ("OpenAI", "Google Vertex"), for comparing the two."""
+    return "-".join(provider.strip().lower().split())
+
+
+def _provider_allowed(guardrail: EmulatedGuardrail, provider: str) -> bool:
+    slug = _provider_slug(provider)
+    allowed, ignored = guardrail.allowed_providers, guardrail.ignored_providers or []
+    if allowed is not None and slug not in {_provider_slug(p) for p in allowed}:
+        return False
+    return slug not in {_provider_slug(p) for p in ignored}
+
+
+def _page_params(query: Any) -> tuple[int, int]:
+    """offset (>= 0, default 0) and limit (1 to 100, default 50) of a guardrail list."""
+    try:
+        offset = int(query.get("offset") or 0)
+        limit = int(query.get("limit") or GUARDRAIL_PAGE_DEFAULT)
+    except ValueError as exc:
+        raise EmulatorApiError(400, "Invalid request parameters") from exc
+    if offset < 0 or not 1 <= limit <= GUARDRAIL_PAGE_MAX:
+        raise EmulatorApiError(400, "Invalid request parameters")
+    return offset, limit
+
+
+def _guardrail_id(text: str) -> str:
+    """A guardrail id from a path: a uuid (OpenRouter's spec types it format: uuid)."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError as exc:
+        raise EmulatorApiError(400, "id: Invalid uuid") from exc
+
+
+def _parse_strings(body: dict[str, Any], name: str) -> list[str] | None:
+    value = body[name]
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise EmulatorApiError(400, f"{name}: Expected an array of non-empty strings")
+    if not value:
+        raise EmulatorApiError(400, f"{name}: Array must contain at least 1 element(s)")
+    return list(dict.fromkeys(value))
+
+
+def _parse_content_filters(value: Any, *, builtin: bool) -> list[dict[str, Any]] | None:
+    name = "content_filter_builtins" if builtin else "content_filters"
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise EmulatorApiError(400, f"{name}: Expected array")
+    entries = []
+    for entry in value:
+        key = "slug" if builtin else "pattern"
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("action"), str)
+            and isinstance(entry.get(key), str)
+            and entry[key]
+        ):
+            raise EmulatorApiError(400, f"{name}: each entry needs an action and a {key}")
+        if builtin:
+            # Labels are system-assigned from the slug ("[EMAIL]"); a caller's is ignored.
+            kept = {"action": entry["action"], "slug": entry["slug"]}
+            kept["label"] = "[" + entry["slug"].upper().replace("-", "_") + "]"
+            if isinstance(entry.get("scan_scope"), str):
+                kept["scan_scope"] = entry["scan_scope"]
+        else:
+            label = entry.get("label")
+            kept = {"action": entry["action"], "pattern": entry["pattern"]}
+            kept["label"] = label if isinstance(label, str) else None
+        entries.append(kept)
+    return entries
+
+
+def _guardrail_changes(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool | None]]:
+    """The guardrail fields a create or update body sets, checked (400 otherwise), and its
+    privacy switches. Unknown fields are ignored, as on PATCH /keys."""
+    fields: dict[str, Any] = {}
+    flags: dict[str, bool | None] = {}
+    if "name" in body:
+        name = body["name"]
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise EmulatorApiError(400, "name: String must be 1 to 200 characters")
+        fields["name"] = name
+    if "description" in body:
+        description = body["description"]
+        if description is not None and (
+            not isinstance(description, str) or len(description) > 1000
+        ):
+            raise EmulatorApiError(400, "description: String must be at most 1000 characters")
+        fields["description"] = description
+    if "limit_usd" in body:
+        fields["limit_usd"] = _parse_limit(body["limit_usd"], "limit_usd")
+    if "reset_interval" in body:
+        fields["reset_interval"] = _parse_limit_reset(body["reset_interval"], "reset_interval")
+    if "include_byok_in_budgets" in body:
+        fields["include_byok_in_budgets"] = _parse_bool(
+            body, "include_byok_in_budgets", default=False
+        )
+    for name in GUARDRAIL_LISTS:
+        if name in body:
+            fields[name] = _parse_strings(body, name)
+    if "allowed_data_regions" in body:
+        regions = _parse_strings(body, "allowed_data_regions")
+        if regions is not None and not set(regions) <= set(DATA_REGIONS):
+            raise EmulatorApiError(
+                400, "allowed_data_regions: Invalid enum value. Expected 'global' | 'europe' | 'us'"
+            )
+        fields["allowed_data_regions"] = regions
+    for name, builtin in (("content_filters", False), ("content_filter_builtins", True)):
+        if name in body:
+            fields[name] = _parse_content_filters(body[name], builtin=builtin)
+    for name in GUARDRAIL_FLAGS:
+        if name in body:
+            if body[name] is not None and not isinstance(body[name], bool):
+                raise EmulatorApiError(400, f"{name}: Expected boolean")
+            flags[name] = body[name]
+    if flags.get("enforce_zdr") is not None:
+        for name in ZDR_FLAGS:
+            flags.setdefault(name, flags["enforce_zdr"])
+    return fields, flags
+
+
+def _check_budget_pair(guardrail: EmulatedGuardrail) -> None:
+    """limit_usd and reset_interval go together: "a request that sets only one of the two is
+    rejected with a 400" (SDK CreateGuardrailRequest.limit_usd). Checked on the result, so a
+    PATCH may change one of a pair already set."""
+    if (guardrail.limit_usd is None) != (guardrail.reset_interval is None):
+        raise EmulatorApiError(400, "limit_usd and reset_interval must be provided together")
+
+
+def _key_hashes(body: Any, field: str = "key_hashes") -> list[str]:
+    values = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise EmulatorApiError(400, f"{field}: Expected an array of non-empty strings")
+    if not values:
+        raise EmulatorApiError(400, f"{field}: Array must contain at least 1 element(s)")
+    return list(dict.fromkeys(values))
+
+
+def _chat_providers(body: dict[str, Any]) -> list[str]:
+    """The providers a chat completion may be served by, in preference order: its `provider`
+    preferences' `only` (ordered by `order`), else `order` (then the default provider unless
+    allow_fallbacks is false), else the default provider; less those in `ignore`. The emulator
+    serves every model at every provider named."""
+    preferences = body.get("provider")
+    if preferences is None:
+        return [DEFAULT_PROVIDER]
+    if not isinstance(preferences, dict):
+        raise EmulatorApiError(400, "provider: Expected object")
+    lists: dict[str, list[str]] = {}
+    for name in ("only", "order", "ignore"):
+        value = preferences.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise EmulatorApiError(400, f"provider.{name}: Expected an array of strings")
+        lists[name] = value
+    order = lists.get("order", [])
+    if "only" in lists:
+        only = {_provider_slug(p) for p in lists["only"]}
+        ranked = [p for p in order if _provider_slug(p) in only]
+        candidates = ranked + [p for p in lists["only"] if p not in ranked]
+    elif order:
+        fallback = [] if preferences.get("allow_fallbacks") is False else [DEFAULT_PROVIDER]
+        candidates = order + fallback
+    else:
+        candidates = [DEFAULT_PROVIDER]
+    ignored = {_provider_slug(p) for p in lists.get("ignore", [])}
+    return [p for p in candidates if _provider_slug(p) not in ignored]
+
+
+def _provider_name(provider: str) -> str:
+    """How a generation names a provider: the default one by its display name."""
+    return (
+        DEFAULT_PROVIDER
+        if _provider_slug(provider) == _provider_slug(DEFAULT_PROVIDER)
+        else provider
+    )
 
 
 class _SharedState:

@@ -78,6 +78,16 @@ def _int_or_zero(data: Mapping[str, Any], field: str) -> int:
     return _optional_int(data, field) or 0
 
 
+def _optional_strings(data: Mapping[str, Any], field: str) -> tuple[str, ...] | None:
+    """A list of strings (a guardrail's allowlist): None when absent or null."""
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidOpenRouterPayload(f"{field}: expected a list of strings")
+    return tuple(value)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """The key object of GET/POST/PATCH /keys (openrouter-api.md §1). Never holds the secret."""
@@ -162,8 +172,55 @@ class CreatedKey:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyBudget:
+    """One budget layer of GET /key's `budgets` (SDK KeyBudget): a guardrail's
+    (`workspace_default_key`, `member`, `api_key`...), a workspace budget's (`workspace`) or the
+    key's own limit (`key_limit`), with what enforcement counts against it in its UTC window.
+    `remaining_usd` zero or less means this layer refuses requests (403) until `resets_at`."""
+
+    scope: str
+    limit_usd: Decimal
+    spend_usd: Decimal
+    remaining_usd: Decimal
+    reset_interval: str | None
+    resets_at: datetime | None
+    include_byok: bool
+    guardrail_id: str | None
+    budget_id: str | None
+
+    @classmethod
+    def from_json(cls, data: object) -> KeyBudget:
+        if not isinstance(data, Mapping):
+            raise InvalidOpenRouterPayload("key budget: expected a JSON object")
+        limit_usd = _money_or_zero(data, "limit_usd")
+        spend_usd = _money_or_zero(data, "spend_usd")
+        remaining = parse_money(data.get("remaining_usd"), field="remaining_usd")
+        if remaining is None:
+            try:
+                remaining = limit_usd - spend_usd
+            except InvalidOperation as exc:  # "Infinity" less "Infinity"
+                raise InvalidOpenRouterPayload("key budget: remaining_usd unknown") from exc
+        return cls(
+            scope=_optional_str(data, "scope") or "",
+            limit_usd=limit_usd,
+            spend_usd=spend_usd,
+            remaining_usd=remaining,
+            reset_interval=_optional_str(data, "reset_interval"),
+            resets_at=parse_timestamp(data.get("resets_at"), field="resets_at"),
+            include_byok=_bool(data, "include_byok"),
+            guardrail_id=_optional_str(data, "guardrail_id"),
+            budget_id=_optional_str(data, "budget_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CurrentKey:
-    """GET /key: the key that authenticated the call (it has no hash field)."""
+    """GET /key: the key that authenticated the call (it has no hash field).
+
+    `budgets` are every layer enforcement checks, in its order (guardrails, workspace budgets,
+    the key's own limit); `effective_budget` the one that refuses first. Both are absent from
+    older answers: then empty and None.
+    """
 
     label: str
     limit: Decimal | None
@@ -174,11 +231,17 @@ class CurrentKey:
     is_free_tier: bool
     is_management_key: bool
     expires_at: datetime | None
+    budgets: tuple[KeyBudget, ...] = ()
+    effective_budget: KeyBudget | None = None
 
     @classmethod
     def from_json(cls, data: object) -> CurrentKey:
         if not isinstance(data, Mapping):
             raise InvalidOpenRouterPayload("current key: expected a JSON object")
+        budgets = data.get("budgets")
+        if budgets is not None and not isinstance(budgets, list):
+            raise InvalidOpenRouterPayload("budgets: expected a list")
+        effective = data.get("effective_budget")
         return cls(
             label=_optional_str(data, "label") or "",
             limit=parse_money(data.get("limit"), field="limit"),
@@ -191,6 +254,8 @@ class CurrentKey:
             is_management_key=_bool(data, "is_management_key")
             or _bool(data, "is_provisioning_key"),
             expires_at=parse_timestamp(data.get("expires_at"), field="expires_at"),
+            budgets=tuple(KeyBudget.from_json(item) for item in budgets or []),
+            effective_budget=None if effective is None else KeyBudget.from_json(effective),
         )
 
 
@@ -329,4 +394,85 @@ class ActivityItem:
             reasoning_tokens=_int_or_zero(data, "reasoning_tokens"),
             cached_tokens=_int_or_zero(data, "cached_tokens"),
             workspace_id=_optional_str(data, "workspace_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """A guardrail (GET/POST/PATCH /guardrails): a budget per key (or per member) over a UTC
+    window, and model and provider allowlists, for the keys assigned to it.
+
+    `limit_usd` and `reset_interval` are both set or both None. An allowlist of None allows
+    everything. Only `id` is required; the workspace default guardrail is one of these too
+    (named "Workspace <workspace id> Default").
+    """
+
+    id: str
+    name: str
+    description: str | None
+    workspace_id: str | None
+    limit_usd: Decimal | None
+    reset_interval: str | None
+    include_byok_in_budgets: bool
+    allowed_models: tuple[str, ...] | None
+    allowed_providers: tuple[str, ...] | None
+    ignored_models: tuple[str, ...] | None
+    ignored_providers: tuple[str, ...] | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: object) -> Guardrail:
+        if not isinstance(data, Mapping):
+            raise InvalidOpenRouterPayload("guardrail: expected a JSON object")
+        guardrail_id = data.get("id")
+        if not isinstance(guardrail_id, str) or not guardrail_id:
+            raise InvalidOpenRouterPayload("guardrail: missing id")
+        return cls(
+            id=guardrail_id,
+            name=_optional_str(data, "name") or "",
+            description=_optional_str(data, "description"),
+            workspace_id=_optional_str(data, "workspace_id"),
+            limit_usd=parse_money(data.get("limit_usd"), field="limit_usd"),
+            reset_interval=_optional_str(data, "reset_interval"),
+            include_byok_in_budgets=_bool(data, "include_byok_in_budgets"),
+            allowed_models=_optional_strings(data, "allowed_models"),
+            allowed_providers=_optional_strings(data, "allowed_providers"),
+            ignored_models=_optional_strings(data, "ignored_models"),
+            ignored_providers=_optional_strings(data, "ignored_providers"),
+            created_at=parse_timestamp(data.get("created_at"), field="created_at"),
+            updated_at=parse_timestamp(data.get("updated_at"), field="updated_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailKeyAssignment:
+    """A key's guardrail assignment (GET /guardrails[/{id}]/assignments/keys): a key holds at
+    most one. `key_hash` and `guardrail_id` are required."""
+
+    id: str
+    key_hash: str
+    guardrail_id: str
+    key_name: str
+    key_label: str
+    assigned_by: str | None
+    created_at: datetime | None
+
+    @classmethod
+    def from_json(cls, data: object) -> GuardrailKeyAssignment:
+        if not isinstance(data, Mapping):
+            raise InvalidOpenRouterPayload("key assignment: expected a JSON object")
+        key_hash, guardrail_id = data.get("key_hash"), data.get("guardrail_id")
+        if not isinstance(key_hash, str) or not key_hash:
+            raise InvalidOpenRouterPayload("key assignment: missing key_hash")
+        if not isinstance(guardrail_id, str) or not guardrail_id:
+            raise InvalidOpenRouterPayload("key assignment: missing guardrail_id")
+        return cls(
+            id=_optional_str(data, "id") or "",
+            key_hash=key_hash,
+            guardrail_id=guardrail_id,
+            key_name=_optional_str(data, "key_name") or "",
+            key_label=_optional_str(data, "key_label") or "",
+            assigned_by=_optional_str(data, "assigned_by"),
+            created_at=parse_timestamp(data.get("created_at"), field="created_at"),
         )
