@@ -53,6 +53,7 @@ def handler_for(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSetti
         "monthly_restore": lambda: _monthly_restore(runtime, job),
         "reconcile": lambda: _reconcile(runtime, job),
         "tier_budget": lambda: _tier_budget(runtime, job),
+        "tier_guardrail": lambda: _tier_guardrail(runtime, job),
         "usage_sync": lambda: _usage_sync(runtime, job),
     }
     factory = factories.get(job.kind)
@@ -90,6 +91,12 @@ def _tier_budget(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSett
     from shared.usage import budgets
 
     return budgets.tier_budget_handler(runtime, job), QueueSettings.of(runtime.settings)
+
+
+def _tier_guardrail(runtime: Runtime, job: WorkJob) -> tuple[ItemHandler, QueueSettings]:
+    from shared.usage import tier_policies
+
+    return tier_policies.tier_guardrail_handler(runtime, job), QueueSettings.of(runtime.settings)
 
 
 def bulk_work_may_start(moment: datetime) -> bool:

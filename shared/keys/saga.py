@@ -42,6 +42,7 @@ from shared.openrouter.errors import (
     OpenRouterUnavailable,
 )
 from shared.runtime import Runtime
+from shared.usage.tier_policies import TierPolicyService
 
 _ROUNDS = 3  # re-plans after a key vanished under us, before giving the error back
 
@@ -284,6 +285,9 @@ class KeyOperationSaga:
     # ----- key_created -> completed -----
 
     async def _activate(self, operation: OperationRecord) -> OperationRecord:
+        # The tier's policy holds the new key before it is handed out (repeated safely if an
+        # interruption leaves the operation here).
+        await TierPolicyService(self._runtime).guard_owner(Owner.parse(operation.owner))
         assert operation.new_key_id is not None
         try:
             async with self._store.transaction() as (keys, audit):

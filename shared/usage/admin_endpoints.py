@@ -14,7 +14,11 @@ from shared.usage.schemas import (
     TierBudgetUpdate,
     TierInfo,
     TierList,
+    TierPolicyInfo,
+    TierPolicyList,
+    TierPolicyUpdate,
 )
+from shared.usage.tier_policies import TierPolicyService
 from shared.web.deps import RuntimeDep
 from shared.web.openapi import answers
 
@@ -63,3 +67,31 @@ async def set_tier_budget(
         request_id=current_request_id.get(),
     )
     return TierInfo(tier=tier, monthly_budget_usd=budget, description=description)
+
+
+@router.get("/api/admin/tiers/policies", response_model=TierPolicyList)
+async def list_tier_policies(_: AdminCaller, runtime: RuntimeDep) -> TierPolicyList:
+    """Every tier's policy at OpenRouter: daily cap, allowed models and providers."""
+    policies = await TierPolicyService(runtime).policies()
+    return TierPolicyList(data=[TierPolicyInfo.of(p) for p in policies])
+
+
+@router.put(
+    "/api/admin/tiers/{tier}/policy", response_model=TierPolicyInfo, responses=answers(404, 502)
+)
+async def set_tier_policy(
+    tier: TierName, body: TierPolicyUpdate, caller: AdminCaller, runtime: RuntimeDep
+) -> TierPolicyInfo:
+    """Set a tier's whole policy (a field left out or null: unrestricted), enforced by
+    OpenRouter through the tier's guardrail; a new guardrail reaches the tier's keys through a
+    job on the work queue, a changed one at once. Audited."""
+    policy = await TierPolicyService(runtime).set_policy(
+        tier,
+        daily_cap_usd=body.daily_cap_usd,
+        allowed_models=body.allowed_models,
+        allowed_providers=body.allowed_providers,
+        actor=caller.actor,
+        reason=body.reason,
+        request_id=current_request_id.get(),
+    )
+    return TierPolicyInfo.of(policy)

@@ -22,6 +22,7 @@ from shared.timestamps import UtcDatetime
 if TYPE_CHECKING:
     from shared.keys.service import BudgetApplied
     from shared.usage.budgets import ResetOutcome
+    from shared.usage.tier_policies import TierPolicy
 
 MAX_BATCH_EVENTS = 1000
 # No single generation costs this much; a larger figure is a unit mistake, not a bill.
@@ -304,3 +305,49 @@ class TierBudgetUpdate(BaseModel):
         Annotated[Usd, Field(ge=0, le=10_000_000, allow_inf_nan=False, decimal_places=6)] | None
     )
     reason: Reason | None = None
+
+
+ModelId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/*~-]+$")]
+ProviderName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._ -]+$")]
+
+
+class TierPolicyUpdate(BaseModel):
+    """A tier's whole policy: what is left out (or null) is not restricted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_cap_usd: (
+        Annotated[Usd, Field(ge=0, le=10_000_000, allow_inf_nan=False, decimal_places=6)] | None
+    ) = Field(default=None, description="At most this much a UTC day per key; null: no cap.")
+    allowed_models: Annotated[list[ModelId], Field(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="OpenRouter model ids (or patterns such as openai/*); null: every model.",
+    )
+    allowed_providers: Annotated[list[ProviderName], Field(min_length=1, max_length=100)] | None = (
+        Field(default=None, description="Provider names; null: every provider.")
+    )
+    reason: Reason | None = None
+
+
+class TierPolicyInfo(BaseModel):
+    tier: str
+    daily_cap_usd: Usd | None
+    allowed_models: list[str] | None
+    allowed_providers: list[str] | None
+    guardrail_id: str | None = Field(description="The OpenRouter guardrail enforcing it.")
+
+    @classmethod
+    def of(cls, policy: TierPolicy) -> TierPolicyInfo:
+        return cls(
+            tier=policy.tier,
+            daily_cap_usd=policy.daily_cap_usd,
+            allowed_models=None if policy.allowed_models is None else list(policy.allowed_models),
+            allowed_providers=(
+                None if policy.allowed_providers is None else list(policy.allowed_providers)
+            ),
+            guardrail_id=policy.guardrail_id,
+        )
+
+
+class TierPolicyList(BaseModel):
+    data: list[TierPolicyInfo]

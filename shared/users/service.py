@@ -11,6 +11,7 @@ from shared.keys.domain import Owner, current_period
 from shared.keys.service import BudgetApplied, KeyLifecycleService
 from shared.runtime import Runtime
 from shared.usage.repository import UsageRepository
+from shared.usage.tier_policies import TierPolicyService
 from shared.users.domain import write_user
 from shared.users.repository import UserChange, UserRepository
 
@@ -66,4 +67,7 @@ class UsersService:
             reason=f"tier {before} -> {change.after.tier}",
             request_id=request_id,
         )
+        if change.before is not None and change.before.tier != change.after.tier:
+            # the new tier's policy (or none) holds their keys from now on
+            await TierPolicyService(self._runtime).guard_owner(Owner.user(user_id))
         return UserWritten(change, applied)

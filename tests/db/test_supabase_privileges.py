@@ -55,6 +55,7 @@ REVIEWED_TABLES: dict[str, dict[str, frozenset[str]]] = {
     "openrouter_fleet_workers": SERVICE_ALL,
     "openrouter_key_usage": SERVICE_ALL,
     "usage_corrections": SERVICE_ALL,
+    "key_guardrails": SERVICE_ALL,
     # identity sequences: the tables' own privileges cover them
     "alert_outbox_id_seq": {},
     "usage_adjustments_id_seq": {},

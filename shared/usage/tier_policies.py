@@ -1,0 +1,316 @@
+"""Tier policies enforced at OpenRouter: a daily cap, allowed models and providers per tier.
+
+OpenRouter enforces them itself, through a guardrail per tier (schema 0022): the service keeps
+the guardrail in step with the tier's policy and assigns it every key of the tier's users. A
+new policy makes the guardrail and a job on the work queue that assigns the tier's keys to it
+in pages (one OpenRouter call a page); a changed policy is one update of the guardrail, which
+its keys follow; a policy taken away deletes the guardrail, which frees its keys. A key made
+later is assigned when it is activated, a user moved to another tier when they move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from shared.audit.repository import AuditRepository
+from shared.db.database import Connection
+from shared.errors import NotFound
+from shared.jobs.queue import ItemHandler
+from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
+from shared.keys.domain import Owner
+from shared.openrouter.errors import OpenRouterNotFound
+from shared.runtime import Runtime
+
+TIER_GUARDRAIL_KIND = "tier_guardrail"
+TIER_GUARDRAIL_PRIORITY = 6  # as a tier's budget change: asked for now
+ASSIGN_PAGE = 100  # key hashes per bulk assignment call
+
+
+@dataclass(frozen=True, slots=True)
+class TierPolicy:
+    tier: str
+    daily_cap_usd: Decimal | None
+    allowed_models: tuple[str, ...] | None
+    allowed_providers: tuple[str, ...] | None
+    guardrail_id: str | None
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.daily_cap_usd is None
+            and self.allowed_models is None
+            and self.allowed_providers is None
+        )
+
+    def audited(self) -> dict[str, Any]:
+        return {
+            "daily_cap_usd": self.daily_cap_usd,
+            "allowed_models": None if self.allowed_models is None else list(self.allowed_models),
+            "allowed_providers": (
+                None if self.allowed_providers is None else list(self.allowed_providers)
+            ),
+        }
+
+
+class TierPolicyRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def policy(self, tier: str) -> TierPolicy | None:
+        cursor = await self._conn.execute(
+            "select tier, daily_cap_usd, allowed_models, allowed_providers, guardrail_id"
+            " from subscription_tiers where tier = %s",
+            (tier,),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else _policy(row)
+
+    async def policies(self) -> list[TierPolicy]:
+        cursor = await self._conn.execute(
+            "select tier, daily_cap_usd, allowed_models, allowed_providers, guardrail_id"
+            " from subscription_tiers order by tier"
+        )
+        return [_policy(row) for row in await cursor.fetchall()]
+
+    async def write(self, policy: TierPolicy) -> None:
+        await self._conn.execute(
+            "update subscription_tiers set daily_cap_usd = %s, allowed_models = %s,"
+            " allowed_providers = %s, guardrail_id = %s, updated_at = now() where tier = %s",
+            (
+                policy.daily_cap_usd,
+                None if policy.allowed_models is None else list(policy.allowed_models),
+                None if policy.allowed_providers is None else list(policy.allowed_providers),
+                policy.guardrail_id,
+                policy.tier,
+            ),
+        )
+
+    async def guardrail_of_owner(self, owner: str) -> str | None:
+        """The guardrail of the tier the owner's user is on (system keys: none)."""
+        cursor = await self._conn.execute(
+            "select t.guardrail_id from api_keys k join users u on u.user_id = k.user_id"
+            " join subscription_tiers t on t.tier = u.tier where k.owner = %s limit 1",
+            (owner,),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else row["guardrail_id"]  # type: ignore[return-value]
+
+    async def keys_to_assign(self, *, tier: str | None, owner: str | None) -> list[str]:
+        """Hashes of the keys that may spend (of the tier's users, or of one owner) whose
+        recorded guardrail is not their tier's."""
+        cursor = await self._conn.execute(
+            "select k.openrouter_hash from api_keys k join users u on u.user_id = k.user_id"
+            " join subscription_tiers t on t.tier = u.tier"
+            " left join key_guardrails g on g.key_id = k.id"
+            " where k.state in ('current', 'previous', 'pending') and k.openrouter_hash is not null"
+            " and k.deleted_at is null and (u.tier = %s or k.owner = %s)"
+            " and g.guardrail_id is distinct from t.guardrail_id order by k.created_at, k.id",
+            (tier, owner),
+        )
+        return [str(row["openrouter_hash"]) for row in await cursor.fetchall()]
+
+    async def record_assigned(self, key_hashes: Sequence[str], guardrail_id: str | None) -> None:
+        if guardrail_id is None:
+            await self._conn.execute(
+                "delete from key_guardrails g using api_keys k"
+                " where g.key_id = k.id and k.openrouter_hash = any(%s)",
+                (list(key_hashes),),
+            )
+            return
+        await self._conn.execute(
+            "insert into key_guardrails (key_id, guardrail_id)"
+            " select id, %s from api_keys where openrouter_hash = any(%s)"
+            " on conflict (key_id) do update set guardrail_id = excluded.guardrail_id,"
+            " assigned_at = now()",
+            (guardrail_id, list(key_hashes)),
+        )
+
+    async def forget_guardrail(self, guardrail_id: str) -> None:
+        await self._conn.execute(
+            "delete from key_guardrails where guardrail_id = %s", (guardrail_id,)
+        )
+
+
+def _policy(row: Any) -> TierPolicy:
+    models, providers = row["allowed_models"], row["allowed_providers"]
+    return TierPolicy(
+        tier=str(row["tier"]),
+        daily_cap_usd=row["daily_cap_usd"],
+        allowed_models=None if models is None else tuple(models),
+        allowed_providers=None if providers is None else tuple(providers),
+        guardrail_id=row["guardrail_id"],
+    )
+
+
+class TierPolicyService:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _guardrail_name(self, tier: str) -> str:
+        return f"{self._runtime.settings.openrouter_key_name_prefix}-tier-{tier}"
+
+    async def policies(self) -> list[TierPolicy]:
+        async with self._runtime.database().connection() as conn:
+            return await TierPolicyRepository(conn).policies()
+
+    async def set_policy(
+        self,
+        tier: str,
+        *,
+        daily_cap_usd: Decimal | None,
+        allowed_models: Sequence[str] | None,
+        allowed_providers: Sequence[str] | None,
+        actor: str,
+        reason: str | None,
+        request_id: str | None,
+    ) -> TierPolicy:
+        """The tier's policy, in force at OpenRouter: its guardrail made, changed or deleted
+        now; the tier's keys assigned to a new guardrail by a job on the work queue."""
+        async with self._runtime.database().connection() as conn:
+            before = await TierPolicyRepository(conn).policy(tier)
+        if before is None:
+            raise NotFound(f"no tier {tier}", code="tier_not_found")
+        wanted = TierPolicy(
+            tier=tier,
+            daily_cap_usd=daily_cap_usd,
+            allowed_models=None if allowed_models is None else tuple(allowed_models),
+            allowed_providers=None if allowed_providers is None else tuple(allowed_providers),
+            guardrail_id=before.guardrail_id,
+        )
+        guardrail_id = await self._enforce(wanted)
+        after = TierPolicy(
+            tier=tier,
+            daily_cap_usd=wanted.daily_cap_usd,
+            allowed_models=wanted.allowed_models,
+            allowed_providers=wanted.allowed_providers,
+            guardrail_id=guardrail_id,
+        )
+        async with self._runtime.database().connection() as conn, conn.transaction():
+            policies = TierPolicyRepository(conn)
+            await policies.write(after)
+            if before.guardrail_id is not None and guardrail_id != before.guardrail_id:
+                await policies.forget_guardrail(before.guardrail_id)  # deleted: keys are free
+            await AuditRepository(conn).append(
+                actor=actor,
+                action="tier.policy_changed",
+                target=f"tier:{tier}",
+                reason=reason,
+                request_id=request_id,
+                details={"from": before.audited(), "to": after.audited()},
+            )
+            if guardrail_id is not None:
+                await self._enqueue_assignments(conn, tier, actor)
+        return after
+
+    async def _enforce(self, policy: TierPolicy) -> str | None:
+        """Make OpenRouter's guardrail say the policy; its id (None: no policy, none kept)."""
+        client = self._runtime.openrouter()
+        if policy.empty:
+            if policy.guardrail_id is not None:
+                with contextlib.suppress(OpenRouterNotFound):  # gone already: as wanted
+                    await client.delete_guardrail(policy.guardrail_id)
+            return None
+        fields: dict[str, Any] = {
+            "limit_usd": policy.daily_cap_usd,
+            "reset_interval": None if policy.daily_cap_usd is None else "daily",
+            "allowed_models": None
+            if policy.allowed_models is None
+            else list(policy.allowed_models),
+            "allowed_providers": (
+                None if policy.allowed_providers is None else list(policy.allowed_providers)
+            ),
+        }
+        if policy.guardrail_id is not None:
+            try:
+                updated = await client.update_guardrail(policy.guardrail_id, **fields)
+                return updated.id
+            except OpenRouterNotFound:
+                pass  # deleted behind our back: made again below, and the keys assigned again
+        created = await client.create_guardrail(
+            name=self._guardrail_name(policy.tier),
+            description=f"openrouter-agent policy of tier {policy.tier}",
+            **fields,
+        )
+        return created.id
+
+    async def _enqueue_assignments(self, conn: Connection, tier: str, actor: str) -> None:
+        hashes = await TierPolicyRepository(conn).keys_to_assign(tier=tier, owner=None)
+        queue = WorkQueueRepository(conn)
+        job, _ = await queue.ensure_job(
+            TIER_GUARDRAIL_KIND,
+            f"{tier}:{uuid.uuid4()}",
+            created_by=actor,
+            params={"tier": tier},
+            priority=TIER_GUARDRAIL_PRIORITY,
+        )
+        pages = [hashes[i : i + ASSIGN_PAGE] for i in range(0, len(hashes), ASSIGN_PAGE)]
+        await queue.enqueue(
+            job.id,
+            [NewItem(f"page:{n}", payload={"key_hashes": page}) for n, page in enumerate(pages)],
+        )
+        await queue.finish_if_drained(job.id)  # a tier with no keys: done as it is made
+
+    async def guard_owner(self, owner: Owner) -> int:
+        """Assign the owner's keys that may spend to their tier's guardrail (or free them when
+        the tier has none): at a key's activation and a user's move to another tier. The number
+        of keys changed at OpenRouter."""
+        async with self._runtime.database().connection() as conn:
+            policies = TierPolicyRepository(conn)
+            guardrail_id = await policies.guardrail_of_owner(owner.key)
+            hashes = await policies.keys_to_assign(tier=None, owner=owner.key)
+        if not hashes:
+            return 0
+        await self._assign(guardrail_id, hashes, owner_moved=True)
+        return len(hashes)
+
+    async def _assign(
+        self, guardrail_id: str | None, hashes: list[str], *, owner_moved: bool
+    ) -> None:
+        client = self._runtime.openrouter()
+        if guardrail_id is not None:
+            await client.assign_keys_to_guardrail(guardrail_id, hashes)
+        elif owner_moved:
+            await self._unassign(hashes)
+        async with self._runtime.database().connection() as conn:
+            await TierPolicyRepository(conn).record_assigned(hashes, guardrail_id)
+
+    async def _unassign(self, hashes: list[str]) -> None:
+        """Free keys from the guardrail they were recorded on (a user moved to a tier with none)."""
+        async with self._runtime.database().connection() as conn:
+            cursor = await conn.execute(
+                "select g.guardrail_id, k.openrouter_hash from key_guardrails g"
+                " join api_keys k on k.id = g.key_id where k.openrouter_hash = any(%s)",
+                (hashes,),
+            )
+            rows = await cursor.fetchall()
+        by_guardrail: dict[str, list[str]] = {}
+        for row in rows:
+            held = by_guardrail.setdefault(str(row["guardrail_id"]), [])
+            held.append(str(row["openrouter_hash"]))
+        client = self._runtime.openrouter()
+        for guardrail_id, assigned in by_guardrail.items():
+            with contextlib.suppress(OpenRouterNotFound):  # gone: nothing holds the keys
+                await client.unassign_keys_from_guardrail(guardrail_id, assigned)
+
+
+def tier_guardrail_handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
+    """An item is a page of the tier's key hashes, assigned to the tier's guardrail as it is
+    when the page runs (a policy taken away since: nothing to assign)."""
+    service = TierPolicyService(runtime)
+    tier = str(job.params.get("tier"))
+
+    async def assign(claimed: ClaimedItem) -> str:
+        hashes = [str(h) for h in (claimed.payload or {}).get("key_hashes", [])]
+        async with runtime.database().connection() as conn:
+            policy = await TierPolicyRepository(conn).policy(tier)
+        if policy is None or policy.guardrail_id is None or not hashes:
+            return "nothing_to_assign"
+        await service._assign(policy.guardrail_id, hashes, owner_moved=False)
+        return "assigned"
+
+    return assign
