@@ -119,7 +119,9 @@ _DUE_WORK = {
         " or exists (select 1 from api_keys where state = 'previous' and grace_until <= now())"
         " or exists (select 1 from key_operations where status in"
         "  ('started', 'planned', 'key_created', 'activated') and updated_at < now() - interval"
-        "  '5 seconds') as due"
+        "  '5 seconds')"
+        " or exists (select 1 from budget_increases where lapse_applied_at is null"
+        "  and ends_at <= now()) as due"
     ),
     "work": ("select exists (select 1 from work_jobs_due(1)) as due"),
 }

@@ -24,10 +24,14 @@ async def prune_rate_limits(runtime: Runtime) -> int:
 
 
 async def advance_key_operations(runtime: Runtime) -> int:
-    """Resume crashed key operations and finish rotations whose grace period has ended."""
+    """Resume crashed key operations, finish rotations whose grace period has ended, and bring
+    the keys of users whose budget increase ended back to their budget without it."""
+    from shared.users.service import BudgetIncreaseService
+
     advanced = await KeyLifecycleService(runtime).advance_due_operations()
-    logger.info("key operations advanced", extra={"advanced": advanced})
-    return advanced
+    lapsed = await BudgetIncreaseService(runtime).apply_lapsed()
+    logger.info("key operations advanced", extra={"advanced": advanced, "lapsed": lapsed})
+    return advanced + lapsed
 
 
 async def reconcile_keys(runtime: Runtime) -> dict[str, int]:

@@ -126,15 +126,17 @@ class KeyRepository:
     # ----- users and budgets -----
 
     async def monthly_budget_of_user(self, user_id: str) -> Decimal | None:
+        """The user's budget this month: their tier's and the grants in force (0023)."""
         cursor = await self._conn.execute(
-            "select t.monthly_budget_usd from users u"
+            "select user_budget_usd(u.user_id, t.monthly_budget_usd,"
+            " date_trunc('month', now() at time zone 'UTC')::date) as budget from users u"
             " join subscription_tiers t on t.tier = u.tier where u.user_id = %s",
             (user_id,),
         )
         row = await cursor.fetchone()
         if row is None:
             raise LookupError(f"unknown user {user_id}")
-        budget = row["monthly_budget_usd"]
+        budget = row["budget"]
         return None if budget is None else Decimal(budget)  # type: ignore[arg-type]
 
     async def adjustments_of(self, user_id: str | None, period: date) -> Decimal:
@@ -463,7 +465,8 @@ class KeyRepository:
             "  and (o.state in ('previous', 'pending') or (o.state = 'revoked'"
             "   and o.deleted_at is null and o.openrouter_hash is not null)))"
             " and k.limit_usd is not distinct from (case when k.user_id is null"
-            "  then %(system)s::numeric else (select t.monthly_budget_usd from users u"
+            "  then %(system)s::numeric else (select user_budget_usd(u.user_id,"
+            "  t.monthly_budget_usd, %(period)s) from users u"
             "  join subscription_tiers t on t.tier = u.tier where u.user_id = k.user_id) end)"
             " and not exists (select 1 from key_operations o where o.owner = k.owner"
             "  and o.status in ('started', 'planned', 'key_created', 'activated'))"

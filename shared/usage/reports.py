@@ -109,8 +109,8 @@ class ReportRepository:
         """Users by spend this period, highest first (an index walk, not a sort)."""
         return await self._rows(
             "select t.user_id, u.tier, t.net_usd as spent_usd,"
-            " s.monthly_budget_usd as limit_usd, k.limit_usd as key_limit_usd,"
-            " k.id is not null as has_key from usage_totals t"
+            " user_budget_usd(t.user_id, s.monthly_budget_usd, t.period) as limit_usd,"
+            " k.limit_usd as key_limit_usd, k.id is not null as has_key from usage_totals t"
             " join users u on u.user_id = t.user_id"
             " join subscription_tiers s on s.tier = u.tier"
             " left join api_keys k on k.owner = 'user:' || t.user_id and k.state = 'current'"
@@ -127,8 +127,8 @@ class ReportRepository:
         to its own tier's budget."""
         return await self._rows(
             "select t.user_id, u.tier, t.net_usd as spent_usd,"
-            " s.monthly_budget_usd as limit_usd, k.limit_usd as key_limit_usd,"
-            " k.id is not null as has_key from usage_totals t"
+            " user_budget_usd(t.user_id, s.monthly_budget_usd, t.period) as limit_usd,"
+            " k.limit_usd as key_limit_usd, k.id is not null as has_key from usage_totals t"
             " join users u on u.user_id = t.user_id"
             " join subscription_tiers s on s.tier = u.tier"
             " left join api_keys k on k.owner = 'user:' || t.user_id and k.state = 'current'"
@@ -137,7 +137,7 @@ class ReportRepository:
             "  (select min(monthly_budget_usd) from subscription_tiers)"
             " and s.monthly_budget_usd is not null"
             " and t.net_usd * 100"
-            "  >= s.monthly_budget_usd * %(percent)s"
+            "  >= user_budget_usd(t.user_id, s.monthly_budget_usd, t.period) * %(percent)s"
             " order by t.net_usd desc, t.user_id"
             " limit %(limit)s",
             {"period": period, "percent": percent, "limit": limit},

@@ -3,13 +3,24 @@ move a user to a tier. Served by the admin function."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Response
 
 from shared.access.rules import UsersWriter
 from shared.keys.schemas import UserId
 from shared.observability import current_request_id
-from shared.users.schemas import UserInfo, UserPut, UserTierChange, UserTierChanged
-from shared.users.service import UsersService
+from shared.users.schemas import (
+    BudgetIncreaseGranted,
+    BudgetIncreaseInfo,
+    BudgetIncreaseList,
+    BudgetIncreaseRequest,
+    UserInfo,
+    UserPut,
+    UserTierChange,
+    UserTierChanged,
+)
+from shared.users.service import BudgetIncreaseService, UsersService
 from shared.web.deps import RuntimeDep
 from shared.web.openapi import answers
 
@@ -58,3 +69,38 @@ async def change_user_tier(
         must_exist=True,
     )
     return UserTierChanged.of(written)
+
+
+@router.post(
+    "/{user_id}/budget-increases",
+    response_model=BudgetIncreaseGranted,
+    status_code=201,
+    responses=answers(404, 502),
+)
+async def grant_budget_increase(
+    user_id: UserId, body: BudgetIncreaseRequest, caller: UsersWriter, runtime: RuntimeDep
+) -> BudgetIncreaseGranted:
+    """Grant the user extra budget for this month or until `ends_at`, with a reason: a ledger
+    entry (never an edit), their key's limit follows at once, a rotation keeps it, and it
+    lapses at its end. Audited."""
+    granted = await BudgetIncreaseService(runtime).grant(
+        user_id,
+        body.amount_usd,
+        ends_at=body.ends_at,
+        reason=body.reason,
+        actor=caller.actor,
+        request_id=current_request_id.get(),
+    )
+    return BudgetIncreaseGranted.of(granted, now=datetime.now(UTC))
+
+
+@router.get(
+    "/{user_id}/budget-increases", response_model=BudgetIncreaseList, responses=answers(404)
+)
+async def list_budget_increases(
+    user_id: UserId, _: UsersWriter, runtime: RuntimeDep
+) -> BudgetIncreaseList:
+    """The user's grants, newest first, lapsed ones included."""
+    now = datetime.now(UTC)
+    increases = await BudgetIncreaseService(runtime).of_user(user_id)
+    return BudgetIncreaseList(data=[BudgetIncreaseInfo.of(i, now=now) for i in increases])

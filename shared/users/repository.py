@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from shared.db.database import Connection
@@ -99,3 +100,58 @@ class UserRepository:
         row = await cursor.fetchone()
         assert row is not None
         return UserChange(before, UserRecord.from_row(row))
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetIncrease:
+    id: int
+    user_id: str
+    amount_usd: Decimal
+    starts_period: date
+    ends_at: datetime
+    reason: str
+    granted_by: str
+    granted_at: datetime
+    lapse_applied_at: datetime | None
+
+
+class BudgetIncreaseRepository:
+    """Grants of extra budget (0023): rows are added, never edited, but for the mark that the
+    lapse reached the user's keys."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def grant(
+        self, user_id: str, amount_usd: Decimal, ends_at: datetime, reason: str, granted_by: str
+    ) -> BudgetIncrease:
+        cursor = await self._conn.execute(
+            "insert into budget_increases (user_id, amount_usd, starts_period, ends_at, reason,"
+            " granted_by) values (%s, %s, date_trunc('month', now() at time zone 'UTC')::date,"
+            " %s, %s, %s) returning *",
+            (user_id, amount_usd, ends_at, reason, granted_by),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        return BudgetIncrease(**row)  # type: ignore[arg-type]
+
+    async def of_user(self, user_id: str) -> list[BudgetIncrease]:
+        cursor = await self._conn.execute(
+            "select * from budget_increases where user_id = %s order by granted_at desc, id desc",
+            (user_id,),
+        )
+        return [BudgetIncrease(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
+
+    async def lapsed(self, *, limit: int) -> list[BudgetIncrease]:
+        """Grants that ended and whose end has not reached the user's keys yet."""
+        cursor = await self._conn.execute(
+            "select * from budget_increases where lapse_applied_at is null and ends_at <= now()"
+            " order by ends_at, id limit %s",
+            (limit,),
+        )
+        return [BudgetIncrease(**row) for row in await cursor.fetchall()]  # type: ignore[arg-type]
+
+    async def mark_lapse_applied(self, increase_id: int) -> None:
+        await self._conn.execute(
+            "update budget_increases set lapse_applied_at = now() where id = %s", (increase_id,)
+        )

@@ -56,6 +56,8 @@ REVIEWED_TABLES: dict[str, dict[str, frozenset[str]]] = {
     "openrouter_key_usage": SERVICE_ALL,
     "usage_corrections": SERVICE_ALL,
     "key_guardrails": SERVICE_ALL,
+    "budget_increases": SERVICE_ALL,
+    "budget_increases_id_seq": {},
     # identity sequences: the tables' own privileges cover them
     "alert_outbox_id_seq": {},
     "usage_adjustments_id_seq": {},
@@ -105,6 +107,8 @@ REVIEWED_FUNCTIONS: dict[str, dict[str, frozenset[str]]] = {
     "work_jobs_due(p_limit integer)": EXECUTE,
     "cross_usage_thresholds(p_period date, p_user_id text, p_tier text)": EXECUTE,
     "sync_counted_usage(p_period date, p_keys jsonb, p_users text[])": EXECUTE,
+    "user_budget_usd(p_user_id text, p_tier_budget numeric, p_period date)": EXECUTE,
+    "store_budget_increases(p_user_id text, p_period date)": EXECUTE,
     "record_usage_verification(p_event_id bigint, p_found boolean, p_openrouter_cost numeric,"
     " p_generation_user text, p_now timestamp with time zone, p_retry_s numeric,"
     " p_give_up_s numeric, p_alert_usd numeric)": EXECUTE,
