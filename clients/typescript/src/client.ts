@@ -1,7 +1,14 @@
 /** The client of openrouter-agent: a platform's view of its users' keys and usage. */
 
 import { toDecimalString } from "./decimal.js";
-import { AgentError, BudgetExhaustedError, OpenRouterError } from "./errors.js";
+import {
+  AgentError,
+  BudgetExhaustedError,
+  type BudgetInterval,
+  DailyCapReachedError,
+  ModelNotAllowedError,
+  OpenRouterError,
+} from "./errors.js";
 import type {
   ChatCompletion,
   ChatOptions,
@@ -28,6 +35,9 @@ export const DEFAULT_REFRESH_WAIT_MS = 10_000;
 const FIRST_POLL_MS = 100;
 const MAX_POLL_MS = 1000;
 const BUDGET_MESSAGE = "key limit exceeded"; // OpenRouter's 403 when the key has nothing left
+/** error.metadata.limit_source of a refusal by a guardrail's budget (a tier's daily cap). */
+const GUARDRAIL_BUDGET = "openrouter_guardrail_budget";
+const INTERVALS: readonly BudgetInterval[] = ["daily", "weekly", "monthly"];
 
 export interface AgentClientOptions {
   /** openrouter-agent's URL, e.g. https://keys.example.com */
@@ -371,8 +381,10 @@ export class AgentClient {
 
   /** One chat completion for the user, with their key: refreshed once when OpenRouter refuses
    * it (a rotation or an emergency in the middle of traffic costs no failed request), the usage
-   * reported in the background. Throws BudgetExhaustedError when the user's budget cannot pay,
-   * OpenRouterError for other refusals, AgentError when the service cannot give a key. */
+   * reported in the background. Throws BudgetExhaustedError when the user's budget cannot pay
+   * (DailyCapReachedError when it is their tier's daily cap), ModelNotAllowedError when their
+   * tier does not allow the model or provider, OpenRouterError for other refusals, AgentError
+   * when the service cannot give a key. */
   async chat(
     userId: string,
     request: ChatRequest,
@@ -392,8 +404,18 @@ export class AgentClient {
     } else if (this.#refused.get(userId)?.key.secret === key.secret) {
       this.#refused.delete(userId); // the refused key works again: enabled again
     }
+    if (isGuardrailBudget(answer)) throw dailyCapError(answer, userId);
     if (isBudgetRefusal(answer)) {
       throw new BudgetExhaustedError(answer.status, answer.message, userId, answer.body);
+    }
+    if (isGuardrailRestriction(answer)) {
+      throw new ModelNotAllowedError(
+        answer.status,
+        answer.message,
+        userId,
+        request.model,
+        answer.body,
+      );
     }
     if (answer.status < 200 || answer.status > 299) throw refusalError(answer);
     const completion = answer.body as ChatCompletion;
@@ -627,18 +649,77 @@ export class AgentClient {
   }
 }
 
-/** 402: this request costs more than is left; 403 "Key limit exceeded": nothing is left. A new
- * key would not help (the user's budget would). */
+/** 402: this request costs more than is left; 403 "Key limit exceeded", or any 403 whose
+ * metadata names the limit that refused it (limit_source: the key's limit, a guardrail's or the
+ * workspace's budget): nothing is left. A new key would not help (the user's budget would). */
 function isBudgetRefusal(answer: OpenRouterAnswer): boolean {
   return (
     answer.status === 402 ||
-    (answer.status === 403 && answer.message.toLowerCase().includes(BUDGET_MESSAGE))
+    (answer.status === 403 &&
+      (answer.message.toLowerCase().includes(BUDGET_MESSAGE) ||
+        typeof metadataOf(answer)?.["limit_source"] === "string"))
   );
 }
 
-/** OpenRouter's 401 (or a 403 that is not about money): this key no longer works. */
+/** A budget refusal by a guardrail's budget: with the service, the user's tier's daily cap. */
+function isGuardrailBudget(answer: OpenRouterAnswer): boolean {
+  return isBudgetRefusal(answer) && metadataOf(answer)?.["limit_source"] === GUARDRAIL_BUDGET;
+}
+
+/** A guardrail's allowlists refused the request, not the key: a 403 for the model (its
+ * metadata names the guardrail, its message the restriction), or the 404 "No endpoints
+ * available matching your guardrail restrictions" when no allowed provider is left. */
+function isGuardrailRestriction(answer: OpenRouterAnswer): boolean {
+  if (answer.status === 404) return /guardrail/i.test(answer.message);
+  if (answer.status !== 403 || isBudgetRefusal(answer)) return false;
+  const metadata = metadataOf(answer);
+  return (
+    /guardrail/i.test(answer.message) ||
+    typeof metadata?.["guardrail_id"] === "string" ||
+    typeof metadata?.["guardrail_scope"] === "string"
+  );
+}
+
+/** OpenRouter's 401 (or a 403 that is neither about money nor a guardrail's restriction): this
+ * key no longer works. */
 function isRefusedKey(answer: OpenRouterAnswer): boolean {
-  return answer.status === 401 || (answer.status === 403 && !isBudgetRefusal(answer));
+  return (
+    answer.status === 401 ||
+    (answer.status === 403 && !isBudgetRefusal(answer) && !isGuardrailRestriction(answer))
+  );
+}
+
+/** OpenRouter's `error.metadata`, when its answer has one. */
+function metadataOf(answer: OpenRouterAnswer): Record<string, unknown> | undefined {
+  const error = record(answer.body)?.["error"];
+  return record(record(error)?.["metadata"]);
+}
+
+function record(value: unknown): Record<string, unknown> | undefined {
+  return value !== null && typeof value === "object" && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : undefined;
+}
+
+/** resetsAt from metadata.resets_at; the interval from metadata.reset_interval when OpenRouter
+ * gives it, else from its message ("Guardrail daily budget of $1.00 exceeded"). */
+function dailyCapError(answer: OpenRouterAnswer, userId: string): DailyCapReachedError {
+  const metadata = metadataOf(answer) ?? {};
+  const at = metadata["resets_at"];
+  const resetsAt = typeof at === "string" && !Number.isNaN(Date.parse(at)) ? new Date(at) : null;
+  const said = metadata["reset_interval"] ?? metadata["interval"];
+  const interval =
+    INTERVALS.find((name) => name === said) ??
+    INTERVALS.find((name) => new RegExp(`\\b${name}\\b`, "i").test(answer.message)) ??
+    null;
+  return new DailyCapReachedError(
+    answer.status,
+    answer.message,
+    userId,
+    answer.body,
+    resetsAt,
+    interval,
+  );
 }
 
 function keyPath(userId: string): string {

@@ -76,6 +76,49 @@ export class BudgetExhaustedError extends OpenRouterError {
   }
 }
 
+/** How often a guardrail budget resets (OpenRouter's GuardrailInterval). */
+export type BudgetInterval = "daily" | "weekly" | "monthly";
+
+/** OpenRouter's guardrail budget refused the request (`error.metadata.limit_source`
+ * "openrouter_guardrail_budget"): the user's tier caps spend per UTC day (or week, or month),
+ * and this window's cap is spent (403) or cannot pay for this request's worst case (402). Nothing
+ * to retry before `resetsAt`; the monthly budget may have plenty left. */
+export class DailyCapReachedError extends BudgetExhaustedError {
+  override readonly name: string = "DailyCapReachedError";
+
+  constructor(
+    status: number,
+    message: string,
+    userId: string,
+    body: unknown,
+    /** When the window rolls over and the key may spend again (`metadata.resets_at`). */
+    readonly resetsAt: Date | null,
+    /** The window: `metadata.reset_interval`, else the one OpenRouter's message names. */
+    readonly interval: BudgetInterval | null,
+  ) {
+    super(status, message, userId, body);
+  }
+}
+
+/** The user's tier does not allow this model (OpenRouter's 403 from the guardrail's model
+ * allowlist) or leaves no provider to serve it (404 "No endpoints available matching your
+ * guardrail restrictions..."). The key is fine: another model (or provider) may be asked for,
+ * the same one will be refused again until the tier's policy changes. */
+export class ModelNotAllowedError extends OpenRouterError {
+  override readonly name: string = "ModelNotAllowedError";
+
+  constructor(
+    status: number,
+    message: string,
+    readonly userId: string,
+    /** The model the request asked for. */
+    readonly model: string,
+    body: unknown = null,
+  ) {
+    super(status, message, body);
+  }
+}
+
 function envelope(text: string): Record<string, unknown> | null {
   try {
     const body: unknown = JSON.parse(text);

@@ -10,6 +10,13 @@ export {
   type AgentClientOptions,
 } from "./client.js";
 export { toDecimalString } from "./decimal.js";
-export { AgentError, BudgetExhaustedError, OpenRouterError } from "./errors.js";
+export {
+  AgentError,
+  BudgetExhaustedError,
+  type BudgetInterval,
+  DailyCapReachedError,
+  ModelNotAllowedError,
+  OpenRouterError,
+} from "./errors.js";
 export type * from "./types.js";
 export type { components, paths } from "./generated/api.js";

@@ -5,7 +5,15 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { test } from "node:test";
 
-import { AgentClient, AgentError, OpenRouterError, type AgentClientOptions } from "../src/index.js";
+import {
+  AgentClient,
+  AgentError,
+  BudgetExhaustedError,
+  DailyCapReachedError,
+  ModelNotAllowedError,
+  OpenRouterError,
+  type AgentClientOptions,
+} from "../src/index.js";
 import { MemoryLogger } from "./helpers.js";
 
 const json = (status: number, body: unknown, headers: Record<string, string> = {}): Response =>
@@ -340,6 +348,39 @@ test("a 403 that is not about money is a stale key too; other refusals are not",
   const error = await client.chat("u", HELLO).catch((caught: unknown) => caught);
   assert.ok(error instanceof OpenRouterError && error.status === 429, String(error));
   assert.equal(script.reveals, 2, "a rate limit does not refresh the key");
+});
+
+test("a 403 that names its limit is a budget refusal, not a stale key: no lookup, no reveal", async () => {
+  const script = new Script();
+  script.secrets = ["sk-1", "sk-2"];
+  const refusal = (message: string, metadata: Record<string, unknown>) => () =>
+    json(403, { error: { code: 403, message, metadata } });
+  const client = script.client();
+
+  script.chat = refusal("Workspace budget exceeded.", {
+    limit_source: "openrouter_workspace_budget",
+    resets_at: "2030-01-01T00:00:00Z",
+  });
+  const workspace = await client.chat("u", HELLO).catch((caught: unknown) => caught);
+  assert.ok(workspace instanceof BudgetExhaustedError, String(workspace));
+  assert.ok(!(workspace instanceof DailyCapReachedError), "not a guardrail's budget");
+
+  script.chat = refusal("Budget exceeded.", {
+    limit_source: "openrouter_guardrail_budget",
+    reset_interval: "weekly",
+    resets_at: "2030-01-07T00:00:00Z",
+  });
+  const weekly = await client.chat("u", HELLO).catch((caught: unknown) => caught);
+  assert.ok(weekly instanceof DailyCapReachedError, String(weekly));
+  assert.equal(weekly.interval, "weekly", "the metadata's reset_interval");
+  assert.equal(weekly.resetsAt?.toISOString(), "2030-01-07T00:00:00.000Z");
+
+  script.chat = refusal("Not allowed.", { guardrail_id: "g-1", guardrail_scope: "api-key" });
+  const model = await client.chat("u", HELLO).catch((caught: unknown) => caught);
+  assert.ok(model instanceof ModelNotAllowedError, String(model));
+  assert.equal(model.model, "m");
+
+  assert.deepEqual([script.reveals, script.lookups, script.chats.length], [1, 0, 3]);
 });
 
 test("a completion without usage.cost is returned, counted in unpriced, and logged", async () => {
