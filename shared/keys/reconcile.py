@@ -11,6 +11,8 @@ invocations working it:
    with room; a last page that comes back full enqueues the next.
 1. `conclude`, once every page was read: the keys the database calls live, made before the job
    began, that no page showed; one item per owner.
+   Beside it, `tier-policies`: every tier's guardrail as its policy says (made again, updated,
+   orphans under our prefix deleted) and keys not on their tier's guardrail assigned again.
 2. `orphan/<hash>`: delete it at OpenRouter; `owner/<owner>`: under the owner's lease, read
    each missing key again (a listing may miss a key that shifted between pages) and write off
    only what OpenRouter really lost, replacing a lost current key. An owner held by another
@@ -37,6 +39,7 @@ from shared.keys.service import KeyLifecycleService, OwnerBusy
 from shared.observability import logger
 from shared.openrouter.errors import OpenRouterNotFound
 from shared.runtime import Runtime
+from shared.usage.tier_policies import TierPolicyService
 
 KIND = "reconcile"
 PRIORITY = 1
@@ -61,7 +64,7 @@ async def start(runtime: Runtime, *, actor: str, name: str | None = None) -> Wor
             pages = listing.first_pages(known)
             await queue.enqueue(
                 job.id,
-                [*pages, NewItem("conclude", CONCLUDE)],
+                [*pages, NewItem("conclude", CONCLUDE), NewItem("tier-policies", CONCLUDE)],
             )
             logger.info("reconcile job created", extra={"keys": known, "pages": len(pages)})
     return job
@@ -162,6 +165,8 @@ def handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
             return await page(int(claimed.payload["offset"]))
         if claimed.item == "conclude":
             return await conclude()
+        if claimed.item == "tier-policies":
+            return await TierPolicyService(runtime).repair(actor=actor)
         if claimed.item.startswith("orphan/"):
             return await orphan(claimed)
         return await owner(claimed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ from shared.jobs.queue import ItemHandler
 from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import Owner
 from shared.openrouter.errors import OpenRouterNotFound
+from shared.openrouter.models import Guardrail
 from shared.runtime import Runtime
 
 TIER_GUARDRAIL_KIND = "tier_guardrail"
@@ -238,6 +239,51 @@ class TierPolicyService:
         )
         return created.id
 
+    async def repair(self, *, actor: str) -> dict[str, list[str]]:
+        """The reconciler's part: every tier's guardrail as its policy says (made again when it
+        vanished, updated when edited behind our back), guardrails under our prefix that no
+        tier names deleted, and keys whose recorded guardrail is not their tier's assigned
+        again through the tier's job. What it repaired, by kind."""
+        client = self._runtime.openrouter()
+        prefix = self._guardrail_name("")
+        at_openrouter = {g.id: g for g in await client.list_all_guardrails()}
+        repaired: dict[str, list[str]] = {"recreated": [], "updated": [], "deleted": []}
+        repaired["reassigned"] = []
+        for policy in await self.policies():
+            if policy.empty:
+                continue
+            remote = None if policy.guardrail_id is None else at_openrouter.get(policy.guardrail_id)
+            if remote is None:  # vanished at OpenRouter (or never made): made again
+                made = await self._enforce(replace(policy, guardrail_id=None))
+                async with self._runtime.database().connection() as conn, conn.transaction():
+                    policies = TierPolicyRepository(conn)
+                    await policies.write(replace(policy, guardrail_id=made))
+                    if policy.guardrail_id is not None:
+                        await policies.forget_guardrail(policy.guardrail_id)
+                repaired["recreated"].append(policy.tier)
+            elif not _says(remote, policy):
+                await self._enforce(policy)
+                repaired["updated"].append(policy.tier)
+            async with self._runtime.database().connection() as conn, conn.transaction():
+                if await TierPolicyRepository(conn).keys_to_assign(tier=policy.tier, owner=None):
+                    await self._enqueue_assignments(conn, policy.tier, actor)
+                    repaired["reassigned"].append(policy.tier)
+        named = {p.guardrail_id for p in await self.policies() if p.guardrail_id is not None}
+        for guardrail in at_openrouter.values():
+            if guardrail.name.startswith(prefix) and guardrail.id not in named:
+                with contextlib.suppress(OpenRouterNotFound):
+                    await client.delete_guardrail(guardrail.id)
+                repaired["deleted"].append(guardrail.id)
+        if any(repaired.values()):
+            async with self._runtime.database().connection() as conn:
+                await AuditRepository(conn).append(
+                    actor=actor,
+                    action="reconcile.repaired_tier_policies",
+                    target="tiers",
+                    details=repaired,
+                )
+        return repaired
+
     async def _enqueue_assignments(self, conn: Connection, tier: str, actor: str) -> None:
         hashes = await TierPolicyRepository(conn).keys_to_assign(tier=tier, owner=None)
         queue = WorkQueueRepository(conn)
@@ -314,3 +360,13 @@ def tier_guardrail_handler(runtime: Runtime, job: WorkJob) -> ItemHandler:
         return "assigned"
 
     return assign
+
+
+def _says(guardrail: Guardrail, policy: TierPolicy) -> bool:
+    """Whether OpenRouter's guardrail enforces exactly the policy."""
+    return (
+        guardrail.limit_usd == policy.daily_cap_usd
+        and guardrail.reset_interval == (None if policy.daily_cap_usd is None else "daily")
+        and (guardrail.allowed_models or None) == policy.allowed_models
+        and (guardrail.allowed_providers or None) == policy.allowed_providers
+    )

@@ -173,3 +173,42 @@ async def test_a_policy_refuses_bad_input_with_a_clear_code(api: httpx.AsyncClie
         (422, "validation_error"),
         (422, "validation_error"),
     ]
+
+
+async def test_the_reconciler_repairs_guardrails_changed_behind_our_back(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    """GIVEN the free tier restricted to one model, a free user's key, the standard tier
+    capped daily; then at OpenRouter someone deletes free's guardrail, edits standard's, and
+    makes one under our prefix that no tier names
+    WHEN the reconcile runs and the work lanes finish it
+    THEN free's guardrail is made again and the key is restricted again, standard's says its
+    policy again, and the stray one is deleted."""
+    from shared.keys.reconcile import reconcile
+
+    free = await _set_policy(api, "free", allowed_models=[CHEAP])
+    standard = await _set_policy(api, "standard", daily_cap_usd="2")
+    secret = await _key_of(keys, "drifter", "free")
+    client = runtime.openrouter()
+    await client.delete_guardrail(str(free["guardrail_id"]))
+    await client.update_guardrail(str(standard["guardrail_id"]), limit_usd=Decimal(100))
+    stray = await client.create_guardrail(
+        name=f"{runtime.settings.openrouter_key_name_prefix}-tier-gone", allowed_models=[CHEAP]
+    )
+    unrestricted = _refused(emulator, secret, DEAR)
+
+    await reconcile(runtime, actor="test")
+    await _work_the_queue(runtime)
+    restricted = _refused(emulator, secret, DEAR)
+    policies = {
+        p["tier"]: p
+        for p in (await api.get("/api/admin/tiers/policies", headers=ADMIN)).json()["data"]
+    }
+    remade = emulator.guardrail(str(policies["free"]["guardrail_id"]))
+    edited = emulator.guardrail(str(standard["guardrail_id"]))
+
+    assert (unrestricted, restricted) == (None, 403)
+    assert policies["free"]["guardrail_id"] != free["guardrail_id"]
+    assert remade is not None
+    assert edited is not None and edited.limit_usd == Decimal(2)
+    assert emulator.guardrail(stray.id) is None
