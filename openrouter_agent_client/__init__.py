@@ -3,8 +3,14 @@ with key, call and report, usage, users and buffered usage reports. Depends on h
 pydantic only. AgentClient is async; SyncAgentClient is the same for synchronous code."""
 
 from openrouter_agent_client.client import DEFAULT_KEY_TTL_S, AgentClient
-from openrouter_agent_client.errors import AgentError, BudgetExhausted, OpenRouterError
-from openrouter_agent_client.models import Breakdown, Usage, UsageReport, UserInfo
+from openrouter_agent_client.errors import (
+    AgentError,
+    BudgetExhausted,
+    DailyCapReached,
+    ModelNotAllowed,
+    OpenRouterError,
+)
+from openrouter_agent_client.models import Breakdown, BudgetLayer, Usage, UsageReport, UserInfo
 from openrouter_agent_client.sync import SyncAgentClient
 
 __all__ = [
@@ -13,6 +19,9 @@ __all__ = [
     "AgentError",
     "Breakdown",
     "BudgetExhausted",
+    "BudgetLayer",
+    "DailyCapReached",
+    "ModelNotAllowed",
     "OpenRouterError",
     "SyncAgentClient",
     "Usage",

@@ -17,7 +17,13 @@ from urllib.parse import quote
 
 import httpx
 
-from openrouter_agent_client.errors import AgentError, BudgetExhausted, OpenRouterError
+from openrouter_agent_client.errors import (
+    AgentError,
+    BudgetExhausted,
+    DailyCapReached,
+    ModelNotAllowed,
+    OpenRouterError,
+)
 from openrouter_agent_client.models import RotationPolicy, Usage, UsageReport, UserInfo
 
 logger = logging.getLogger("openrouter_agent_client")
@@ -163,7 +169,9 @@ class AgentClient:
 
     async def _reveal(self, user_id: str, generation: int) -> str:
         body = await self._request(
-            "GET", f"/api/keys/user/{quote(user_id, safe='')}", params={"reveal": "true"}
+            "GET",
+            f"/api/keys/user/{quote(user_id, safe='')}",
+            params={"reveal": "true", "budget_layers": "false"},  # the key only: no OpenRouter
         )
         secret = body.get("secret") if isinstance(body, dict) else None
         if not isinstance(secret, str) or not secret:
@@ -226,7 +234,11 @@ class AgentClient:
         delay = 0.1
         while refused_id is not None:
             try:
-                body = await self._request("GET", f"/api/keys/user/{quote(user_id, safe='')}")
+                body = await self._request(
+                    "GET",
+                    f"/api/keys/user/{quote(user_id, safe='')}",
+                    params={"budget_layers": "false"},
+                )
             except AgentError as error:
                 if error.status != 404 and not error.retryable:
                     raise
@@ -257,9 +269,11 @@ class AgentClient:
 
         A key OpenRouter refuses (a rotation or an emergency happened) is replaced by the
         user's current one and the call made once more. Raises BudgetExhausted when the
-        user's budget is spent (402, or 403 "Key limit exceeded"), OpenRouterError for other
-        refusals, AgentError when the service cannot give the key. Returns OpenRouter's answer
-        (numbers as Decimal).
+        user's budget is spent (402, or 403 "Key limit exceeded"): DailyCapReached when it is
+        their tier's daily cap (a guardrail's budget), with when it resets; ModelNotAllowed
+        when their tier does not allow the model or provider (the key is not revealed again);
+        OpenRouterError for other refusals, AgentError when the service cannot give the key.
+        Returns OpenRouter's answer (numbers as Decimal).
         """
         body = {**request, "usage": {"include": True}}
         key = await self.user_key(user_id)
@@ -277,8 +291,13 @@ class AgentClient:
                 self._report_completion(user_id, completion, agent_name)
                 return completion  # type: ignore[no-any-return]
             refused = OpenRouterError.of(response)
+            if refused.guardrail_budget_spent:
+                raise DailyCapReached(user_id, refused)
             if refused.spent:
                 raise BudgetExhausted(user_id, refused)
+            if refused.guardrail_restricted:
+                model = request.get("model")
+                raise ModelNotAllowed(user_id, model if isinstance(model, str) else None, refused)
             if not refused.key_refused or attempt == 2:
                 raise refused
             logger.info("OpenRouter refused %s key (%d): revealing again", user_id, refused.status)
@@ -309,7 +328,9 @@ class AgentClient:
     # -- users and usage -----------------------------------------------------------------
 
     async def usage(self, user_id: str) -> Usage:
-        """The user's current month: spent, limit and remaining in USD."""
+        """The user's current month: spent, limit and remaining in USD, and what OpenRouter
+        enforces on their key now: ``budget_layers`` (the key's monthly limit, their tier's
+        daily cap...) and ``blocked_by``, the layer with nothing left, if any."""
         body = await self._request("GET", f"/api/usage/{quote(user_id, safe='')}")
         return Usage.model_validate(body)
 

@@ -25,8 +25,31 @@ class Breakdown(_Answer):
     events: int
 
 
+class BudgetLayer(_Answer):
+    """One budget OpenRouter enforces on the user's key, as OpenRouter reports it now.
+
+    ``source``: "key_limit" (the key's own limit: the user's month), "tier_policy" (their
+    tier's daily cap), "guardrail" or "workspace" (budgets set at OpenRouter itself).
+    ``interval``: "daily", "weekly" or "monthly" (UTC windows); None: it never resets.
+    ``remaining_usd`` 0: this layer refuses every request until ``resets_at``.
+    """
+
+    source: str
+    interval: str | None = None
+    limit_usd: Decimal
+    spent_usd: Decimal
+    remaining_usd: Decimal
+    resets_at: datetime | None = None
+    scope: str | None = None
+    guardrail_id: str | None = None
+
+
 class Usage(_Answer):
-    """GET /api/usage/{user_id}: the user's current month."""
+    """GET /api/usage/{user_id}: the user's current month, and what blocks their key.
+
+    ``budget_layers`` is None when the service could not read OpenRouter
+    (``budget_layers_error`` says why: "openrouter_unavailable", "key_refused", ...), [] when
+    the user has no key; ``blocked_by`` the layer with nothing left, if any."""
 
     user_id: str
     tier: str
@@ -47,6 +70,9 @@ class Usage(_Answer):
     by_agent: list[Breakdown] = Field(default_factory=list)
     thresholds_crossed: list[int] = Field(default_factory=list)
     as_of: datetime | None = None
+    budget_layers: list[BudgetLayer] | None = None
+    blocked_by: BudgetLayer | None = None
+    budget_layers_error: str | None = None
 
 
 class UserInfo(_Answer):

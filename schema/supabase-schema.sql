@@ -2437,4 +2437,15 @@ grant execute on function store_budget_increases(text, date) to service_role;
 insert into schema_migrations (version, name, checksum) values ('0023', 'budget_increases', '6ece91c546281e3dd7d6670e8f3699031e98aebac8c23bb6692bde34475bc82c')
 on conflict (version) do nothing;
 
+-- ===== migration 0024_daily_spend_index.sql =====
+
+-- The users held by their tier's daily cap (GET /api/admin/usage/daily-capped): what each user
+-- reported since today's UTC midnight. The ledger's indexes are by user and month; this one is
+-- by the moment an event occurred and carries the user and the cost, so a day's spend is one
+-- range of it (an index-only scan of the day's events), whatever the size of the month.
+create index usage_events_by_occurred_at on usage_events (occurred_at) include (user_id, cost_usd);
+
+insert into schema_migrations (version, name, checksum) values ('0024', 'daily_spend_index', '8dedfe0eb70541fe775c7ae74f20ca32bc44407f83ab5cac9a8795d28f18c441')
+on conflict (version) do nothing;
+
 commit;

@@ -32,6 +32,7 @@ from shared.keys.schemas import (
 from shared.keys.service import KeyLifecycleService, Owner
 from shared.observability import current_request_id
 from shared.runtime import Runtime
+from shared.usage.layers import NOT_REQUESTED, BudgetLayerReader
 from shared.web.deps import RuntimeDep
 from shared.web.openapi import answers
 
@@ -73,8 +74,18 @@ async def _reveal_allowed(runtime: Runtime, caller: Principal) -> None:
     await enforce_rate_limit(runtime, caller, RateLimitedAction.KEY_REVEAL)
 
 
+BudgetLayersWanted = Annotated[
+    bool,
+    Query(
+        description="Read the key's budget layers from OpenRouter (one call, at most "
+        "OPENROUTER_TIMEOUT_S). false: skip it (budget_layers_error not_requested), as a "
+        "caller that only wants the key (a client's reveal) does.",
+    ),
+]
+
+
 async def _current(
-    runtime: Runtime, caller: Principal, owner: Owner, reveal: bool
+    runtime: Runtime, caller: Principal, owner: Owner, reveal: bool, budget_layers: bool
 ) -> CurrentKeyResponse:
     if not _may_see(caller, owner.key):
         raise NotFound(f"{owner.key} has no current key", code="no_current_key")
@@ -86,8 +97,11 @@ async def _current(
         secret = await service.reveal(
             owned.current, actor=caller.actor, request_id=current_request_id.get()
         )
+    layers = NOT_REQUESTED
+    if budget_layers:
+        layers = await BudgetLayerReader(runtime).of_key(owned.current, secret=secret)
     return CurrentKeyResponse.of(
-        owned, secret=secret, grace_s=runtime.settings.rotation_grace_seconds
+        owned, secret=secret, grace_s=runtime.settings.rotation_grace_seconds, layers=layers
     )
 
 
@@ -135,10 +149,15 @@ async def rotate_key(
 # 429: a reveal is rate-limited (per credential), a plain read is not.
 @router.get("/user/{user_id}", response_model=CurrentKeyResponse, responses=answers(429))
 async def user_key(
-    user_id: UserId, caller: KeyReader, runtime: RuntimeDep, reveal: bool = False
+    user_id: UserId,
+    caller: KeyReader,
+    runtime: RuntimeDep,
+    reveal: bool = False,
+    budget_layers: BudgetLayersWanted = True,
 ) -> CurrentKeyResponse:
-    """The user's current key: metadata, and the secret for a keys:reveal service (audited)."""
-    return await _current(runtime, caller, Owner.user(user_id), reveal)
+    """The user's current key: metadata, what OpenRouter enforces on it now (budget_layers,
+    blocked_by), and the secret for a keys:reveal service (audited)."""
+    return await _current(runtime, caller, Owner.user(user_id), reveal, budget_layers)
 
 
 @router.get("/user/{user_id}/history", response_model=KeyHistory)
@@ -153,10 +172,14 @@ async def user_key_history(user_id: UserId, caller: KeyReader, runtime: RuntimeD
 
 @router.get("/system/{name}", response_model=CurrentKeyResponse, responses=answers(429))
 async def system_key(
-    name: SystemName, caller: KeyReader, runtime: RuntimeDep, reveal: bool = False
+    name: SystemName,
+    caller: KeyReader,
+    runtime: RuntimeDep,
+    reveal: bool = False,
+    budget_layers: BudgetLayersWanted = True,
 ) -> CurrentKeyResponse:
     """A system key, for the service it belongs to (a token of the same name) or admins."""
-    return await _current(runtime, caller, Owner.system(name), reveal)
+    return await _current(runtime, caller, Owner.system(name), reveal, budget_layers)
 
 
 @router.get("/operations/{operation_id}", response_model=OperationInfo)

@@ -14,6 +14,7 @@ from shared.money import Usd
 if TYPE_CHECKING:
     from shared.keys.repository import KeyRecord, OperationRecord
     from shared.keys.service import OwnerKeys
+    from shared.usage.layers import BudgetLayers
 
 # No whitespace, slash or control character: ids travel in paths, logs and key names.
 UserId = Annotated[
@@ -157,6 +158,80 @@ class KeyIssuedResponse(BaseModel):
         )
 
 
+BudgetLayerSource = Literal["key_limit", "tier_policy", "guardrail", "workspace"]
+# Why budget_layers is null (each a short code; see BudgetLayersFields.budget_layers_error).
+BudgetLayersError = Literal[
+    "not_requested",
+    "key_disabled",
+    "key_has_no_secret",
+    "key_material_unreadable",
+    "key_refused",
+    "openrouter_timeout",
+    "openrouter_unavailable",
+    "openrouter_rate_limited",
+    "openrouter_invalid_response",
+    "openrouter_error",
+    "database_unavailable",
+    "internal_error",
+]
+
+
+class BudgetLayer(BaseModel):
+    """One budget OpenRouter enforces on the key, as its GET /key (asked with the key itself)
+    reports it: what may be spent in the layer's window, what was, what is left."""
+
+    source: BudgetLayerSource = Field(
+        description="key_limit: the key's own limit at OpenRouter (the user's monthly budget "
+        "left). tier_policy: the daily (or weekly, monthly) cap of the user's tier, enforced by "
+        "the tier's guardrail. guardrail: another guardrail that applies to the key (the "
+        "workspace's default one, say). workspace: a workspace budget."
+    )
+    interval: str | None = Field(
+        description="How often the layer resets, in UTC windows: daily, weekly or monthly "
+        "(OpenRouter's reset_interval); null: never (a lifetime limit)."
+    )
+    limit_usd: Usd = Field(description="What may be spent in a window.")
+    spent_usd: Usd = Field(description="What counts against it in the current window.")
+    remaining_usd: Usd = Field(
+        description="What is left in the current window, never below 0. 0: this layer refuses "
+        "every request until resets_at (OpenRouter's 403)."
+    )
+    resets_at: datetime | None = Field(
+        description="When the current window ends (UTC) and the layer is whole again; null "
+        "when it never resets."
+    )
+    scope: str = Field(
+        description="OpenRouter's name for the layer (api_key, workspace_default_key, member, "
+        "workspace, key_limit)."
+    )
+    guardrail_id: str | None = Field(
+        default=None, description="The OpenRouter guardrail of a guardrail layer."
+    )
+
+
+BUDGET_LAYERS_DOC = (
+    "Every budget layer OpenRouter enforces on the current key, in the order it checks them "
+    "(guardrails, workspace budgets, then the key's own limit), read from OpenRouter's GET /key "
+    "with the key itself at the time of this answer (one call, at most OPENROUTER_TIMEOUT_S). "
+    "[] when there is no current key (or none of its layers has a budget). null when "
+    "OpenRouter could not be read: budget_layers_error says why."
+)
+BLOCKED_BY_DOC = (
+    "The layer that refuses requests now: the first with nothing left (remaining_usd 0). null "
+    "when none is spent, or when budget_layers is null."
+)
+BUDGET_LAYERS_ERROR_DOC = (
+    "Why budget_layers is null, else null. not_requested (?budget_layers=false); key_disabled "
+    "(the key is disabled: it refuses everything, whatever its budgets); key_has_no_secret, "
+    "key_material_unreadable (the key cannot be opened here); key_refused (OpenRouter answered "
+    "401, 403 or 404 for the key: deleted, disabled or expired there); openrouter_timeout, "
+    "openrouter_unavailable (no answer within OPENROUTER_TIMEOUT_S, a network failure or a "
+    "5xx), openrouter_rate_limited (429), openrouter_invalid_response, openrouter_error "
+    "(another refusal); database_unavailable; internal_error. The rest of the answer is "
+    "unaffected."
+)
+
+
 class CurrentKeyResponse(BaseModel):
     key: KeyInfo
     secret: str | None = Field(description="Only with ?reveal=true and the keys:reveal scope.")
@@ -178,10 +253,20 @@ class CurrentKeyResponse(BaseModel):
         default=None,
         description="Whether the monthly schedule rotates this key (system keys: monthly).",
     )
+    budget_layers: list[BudgetLayer] | None = Field(default=None, description=BUDGET_LAYERS_DOC)
+    blocked_by: BudgetLayer | None = Field(default=None, description=BLOCKED_BY_DOC)
+    budget_layers_error: BudgetLayersError | None = Field(
+        default=None, description=BUDGET_LAYERS_ERROR_DOC
+    )
 
     @classmethod
     def of(
-        cls, owned: OwnerKeys, *, secret: str | None = None, grace_s: int | None = None
+        cls,
+        owned: OwnerKeys,
+        *,
+        secret: str | None = None,
+        grace_s: int | None = None,
+        layers: BudgetLayers | None = None,
     ) -> CurrentKeyResponse:
         return cls(
             key=KeyInfo.of(owned.current),
@@ -191,6 +276,9 @@ class CurrentKeyResponse(BaseModel):
             in_grace=[KeyInfo.of(k) for k in owned.in_grace],
             tier=owned.tier,
             rotation_policy=owned.rotation_policy,
+            budget_layers=None if layers is None else layers.layers,
+            blocked_by=None if layers is None else layers.blocked_by,
+            budget_layers_error=None if layers is None else layers.error,
         )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from shared.access.rules import AdminCaller
 from shared.keys.schemas import TierName
 from shared.observability import current_request_id
 from shared.usage.budgets import BudgetService
 from shared.usage.schemas import (
+    DailyCappedList,
     ResetUsageRequest,
     ResetUsageResponse,
     TierBudgetUpdate,
@@ -95,3 +98,15 @@ async def set_tier_policy(
         request_id=current_request_id.get(),
     )
     return TierPolicyInfo.of(policy)
+
+
+@router.get("/api/admin/usage/daily-capped", response_model=DailyCappedList)
+async def daily_capped_users(
+    _: AdminCaller,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DailyCappedList:
+    """The users their tier's daily cap holds today (UTC): what they reported since midnight is
+    at or over the cap. Highest spend first; each says when the cap resets (next UTC midnight)."""
+    resets_at, rows = await TierPolicyService(runtime).daily_capped(limit=limit)
+    return DailyCappedList.of(resets_at, rows)

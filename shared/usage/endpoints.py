@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date
 from decimal import Decimal
@@ -13,7 +14,9 @@ from pydantic import ValidationError
 from shared.access.principals import Principal, PrincipalKind
 from shared.access.rules import UsageReader, UsageWriter
 from shared.errors import BadRequest, NotFound, ValidationFailed
+from shared.keys.domain import Owner
 from shared.keys.schemas import UserId
+from shared.usage.layers import BudgetLayerReader
 from shared.usage.schemas import (
     MAX_BATCH_EVENTS,
     CurrentUsage,
@@ -113,9 +116,24 @@ async def log_usage(
 
 @router.get("/{user_id}", response_model=CurrentUsage)
 async def current_usage(user_id: UserId, caller: UsageReader, runtime: RuntimeDep) -> CurrentUsage:
-    """This month: spent, limit, remaining, percent, by model and agent, and a forecast."""
+    """This month: spent, limit, remaining, percent, by model and agent, and a forecast; and
+    what OpenRouter enforces on the user's current key now (budget_layers, blocked_by)."""
     _may_read(caller, user_id)
-    return await UsageService(runtime).current(user_id)
+    # OpenRouter is asked while the books are read; it never fails the answer.
+    reading = asyncio.ensure_future(BudgetLayerReader(runtime).of_owner(Owner.user(user_id)))
+    try:
+        usage = await UsageService(runtime).current(user_id)
+    except BaseException:
+        reading.cancel()
+        raise
+    layers = await reading
+    return usage.model_copy(
+        update={
+            "budget_layers": layers.layers,
+            "blocked_by": layers.blocked_by,
+            "budget_layers_error": layers.error,
+        }
+    )
 
 
 @router.get("/{user_id}/monthly", response_model=MonthlyUsage)

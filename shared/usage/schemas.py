@@ -15,7 +15,16 @@ from pydantic import (
     model_validator,
 )
 
-from shared.keys.schemas import KeyInfo, TierName, UserId
+from shared.keys.schemas import (
+    BLOCKED_BY_DOC,
+    BUDGET_LAYERS_DOC,
+    BUDGET_LAYERS_ERROR_DOC,
+    BudgetLayer,
+    BudgetLayersError,
+    KeyInfo,
+    TierName,
+    UserId,
+)
 from shared.money import Percent, Usd
 from shared.timestamps import UtcDatetime
 
@@ -134,6 +143,11 @@ class CurrentUsage(MonthUsage):
         " for the days left; never more than the limit, which the key cannot spend past."
     )
     as_of: datetime
+    budget_layers: list[BudgetLayer] | None = Field(default=None, description=BUDGET_LAYERS_DOC)
+    blocked_by: BudgetLayer | None = Field(default=None, description=BLOCKED_BY_DOC)
+    budget_layers_error: BudgetLayersError | None = Field(
+        default=None, description=BUDGET_LAYERS_ERROR_DOC
+    )
 
 
 class MonthlyUsage(BaseModel):
@@ -351,3 +365,25 @@ class TierPolicyInfo(BaseModel):
 
 class TierPolicyList(BaseModel):
     data: list[TierPolicyInfo]
+
+
+class DailyCappedUser(BaseModel):
+    user_id: str
+    tier: str
+    spent_today_usd: Usd = Field(description="What the user's events reported today (UTC).")
+    daily_cap_usd: Usd = Field(description="Their tier's daily cap, which they are at or over.")
+    resets_at: datetime = Field(description="When the cap resets: the next UTC midnight.")
+
+
+class DailyCappedList(BaseModel):
+    """The users held by their tier's daily cap today (UTC), highest spend first."""
+
+    data: list[DailyCappedUser]
+
+    @classmethod
+    def of(cls, resets_at: datetime, rows: Sequence[dict[str, object]]) -> DailyCappedList:
+        """From TierPolicyService.daily_capped(): (user_id, tier, spent_today_usd,
+        daily_cap_usd) rows."""
+        return cls(
+            data=[DailyCappedUser.model_validate({**row, "resets_at": resets_at}) for row in rows]
+        )

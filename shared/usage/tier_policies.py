@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -135,6 +136,28 @@ class TierPolicyRepository:
         await self._conn.execute(
             "delete from key_guardrails where guardrail_id = %s", (guardrail_id,)
         )
+
+    async def daily_capped(
+        self, *, since: datetime, until: datetime, limit: int
+    ) -> list[dict[str, Any]]:
+        """The users whose events reported in [since, until) cost at or over their tier's daily
+        cap, highest spend first: one range of the day's events (usage_events_by_occurred_at,
+        schema 0024), summed per user; only sums at or over the smallest cap are joined to
+        their user's tier."""
+        cursor = await self._conn.execute(
+            "select d.user_id, u.tier, d.spent_usd as spent_today_usd, t.daily_cap_usd"
+            " from (select e.user_id, sum(e.cost_usd) as spent_usd from usage_events e"
+            "  where e.occurred_at >= %(since)s and e.occurred_at < %(until)s"
+            "  group by e.user_id"
+            "  having sum(e.cost_usd) >="
+            "   (select min(daily_cap_usd) from subscription_tiers)) d"
+            " join users u on u.user_id = d.user_id"
+            " join subscription_tiers t on t.tier = u.tier"
+            " where t.daily_cap_usd is not null and d.spent_usd >= t.daily_cap_usd"
+            " order by d.spent_usd desc, d.user_id limit %(limit)s",
+            {"since": since, "until": until, "limit": limit},
+        )
+        return list(await cursor.fetchall())
 
 
 def _policy(row: Any) -> TierPolicy:
@@ -324,6 +347,20 @@ class TierPolicyService:
             await self._unassign(hashes)
         async with self._runtime.database().connection() as conn:
             await TierPolicyRepository(conn).record_assigned(hashes, guardrail_id)
+
+    async def daily_capped(
+        self, *, limit: int, now: datetime | None = None
+    ) -> tuple[datetime, list[dict[str, Any]]]:
+        """The users held by their tier's daily cap today (UTC), by what they reported since
+        midnight, highest spend first; and when the day's caps reset (the next UTC midnight)."""
+        moment = (now or datetime.now(UTC)).astimezone(UTC)
+        since = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        resets_at = since + timedelta(days=1)
+        async with self._runtime.database().connection() as conn:
+            rows = await TierPolicyRepository(conn).daily_capped(
+                since=since, until=resets_at, limit=limit
+            )
+        return resets_at, rows
 
     async def _unassign(self, hashes: list[str]) -> None:
         """Free keys from the guardrail they were recorded on (a user moved to a tier with none)."""

@@ -207,6 +207,7 @@ EXPECTED_RULES = {
     ("GET", "/api/jobs/deliver-alerts"): "cron",
     ("GET", "/api/jobs/verify-reported-usage"): "cron",
     ("GET", "/api/admin/usage"): "admin",
+    ("GET", "/api/admin/usage/daily-capped"): "admin",
     ("GET", "/api/admin/keys"): "admin",
     ("POST", "/api/usage/log"): "services with usage:write",
     ("POST", "/api/admin/reset-usage"): "admin",

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,8 @@ from openrouter_agent_client import (
     AgentClient,
     AgentError,
     BudgetExhausted,
+    DailyCapReached,
+    ModelNotAllowed,
     OpenRouterError,
     SyncAgentClient,
 )
@@ -611,3 +614,127 @@ async def test_forgetting_a_key_during_its_reveal_keeps_the_reveal_out_of_the_ca
         await client.user_key(user)
 
     assert transport.reveals == 2
+
+
+# 88 prompt tokens (3 for the message, 340 characters / 4) and the 12 of the emulator's reply:
+# exactly $0.001 at its $0.00001 a token.
+CAPPED_CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 340}]}
+SetPolicy = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+async def free_policy(admin: httpx.AsyncClient) -> AsyncIterator[SetPolicy]:
+    """Sets the free tier's policy (its guardrail at OpenRouter) for one test; the tier is
+    unrestricted again after it, for the tests that follow on the same stack."""
+
+    async def put(**policy: object) -> None:
+        response = await admin.put("/api/admin/tiers/free/policy", json=policy)
+        assert response.status_code == 200, response.text
+
+    yield put
+    await put()
+
+
+def _next_utc_midnight(moment: datetime) -> datetime:
+    return datetime.combine(moment.date() + timedelta(days=1), time(), UTC)
+
+
+async def test_a_spent_daily_cap_is_daily_cap_reached_with_its_reset_time(
+    agent: AgentClient, admin: httpx.AsyncClient, free_policy: SetPolicy, wire: Wire, user: str
+) -> None:
+    """GIVEN the free tier capped at $0.001 a UTC day ($10 a month), and a free user's key
+    WHEN their service makes two chat completions of $0.001 each
+    THEN the first is served; the second raises DailyCapReached (a BudgetExhausted): the daily
+    window, resetting at the next UTC midnight, the key not revealed again; the user's usage
+    shows the tier's daily layer blocking while the month has nearly all of its $10 left."""
+    await free_policy(daily_cap_usd="0.001", reason="a tenth of a cent a day")
+    await _create_key(admin, user)
+    before = datetime.now(UTC)
+    first = await agent.chat(user, CAPPED_CHAT)
+    with pytest.raises(DailyCapReached) as raised:
+        await agent.chat(user, CAPPED_CHAT)
+    after = datetime.now(UTC)
+    usage = await agent.usage(user)
+
+    assert first["usage"]["cost"] == Decimal("0.001")
+    assert isinstance(raised.value, BudgetExhausted)
+    assert (raised.value.status, raised.value.user_id, raised.value.interval) == (
+        403,
+        user,
+        "daily",
+    )
+    assert raised.value.resets_at in {_next_utc_midnight(before), _next_utc_midnight(after)}
+    assert wire.reveals == 1
+    assert usage.blocked_by is not None
+    assert (usage.blocked_by.source, usage.blocked_by.interval) == ("tier_policy", "daily")
+    assert usage.blocked_by.remaining_usd == 0
+    assert usage.blocked_by.resets_at == raised.value.resets_at
+    assert usage.budget_layers is not None
+    month = [layer for layer in usage.budget_layers if layer.source == "key_limit"]
+    assert [(m.interval, m.remaining_usd) for m in month] == [("monthly", Decimal("9.999"))]
+
+
+class KeyReads:
+    """The client's reads of a user's key metadata (no reveal): what it does for a refused key."""
+
+    def __init__(self) -> None:
+        self.metadata_reads = 0
+
+    async def request(self, request: httpx.Request) -> None:
+        path = request.url.path
+        if path.startswith("/api/keys/user/") and not request.url.params.get("reveal"):
+            self.metadata_reads += 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "request_", "status"),
+    [
+        ({"allowed_models": ["openai/gpt-4o-mini"]}, {"model": "anthropic/claude-opus-4"}, 403),
+        ({"allowed_providers": ["Anthropic"]}, {"model": "openai/gpt-4o-mini"}, 404),
+    ],
+    ids=["model", "provider"],
+)
+async def test_a_model_or_provider_outside_the_tiers_allowlist_is_not_a_refused_key(
+    stack: Stack,
+    admin: httpx.AsyncClient,
+    free_policy: SetPolicy,
+    wire: Wire,
+    user: str,
+    policy: dict[str, list[str]],
+    request_: dict[str, str],
+    status: int,
+) -> None:
+    """GIVEN the free tier restricted to some models (or providers), and a free user's key
+    WHEN their service asks for a chat completion the tier's guardrail refuses
+    THEN chat() raises ModelNotAllowed at once, naming the model: the key was not revealed
+    again, nor its metadata read, nor the call made twice (it is not a refused key)."""
+    await free_policy(**policy)
+    await _create_key(admin, user)
+    reads = KeyReads()
+    hooks: dict[str, list[Callable[..., Any]]] = {
+        "request": [wire.request, reads.request],
+        "response": [wire.response],
+    }
+    async with (
+        httpx.AsyncClient(timeout=30, event_hooks=hooks) as http,
+        AgentClient(
+            stack.agent_url,
+            stack.service_token,
+            openrouter_base_url=stack.openrouter_url,
+            http=http,
+            refresh_wait_s=5.0,
+        ) as client,
+    ):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ModelNotAllowed) as raised:
+            await client.chat(user, {**CHAT, **request_})
+        took = asyncio.get_running_loop().time() - started
+
+    assert (raised.value.status, raised.value.model, raised.value.user_id) == (
+        status,
+        request_["model"],
+        user,
+    )
+    assert not isinstance(raised.value, BudgetExhausted)
+    assert (wire.reveals, reads.metadata_reads, wire.refused_by_openrouter) == (1, 0, [status])
+    assert took < 5.0

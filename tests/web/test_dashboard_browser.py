@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator
 from shared.runtime import EMULATOR_BASE_URL, Runtime
 from shared.usage.service import UsageService
+from shared.usage.tier_policies import TierPolicyService
 from shared.web.app_factory import create_app
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 from tests.serving import served
@@ -302,6 +304,76 @@ def test_the_dashboard_reads_true_on_a_wide_screen_and_on_a_phone(
     console = browser.execute("getLog", {"type": "browser"})["value"]
     errors = [e for e in console if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def _rows(browser: WebDriver, table_id: str) -> list[list[str]]:
+    return [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in browser.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
+    ]
+
+
+def test_the_dashboard_shows_tier_policies_and_the_users_held_by_their_daily_cap(
+    seeded: dict[str, str], server: str, browser: WebDriver, runtime: Runtime
+) -> None:
+    """GIVEN the seeded month (fiona free $9.50, sam standard $12, mia micro $37, all today)
+    WHEN an admin signs in, then the free tier is capped at $5 a day to two models and micro at
+    $30 a day to one provider, and the page is loaded again
+    THEN at first no one is held and every tier is unrestricted; then both policies show, with
+    the tiers' monthly budgets, and mia and fiona are held, highest spend first, until the next
+    UTC midnight (sam's tier has no cap)."""
+    sign_in(browser, server, seeded["admin"])
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "spent").text != "")
+    before_capped = _rows(browser, "daily-capped")
+    before_policies = {row[0]: row for row in _rows(browser, "tier-policies")}
+
+    async def policies() -> None:
+        service = TierPolicyService(runtime)
+        for tier, cap, models, providers in (
+            ("free", Decimal(5), ["openai/gpt-4o", "openai/gpt-4o-mini"], None),
+            ("micro", Decimal(30), None, ["OpenAI"]),
+        ):
+            await service.set_policy(
+                tier,
+                daily_cap_usd=cap,
+                allowed_models=models,
+                allowed_providers=providers,
+                actor="seed",
+                reason=None,
+                request_id=None,
+            )
+        await runtime.database().close()
+
+    asyncio.run(policies())
+    browser.refresh()  # the credential stays in the tab: the page loads again by itself
+    WebDriverWait(browser, 10).until(
+        lambda b: "$30.00" in b.find_element(By.ID, "tier-policies").text
+    )
+    resets = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d 00:00:00Z")
+
+    assert before_capped == [["nothing yet"]]
+    assert before_policies["free"] == [
+        "free",
+        "$10.00",
+        "unlimited",
+        "unrestricted",
+        "unrestricted",
+    ]
+    assert _rows(browser, "daily-capped") == [
+        ["mia", "micro", "$37.00", "$30.00", resets],
+        ["fiona", "free", "$9.50", "$5.00", resets],
+    ]
+    after = {row[0]: row for row in _rows(browser, "tier-policies")}
+    assert after["free"] == [
+        "free",
+        "$10.00",
+        "$5.00",
+        "openai/gpt-4o, openai/gpt-4o-mini",
+        "unrestricted",
+    ]
+    assert after["micro"] == ["micro", "$100.00", "$30.00", "unrestricted", "OpenAI"]
+    assert after["admin"] == ["admin", "unlimited", "unlimited", "unrestricted", "unrestricted"]
+    screenshot(browser, "dashboard-tier-policies")
 
 
 @pytest.fixture

@@ -31,6 +31,16 @@ function money(value) {
   return `${sign}$${Math.abs(amount).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
 }
 
+function utc(timestamp) {
+  // An instant as the API gives it (UTC), to the second.
+  return `${timestamp.slice(0, 19).replace("T", " ")}Z`;
+}
+
+function allowed(list) {
+  // A tier policy's allowlist; none (null) means anything goes.
+  return list === null || list === undefined ? cell("unrestricted", "none") : cell(list.join(", "), "list");
+}
+
 function keyLimit(row) {
   if (!row.has_key) return "no key";
   return money(row.key_limit_usd);
@@ -133,12 +143,15 @@ window.addEventListener("resize", () => {
 });
 
 async function load() {
-  const [usage, states, jobs, emergencies, audit] = await Promise.all([
+  const [usage, states, jobs, emergencies, audit, tiers, policies, capped] = await Promise.all([
     api("/api/admin/usage"),
     api("/api/admin/keys/by-state"),
     api("/api/admin/jobs?limit=10"),
     api("/api/admin/emergency-rotate"),
     api("/api/admin/audit?limit=15"),
+    api("/api/admin/tiers"),
+    api("/api/admin/tiers/policies"),
+    api("/api/admin/usage/daily-capped"),
   ]);
   $("period").textContent = usage.period.slice(0, 7);
   $("spent").textContent = money(usage.spent_usd);
@@ -158,13 +171,18 @@ async function load() {
     (r) => cell(keyLimit(r)),
     (r) => cell(r.percent_used, Number(r.percent_used) >= 100 ? "over" : ""),
     (r) => cell(Number(r.percent_used) >= 100 ? "over" : "near")]);
+  fill("daily-capped", capped.data, ["user_id", "tier", (r) => cell(money(r.spent_today_usd), "over"),
+    (r) => cell(money(r.daily_cap_usd)), (r) => cell(utc(r.resets_at))]);
+  const budgets = new Map(tiers.data.map((t) => [t.tier, t.monthly_budget_usd]));
+  fill("tier-policies", policies.data, ["tier", (r) => cell(money(budgets.get(r.tier))),
+    (r) => cell(money(r.daily_cap_usd)), (r) => allowed(r.allowed_models), (r) => allowed(r.allowed_providers)]);
   fill("keys-by-state", Object.entries(states.counts).map(([state, n]) => ({ state, n })), ["state", "n"]);
   fill("drift", usage.drift, ["user_id", (r) => cell(money(r.openrouter_usd)), (r) => cell(money(r.ledger_usd)),
     (r) => cell(money(r.drift_usd))]);
   fill("jobs", jobs.data, ["kind", "name", "status", "done", "remaining", "failed",
     (r) => cell(r.rate_per_s || ""), (r) => cell(r.eta || "")]);
   fill("emergencies", emergencies.data, ["id", "status", "replaced", "failed", "total", "reason"]);
-  fill("audit", audit.data, ["seq", (r) => cell(`${r.occurred_at.slice(0, 19).replace("T", " ")}Z`), actor,
+  fill("audit", audit.data, ["seq", (r) => cell(utc(r.occurred_at)), actor,
     "action", (r) => cell(r.target || "")]);
 }
 
