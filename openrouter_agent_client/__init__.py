@@ -10,7 +10,15 @@ from openrouter_agent_client.errors import (
     ModelNotAllowed,
     OpenRouterError,
 )
-from openrouter_agent_client.models import Breakdown, BudgetLayer, Usage, UsageReport, UserInfo
+from openrouter_agent_client.models import (
+    Breakdown,
+    BudgetIncrease,
+    BudgetIncreaseGranted,
+    BudgetLayer,
+    Usage,
+    UsageReport,
+    UserInfo,
+)
 from openrouter_agent_client.sync import SyncAgentClient
 
 __all__ = [
@@ -19,6 +27,8 @@ __all__ = [
     "AgentError",
     "Breakdown",
     "BudgetExhausted",
+    "BudgetIncrease",
+    "BudgetIncreaseGranted",
     "BudgetLayer",
     "DailyCapReached",
     "ModelNotAllowed",

@@ -10,6 +10,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
@@ -24,7 +25,13 @@ from openrouter_agent_client.errors import (
     ModelNotAllowed,
     OpenRouterError,
 )
-from openrouter_agent_client.models import RotationPolicy, Usage, UsageReport, UserInfo
+from openrouter_agent_client.models import (
+    BudgetIncreaseGranted,
+    RotationPolicy,
+    Usage,
+    UsageReport,
+    UserInfo,
+)
 
 logger = logging.getLogger("openrouter_agent_client")
 
@@ -351,6 +358,25 @@ class AgentClient:
             payload["reason"] = reason
         body = await self._request("PUT", f"/api/users/{quote(user_id, safe='')}", json=payload)
         return UserInfo.model_validate(body)
+
+    async def grant_budget_increase(
+        self,
+        user_id: str,
+        amount_usd: Decimal | str | int,
+        reason: str,
+        ends_at: datetime | None = None,
+    ) -> BudgetIncreaseGranted:
+        """Give the user extra budget until ``ends_at`` (default: the month's end), with a
+        reason (users:write); their key's limit follows at once."""
+        payload: dict[str, str] = {"amount_usd": str(_money(amount_usd)), "reason": reason}
+        if ends_at is not None:
+            if ends_at.tzinfo is None:
+                raise ValueError("ends_at must carry a timezone")
+            payload["ends_at"] = ends_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        body = await self._request(
+            "POST", f"/api/users/{quote(user_id, safe='')}/budget-increases", json=payload
+        )
+        return BudgetIncreaseGranted.model_validate(body)
 
     # -- usage reports -------------------------------------------------------------------
 

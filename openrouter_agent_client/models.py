@@ -87,6 +87,26 @@ class UserInfo(_Answer):
     key_unlimited: bool = False
 
 
+class BudgetIncrease(_Answer):
+    id: int
+    user_id: str
+    amount_usd: Decimal
+    ends_at: datetime
+    reason: str
+    granted_by: str
+    granted_at: datetime
+    lapsed: bool
+
+
+class BudgetIncreaseGranted(_Answer):
+    """POST /api/users/{user_id}/budget-increases: the grant, and what it did to the key."""
+
+    increase: BudgetIncrease
+    key_limit_status: Literal["applied", "pending", "no_key"]
+    key_limit_usd: Decimal | None = None
+    key_unlimited: bool = False
+
+
 class UsageReport(_Answer):
     """One generation waiting in the client's buffer (the body of one event of a batch)."""
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Mapping
+from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from openrouter_agent_client.client import AgentClient
-from openrouter_agent_client.models import RotationPolicy, Usage, UserInfo
+from openrouter_agent_client.models import BudgetIncreaseGranted, RotationPolicy, Usage, UserInfo
 
 T = TypeVar("T")
 
@@ -88,6 +89,15 @@ class SyncAgentClient:
         reason: str | None = None,
     ) -> UserInfo:
         return self._run(self._client.put_user(user_id, tier, rotation_policy, reason))
+
+    def grant_budget_increase(
+        self,
+        user_id: str,
+        amount_usd: Decimal | str | int,
+        reason: str,
+        ends_at: datetime | None = None,
+    ) -> BudgetIncreaseGranted:
+        return self._run(self._client.grant_budget_increase(user_id, amount_usd, reason, ends_at))
 
     def report(
         self,

@@ -738,3 +738,20 @@ async def test_a_model_or_provider_outside_the_tiers_allowlist_is_not_a_refused_
     assert not isinstance(raised.value, BudgetExhausted)
     assert (wire.reveals, reads.metadata_reads, wire.refused_by_openrouter) == (1, 0, [status])
     assert took < 5.0
+
+
+async def test_the_subscription_system_grants_an_increase_the_key_follows(
+    agent: AgentClient, admin: httpx.AsyncClient, user: str
+) -> None:
+    """GIVEN a free user ($10) with a key
+    WHEN the subscription system grants $5 until a date through the client
+    THEN the answer says the key's limit is $15, and the user's month shows a $15 limit."""
+    await _create_key(admin, user)
+    until = datetime.now(UTC) + timedelta(days=3)
+
+    granted = await agent.grant_budget_increase(user, "5", "promotion", ends_at=until)
+    usage = await agent.usage(user)
+
+    assert (granted.key_limit_status, granted.key_limit_usd) == ("applied", Decimal(15))
+    assert granted.increase.amount_usd == Decimal(5)
+    assert usage.limit_usd == Decimal(15)
