@@ -212,3 +212,18 @@ async def test_the_reconciler_repairs_guardrails_changed_behind_our_back(
     assert remade is not None
     assert edited is not None and edited.limit_usd == Decimal(2)
     assert emulator.guardrail(stray.id) is None
+
+
+async def test_an_unlimited_tier_may_still_carry_an_allowlist(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator
+) -> None:
+    """GIVEN the admin tier (no monthly budget) allowed only one model
+    WHEN an admin user's key asks for another model, and for the allowed one
+    THEN OpenRouter refuses the other and serves the allowed one, the key still unlimited."""
+    await _set_policy(api, "admin", allowed_models=[CHEAP])
+    secret = await _key_of(keys, "boss", "admin")
+    key = next(k for k in emulator.user_keys() if k.secret == secret)
+    outcomes = [_refused(emulator, secret, DEAR), _refused(emulator, secret, CHEAP)]
+
+    assert outcomes == [403, None]
+    assert key.limit is None
