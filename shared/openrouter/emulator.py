@@ -46,7 +46,8 @@ import os
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -478,7 +479,7 @@ class Emulator:
 
     def key_by_hash(self, key_hash: str) -> EmulatedKey | None:
         """The key with this hash, if it exists (deleted keys do not)."""
-        with self._lock:
+        with self._lock.reading():
             return self._keys.get(key_hash)
 
     def user_keys(self) -> list[EmulatedKey]:
@@ -491,12 +492,12 @@ class Emulator:
 
     def guardrail(self, guardrail_id: str) -> EmulatedGuardrail | None:
         """The guardrail with this id, if it exists (a workspace's default one included)."""
-        with self._lock:
+        with self._lock.reading():
             return self._guardrails.get(guardrail_id)
 
     def guardrail_of(self, key_hash: str) -> EmulatedGuardrail | None:
         """The guardrail assigned to this key, if any (the workspace default is not)."""
-        with self._lock:
+        with self._lock.reading():
             assignment = self._assignments.get(key_hash)
             return None if assignment is None else self._guardrails[assignment.guardrail_id]
 
@@ -620,12 +621,12 @@ class Emulator:
 
     def generation(self, generation_id: str) -> EmulatedGeneration | None:
         """The generation record with this id, ready or not (GET /generation waits for it)."""
-        with self._lock:
+        with self._lock.reading():
             return self._generations.get(generation_id)
 
     def generations(self, key_hash: str | None = None) -> list[EmulatedGeneration]:
         """Every generation record (of one key, deleted keys included), oldest billed first."""
-        with self._lock:
+        with self._lock.reading():
             return [
                 g for g in self._generations.values() if key_hash is None or g.key_hash == key_hash
             ]
@@ -783,7 +784,7 @@ class Emulator:
     def _chat_provider(self, secret: str, candidates: list[str]) -> str:
         """The first of a chat completion's candidate providers the key's guardrails allow (the
         first candidate when none is: admission then refuses it, 404)."""
-        with self._lock:
+        with self._lock.reading():
             key = self._by_secret.get(_digest(secret))
             guardrails = [] if key is None else self._guardrails_of(key)
             for provider in candidates:
@@ -832,7 +833,7 @@ class Emulator:
         month and what is in flight: for checkers of the books, never part of the API."""
         now = self.clock()
         month = _window_start(now, "monthly")
-        with self._lock:
+        with self._lock.reading():
             every = [*self._keys.values(), *self._deleted.values()]
             return [
                 {
@@ -1428,7 +1429,8 @@ class Emulator:
         raise EmulatedConnectionFault(kind)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
-        with self._lock:
+        # Faults live in this process's memory, never in the state file: a reading section.
+        with self._lock.reading():
             for fault in self.faults:
                 if fault.matches(method, path):
                     if fault.times is not None:
@@ -1468,7 +1470,7 @@ class Emulator:
         include_expired = query.get("include_expired", "false").lower() == "true"
         workspace = query.get("workspace_id", DEFAULT_WORKSPACE_ID)
         now = self.clock()
-        with self._lock:
+        with self._lock.reading():
             selected = [
                 k
                 for k in self.user_keys()
@@ -1521,7 +1523,7 @@ class Emulator:
 
     async def _get_key(self, request: Request) -> Response:
         self._authenticate(request, management=True)
-        with self._lock:
+        with self._lock.reading():
             key = self._managed_key(request.path_params["key_hash"])
             return _json(200, {"data": self.key_json(key)})
 
@@ -1568,12 +1570,12 @@ class Emulator:
 
     async def _current_key(self, request: Request) -> Response:
         key = self._authenticate(request, management=False)
-        with self._lock:
+        with self._lock.reading():
             return _json(200, {"data": self.current_key_json(key)})
 
     async def _credits(self, request: Request) -> Response:
         self._authenticate(request, management=True)
-        with self._lock:
+        with self._lock.reading():
             every = [*self._keys.values(), *self._deleted.values()]
             used = sum((self._spent(k, None, byok=False) for k in every), Decimal(0))
         return _json(
@@ -1623,7 +1625,7 @@ class Emulator:
             reasoning_tokens=details.reasoning_tokens,
             cached_tokens=details.cached_tokens,
         )
-        with self._lock:
+        with self._lock.reading():
             return _json(200, {"id": details.generation_id, "data": self.current_key_json(key)})
 
     async def _chat_completions(self, request: Request) -> Response:
@@ -1740,14 +1742,21 @@ class Emulator:
         self._authenticate(request, management=True)
         offset, limit = _page_params(request.query_params)
         workspace = request.query_params.get("workspace_id") or DEFAULT_WORKSPACE_ID
-        with self._lock:
-            self._workspace_default(workspace)
+
+        def listed() -> Response:
             selected = [g for g in self._guardrails.values() if g.workspace_id == workspace]
             page = selected[offset : offset + limit]
             return _json(
                 200,
                 {"data": [self.guardrail_json(g) for g in page], "total_count": len(selected)},
             )
+
+        with self._lock.reading():
+            if _workspace_default_id(workspace) in self._guardrails:
+                return listed()
+        with self._lock:  # the workspace's first look makes its default guardrail
+            self._workspace_default(workspace)
+            return listed()
 
     async def _create_guardrail(self, request: Request) -> Response:
         """POST /guardrails: 201 {"data": guardrail}. It enforces nothing until keys are
@@ -1777,7 +1786,7 @@ class Emulator:
 
     async def _get_guardrail(self, request: Request) -> Response:
         self._authenticate(request, management=True)
-        with self._lock:
+        with self._lock.reading():
             guardrail = self._managed_guardrail(request)
             return _json(200, {"data": self.guardrail_json(guardrail)})
 
@@ -1830,7 +1839,7 @@ class Emulator:
         /guardrails/assignments/keys (all): oldest first, paged, with total_count."""
         self._authenticate(request, management=True)
         offset, limit = _page_params(request.query_params)
-        with self._lock:
+        with self._lock.reading():
             selected = list(self._assignments.values())
             if "guardrail_id" in request.path_params:
                 guardrail = self._managed_guardrail(request, readable=False)
@@ -1901,7 +1910,7 @@ class Emulator:
         organization members, so they are empty."""
         self._authenticate(request, management=True)
         _page_params(request.query_params)
-        with self._lock:
+        with self._lock.reading():
             if "guardrail_id" in request.path_params:
                 self._managed_guardrail(request, readable=False)
         return _json(200, {"data": [], "total_count": 0})
@@ -1912,7 +1921,7 @@ class Emulator:
         body = await _json_body(request)
         self._authenticate(request, management=True)
         _key_hashes(body, "member_user_ids")
-        with self._lock:
+        with self._lock.reading():
             self._managed_guardrail(request, readable=False)
         removing = request.url.path.endswith("/remove")
         return _json(200, {"unassigned_count" if removing else "assigned_count": 0})
@@ -1923,7 +1932,7 @@ class Emulator:
         generation_id = request.query_params.get("id", "")
         if not generation_id:
             raise EmulatorApiError(400, "id: Required")
-        with self._lock:
+        with self._lock.reading():
             generation = self._generations.get(generation_id)
             ready = generation is not None and self.clock() >= generation.billed_at + timedelta(
                 seconds=self.generation_delay_s
@@ -1946,7 +1955,7 @@ class Emulator:
         if group_by not in (None, "workspace"):
             raise EmulatorApiError(400, "group_by: Invalid enum value. Expected 'workspace'")
         # user_id filters an organization's members; an individual account has one: ignored.
-        with self._lock:
+        with self._lock.reading():
             rows = self.activity_json(
                 api_key_hash=query.get("api_key_hash") or None,
                 day=day,
@@ -2257,18 +2266,37 @@ def _provider_name(provider: str) -> str:
 
 
 class _SharedState:
-    """The emulator's lock. With a state directory it is also the state's file lock: every
-    section first reads what another process (the local server, a command beside it) wrote, and
-    afterwards writes what it changed, so they all share one emulator. Reentrant."""
+    """The emulator's lock. With a state directory it is also the state's file lock, so that
+    processes (the local server, a command beside it) share one emulator: every section first
+    reloads what another process wrote (a stat when nothing was), then
+
+    - a writing section (`with lock:`) writes the whole state back, atomically (a temporary file
+      renamed over it). Leaving normally it writes at once: a writing section is a change. Left
+      by an exception (a refusal, mostly before anything changed) it writes only if the state
+      differs from what it last wrote, so that a partial change is kept.
+    - a reading section (`with lock.reading():`) writes nothing and serialises nothing: a
+      lookup costs a stat, whatever the size of the state.
+
+    Sections are writing unless marked: one that changes nothing left unmarked costs a write,
+    never a change. A section marked reading that changed the state would lose the change at
+    the next reload, so a writing section opened inside a reading one raises, and with
+    check_reads (OPENROUTER_EMULATOR_CHECK_READS=1; tests set it) every outermost reading
+    section compares the snapshot at its start and end and raises if it changed. Reentrant.
+    """
+
+    check_reads = os.environ.get("OPENROUTER_EMULATOR_CHECK_READS") == "1"
 
     def __init__(self, emulator: Emulator, directory: Path | None) -> None:
         self._emulator = emulator
         self._directory = directory
         self._lock = threading.RLock()
         self._depth = 0
-        self._seen: tuple[int, int] | None = None
+        self._reading = False  # the outermost section open is a reading one
+        self._before: dict[str, Any] | None = None  # its snapshot, with check_reads
+        self._seen: tuple[int, int, int] | None = None  # the state file's inode, mtime, size
         self._written: str | None = None
         self._lock_file: Any = None
+        self.writes = 0  # state files written by this process
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             self._state_path = directory / "openrouter-emulator.json"
@@ -2279,62 +2307,109 @@ class _SharedState:
         """The management key kept from an earlier process, if the state and its key exist."""
         if self._directory is None or not self._key_path.exists():
             return None
-        with self:
+        with self.reading():
             key = self._key_path.read_text().strip()
             known = self._emulator._by_secret.get(_digest(key))
             return key if known is not None and known.is_management else None
 
     def keep_management_key(self, key: str) -> None:
+        """Write the management key to its own file (not the state: a reading section)."""
         if self._directory is None:
             return
-        with self:
+        with self.reading():
             if not self._key_path.exists() or self._key_path.read_text().strip() != key:
                 descriptor = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(descriptor, "w") as handle:
                     handle.write(key + "\n")
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A section that only reads the state: it reloads it and never writes it."""
+        self._enter(reading=True)
+        try:
+            yield
+        finally:
+            self._leave(failed=False)
+
     def __enter__(self) -> _SharedState:
-        self._lock.acquire()
-        self._depth += 1
-        if self._depth == 1 and self._directory is not None:
-            if self._lock_file is None:
-                self._lock_file = open(self._lock_path, "a")  # held for the process's life
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            self._reload()
+        self._enter(reading=False)
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._leave(failed=kind is not None)
+
+    def _enter(self, *, reading: bool) -> None:
+        self._lock.acquire()
+        if self._depth > 0 and self._reading and not reading:
+            self._lock.release()
+            raise RuntimeError("a writing section inside a reading one: its change would be lost")
+        self._depth += 1
+        if self._depth > 1:
+            return
+        self._reading = reading
         try:
-            if self._depth == 1 and self._directory is not None:
-                try:
-                    self._save()
-                finally:
+            if self._directory is not None:
+                if self._lock_file is None:
+                    # held for the process's life: closing it would release the lock
+                    self._lock_file = open(self._lock_path, "a")  # noqa: SIM115
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+                self._reload()
+            if reading and self.check_reads:
+                self._before = self._emulator.snapshot()
+        except BaseException:
+            self._leave(failed=True, entered=False)  # nothing was read: nothing to write
+            raise
+
+    def _leave(self, *, failed: bool, entered: bool = True) -> None:
+        outermost = self._depth == 1
+        try:
+            try:
+                if outermost and entered:
+                    self._finish(failed=failed)
+            finally:
+                if outermost and self._lock_file is not None:
                     fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         finally:
             self._depth -= 1
             self._lock.release()
 
+    def _finish(self, *, failed: bool) -> None:
+        """The outermost section's end: a reading one checks (with check_reads) that it changed
+        nothing; a writing one writes the state."""
+        before, self._before = self._before, None
+        if self._reading:
+            if before is not None and self._emulator.snapshot() != before:
+                raise AssertionError(
+                    "a reading section of the emulator changed its state "
+                    "(make it a writing one: `with self._lock:`)"
+                )
+        elif self._directory is not None:
+            self._save(unless_unchanged=failed)
+
+    def _stamp(self) -> tuple[int, int, int]:
+        stat = self._state_path.stat()
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
     def _reload(self) -> None:
         try:
-            stat = self._state_path.stat()
+            stamp = self._stamp()
         except FileNotFoundError:
             return
-        stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._seen:
             return
         text = self._state_path.read_text()
         self._emulator.restore(json.loads(text))
         self._seen, self._written = stamp, text
 
-    def _save(self) -> None:
+    def _save(self, *, unless_unchanged: bool) -> None:
         text = json.dumps(self._emulator.snapshot(), indent=1)
-        if text == self._written:
+        if unless_unchanged and text == self._written:
             return
         temporary = self._state_path.with_suffix(".tmp")
         temporary.write_text(text)
         temporary.replace(self._state_path)
-        stat = self._state_path.stat()
-        self._seen, self._written = (stat.st_mtime_ns, stat.st_size), text
+        self.writes += 1
+        self._seen, self._written = self._stamp(), text
 
 
 class _InProcessTransport(httpx.AsyncBaseTransport):
