@@ -10,6 +10,8 @@ import {
   OpenRouterError,
 } from "./errors.js";
 import type {
+  BudgetIncreaseGranted,
+  BudgetIncreaseRequest,
   ChatCompletion,
   ChatOptions,
   ChatRequest,
@@ -275,7 +277,7 @@ export class AgentClient {
     if (refusal === undefined) return this.#currentKey(userId);
     let info: KeyInfo | undefined;
     try {
-      info = (await this.#request<CurrentKey>("GET", keyPath(userId))).key;
+      info = (await this.#request<CurrentKey>("GET", keyMetadataPath(userId))).key;
     } catch (error) {
       if (!isWaitable(error)) throw error;
     }
@@ -331,7 +333,7 @@ export class AgentClient {
   }
 
   async #reveal(userId: string): Promise<HeldKey> {
-    const answer = await this.#request<CurrentKey>("GET", `${keyPath(userId)}?reveal=true`);
+    const answer = await this.#request<CurrentKey>("GET", keyRevealPath(userId));
     const secret = answer.secret;
     if (typeof secret !== "string" || !secret) {
       throw new AgentError(200, "no_secret", "the service revealed no secret");
@@ -354,7 +356,7 @@ export class AgentClient {
     for (let delay = FIRST_POLL_MS; ; delay = Math.min(delay * 2, MAX_POLL_MS)) {
       let lastError: AgentError | undefined;
       try {
-        const { key } = await this.#request<CurrentKey>("GET", keyPath(userId));
+        const { key } = await this.#request<CurrentKey>("GET", keyMetadataPath(userId));
         if (key.id !== refusedId && !key.disabled) return { key: await this.#reveal(userId) };
       } catch (error) {
         // No current key (between an emergency's revoking and its new key), or a passing failure.
@@ -482,7 +484,10 @@ export class AgentClient {
 
   // -- users and usage ----------------------------------------------------------------------
 
-  /** The user's current month: spent, limit and remaining in USD (decimal strings). */
+  /** The user's current month: spent, limit and remaining in USD (decimal strings), and what
+   * OpenRouter enforces on their key now: `budget_layers` (the key's monthly limit, their tier's
+   * daily cap...; null when OpenRouter could not be read, `budget_layers_error` says why) and
+   * `blocked_by`, the layer with nothing left, if any. */
   usage(userId: string): Promise<Usage> {
     return this.#request<Usage>("GET", `/api/usage/${encodeURIComponent(userId)}`);
   }
@@ -497,6 +502,26 @@ export class AgentClient {
     if (changes.rotationPolicy !== undefined) body.rotation_policy = changes.rotationPolicy;
     if (changes.reason !== undefined) body.reason = changes.reason;
     return this.#request<UserInfo>("PUT", `/api/users/${encodeURIComponent(userId)}`, body);
+  }
+
+  /** Grants the user `amountUsd` more budget (USD: a decimal string, or a number) on top of
+   * their tier's monthly one, until `endsAt` (default: the end of this month), with a reason:
+   * their key's limit follows at once (`key_limit_status`, `key_limit_usd`). Audited; needs
+   * users:write. */
+  grantBudgetIncrease(
+    userId: string,
+    grant: { amountUsd: string | number; endsAt?: Date | string; reason: string },
+  ): Promise<BudgetIncreaseGranted> {
+    const body: BudgetIncreaseRequest = {
+      amount_usd: toDecimalString(grant.amountUsd),
+      reason: grant.reason,
+    };
+    if (grant.endsAt !== undefined) body.ends_at = utcTimestamp(grant.endsAt);
+    return this.#request<BudgetIncreaseGranted>(
+      "POST",
+      `/api/users/${encodeURIComponent(userId)}/budget-increases`,
+      body,
+    );
   }
 
   // -- usage reports ------------------------------------------------------------------------
@@ -726,6 +751,17 @@ function keyPath(userId: string): string {
   return `/api/keys/user/${encodeURIComponent(userId)}`;
 }
 
+/** The key's metadata only. budget_layers=false: the client never reads the layers, and each
+ * answer with them costs the service one call to OpenRouter. */
+function keyMetadataPath(userId: string): string {
+  return `${keyPath(userId)}?budget_layers=false`;
+}
+
+/** The key's secret, without the budget layers (see keyMetadataPath). */
+function keyRevealPath(userId: string): string {
+  return `${keyPath(userId)}?reveal=true&budget_layers=false`;
+}
+
 /** The service has no current key (404), or failed for now: worth another look. */
 function isWaitable(error: unknown): error is AgentError {
   return error instanceof AgentError && (error.status === 404 || error.retryable);
@@ -768,6 +804,19 @@ function eventBody(event: UsageReport): UsageEventBody {
   };
   if (event.agentName !== undefined) body.agent_name = text("agentName", event.agentName);
   return body;
+}
+
+/** A Date as ISO 8601 in UTC; a string must carry its offset (the service refuses a naive time)
+ * and is sent as given. */
+function utcTimestamp(value: Date | string): string {
+  if (value instanceof Date) {
+    if (Number.isNaN(value.getTime())) throw new RangeError("endsAt is an invalid Date");
+    return value.toISOString();
+  }
+  if (typeof value !== "string" || Number.isNaN(Date.parse(value))) {
+    throw new RangeError(`endsAt is not a timestamp: ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 
 function count(value: unknown): number {

@@ -8,12 +8,23 @@ type Schemas = components["schemas"];
 
 /** GET /api/usage/{user_id}: the user's current month; money is decimal strings. */
 export type Usage = Schemas["CurrentUsage"];
+/** One budget OpenRouter enforces on the user's key (Usage.budget_layers, Usage.blocked_by):
+ * source key_limit (the key's monthly limit), tier_policy (the tier's daily cap), guardrail or
+ * workspace; remaining_usd "0" refuses every request until resets_at. */
+export type BudgetLayer = Schemas["BudgetLayer"];
 /** One line of Usage.by_model / Usage.by_agent. */
 export type Breakdown = Schemas["Breakdown"];
 /** PUT /api/users/{user_id}: the user as written and what it did to their key's limit. */
 export type UserInfo = Schemas["UserInfo"];
 /** PUT /api/users/{user_id}'s body. */
 export type UserPut = Schemas["UserPut"];
+/** POST /api/users/{user_id}/budget-increases's body. */
+export type BudgetIncreaseRequest = Schemas["BudgetIncreaseRequest"];
+/** POST /api/users/{user_id}/budget-increases (201): the grant and what it did to the key's
+ * limit. */
+export type BudgetIncreaseGranted = Schemas["BudgetIncreaseGranted"];
+/** One grant of extra budget (BudgetIncreaseGranted.increase). */
+export type BudgetIncrease = Schemas["BudgetIncreaseInfo"];
 /** GET /api/keys/user/{user_id}?reveal=true. */
 export type CurrentKey = Schemas["CurrentKeyResponse"];
 /** A key's metadata (never its secret). */

@@ -31,6 +31,7 @@ class Script {
   cacheForS: number | null = 240;
   reveals = 0;
   lookups = 0; // GETs of the key's metadata, without reveal
+  keyUrls: URL[] = []; // every GET of the key, reveal or not
   chats: { key: string; body: Record<string, unknown> }[] = [];
   chat: (key: string) => Response = () => json(200, completion());
   meta: ((lookup: number) => Response | undefined) | undefined;
@@ -39,6 +40,7 @@ class Script {
   readonly fetch: typeof globalThis.fetch = async (input, init) => {
     const url = new URL(String(input));
     if (url.pathname.startsWith("/api/keys/user/")) {
+      this.keyUrls.push(url);
       const secret =
         this.holding?.() ?? this.secrets[Math.min(this.reveals, this.secrets.length - 1)] ?? "";
       if (url.searchParams.get("reveal") !== "true") {
@@ -331,6 +333,42 @@ test("a refusal that stands fails at once while the service shows the key disabl
   assert.equal((await client.chat("u", HELLO)).id, "gen-1");
   assert.equal((await client.chat("u", HELLO)).id, "gen-1");
   assert.equal(script.reveals, 1, "the refused key stayed cached");
+});
+
+test("reveals and key metadata reads ask for no budget layers: budget_layers=false", async () => {
+  const script = new Script();
+  script.secrets = ["sk-1", "sk-2"];
+  let disabled = false;
+  script.chat = (key) =>
+    key === "sk-1" || disabled
+      ? json(401, { error: { message: "User not found." } })
+      : json(200, completion());
+  const held = { id: idOf("sk-1"), disabled: false };
+  script.meta = (lookup) => (lookup === 1 ? json(200, { secret: null, key: held }) : undefined);
+  const client = script.client({ refreshWaitMs: 300 });
+  const searches = (): string[] => script.keyUrls.splice(0).map((url) => url.search);
+  const REVEAL = "?reveal=true&budget_layers=false";
+  const METADATA = "?budget_layers=false";
+
+  // a reveal; refused, a refresh polls the metadata (still held, then the new key), reveals it
+  assert.equal((await client.chat("u", HELLO)).id, "gen-1");
+  assert.deepEqual(searches(), [REVEAL, METADATA, METADATA, REVEAL]);
+
+  // the new key disabled: the refresh polls until refreshWaitMs, and the refusal stands...
+  disabled = true;
+  script.meta = () => json(200, { secret: null, key: { id: idOf("sk-2"), disabled: true } });
+  const refused = async (): Promise<void> => {
+    const error = await client.chat("u", HELLO).catch((caught: unknown) => caught);
+    assert.ok(error instanceof OpenRouterError && error.status === 401, String(error));
+  };
+  await refused();
+  const polls = searches();
+  assert.ok(polls.length >= 2, `${polls.length} metadata reads while waiting`);
+  assert.deepEqual(polls, polls.map(() => METADATA));
+  // ...then each call costs one metadata read, without a wait
+  await refused();
+  assert.deepEqual(searches(), [METADATA]);
+  await client.close();
 });
 
 test("a 403 that is not about money is a stale key too; other refusals are not", async () => {

@@ -164,6 +164,17 @@ test("a rotation, then an emergency rotation, in the middle of chats fail no req
     await client.flush();
     assert.equal(client.failed + client.rejected + client.dropped, 0);
     assert.equal(client.stored, rotation.completed + emergency.completed);
+
+    // Reveals and the metadata reads while waiting for the new key skip the budget layers
+    // (each would cost the service a call to OpenRouter).
+    const lookups = recorder.calls.filter((c) => c.url.pathname === `/api/keys/user/${user}`);
+    const reveals = lookups.filter((c) => c.url.searchParams.get("reveal") === "true");
+    assert.ok(reveals.length >= 3 && lookups.length > reveals.length, `${lookups.length} lookups`);
+    const withLayers = lookups.filter((c) => c.url.searchParams.get("budget_layers") !== "false");
+    assert.deepEqual(
+      withLayers.map((c) => c.url.href),
+      [],
+    );
   } finally {
     await client.close();
   }
@@ -240,8 +251,8 @@ test("a disabled key: one wait of refreshWaitMs, then at once; enabled again, it
     assert.ok(second.ms < 150, `the second refusal took ${second.ms} ms`);
     assert.deepEqual(
       second.calls.map((c) => `${c.method} ${c.url.pathname}${c.url.search}`),
-      [`GET /api/keys/user/${user}`],
-      "one metadata read: no reveal, no request to OpenRouter",
+      [`GET /api/keys/user/${user}?budget_layers=false`],
+      "one metadata read (without the budget layers): no reveal, no request to OpenRouter",
     );
 
     const enabled = await admin(stack(), "POST", `/api/keys/${keyId}/enable`);

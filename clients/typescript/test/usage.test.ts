@@ -4,7 +4,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { AgentError, type UsageReport } from "../src/index.js";
+import {
+  AgentError,
+  type BudgetIncreaseGranted,
+  type BudgetLayer,
+  type Usage,
+  type UsageReport,
+} from "../src/index.js";
 import { createKey, MemoryLogger, newClient, Recorder, units, useStack } from "./helpers.js";
 
 const stack = useStack();
@@ -243,5 +249,57 @@ test("putUser creates, then updates, the user", async () => {
   assert.equal(created.created, true);
   assert.equal(updated.created, false);
   assert.deepEqual([updated.tier, updated.rotation_policy], ["standard", "monthly"]);
+  await client.close();
+});
+
+test("grantBudgetIncrease raises the user's budget and their key's limit at once", async () => {
+  const user = "usage-increase";
+  await createKey(stack(), user); // tier free: $10 a month
+  const recorder = new Recorder();
+  const client = newClient(stack(), { fetch: recorder.fetch });
+  try {
+    const granted: BudgetIncreaseGranted = await client.grantBudgetIncrease(user, {
+      amountUsd: "5",
+      reason: "client test: a goodwill gesture",
+    });
+    assert.equal(granted.key_limit_status, "applied");
+    assert.equal(granted.key_limit_usd, "15");
+    assert.equal(granted.increase.user_id, user);
+    assert.equal(units(granted.increase.amount_usd), units("5"));
+    assert.equal(granted.increase.lapsed, false);
+    const [post] = recorder.calls.filter((c) => c.method === "POST");
+    assert.equal(post?.url.pathname, `/api/users/${user}/budget-increases`);
+    assert.equal(post?.status, 201);
+
+    const usage: Usage = await client.usage(user);
+    assert.equal(usage.limit_usd, "15");
+    // the layers OpenRouter enforces on the key, from the generated types
+    const layers: BudgetLayer[] | null | undefined = usage.budget_layers;
+    const limit = layers?.find((layer) => layer.source === "key_limit");
+    assert.equal(limit === undefined ? undefined : units(limit.limit_usd), units("15"));
+    assert.equal(usage.blocked_by ?? null, null);
+    assert.equal(usage.budget_layers_error ?? null, null);
+
+    const until = new Date(Date.now() + 3_600_000);
+    const later = await client.grantBudgetIncrease(user, {
+      amountUsd: 2.5,
+      endsAt: until,
+      reason: "client test: for an hour",
+    });
+    assert.equal(later.key_limit_usd, "17.5");
+    assert.equal(Date.parse(later.increase.ends_at), until.getTime());
+  } finally {
+    await client.close();
+  }
+});
+
+test("grantBudgetIncrease of an unknown user rejects with AgentError 404", async () => {
+  const client = newClient(stack());
+  const error = await client
+    .grantBudgetIncrease("usage-nobody-increase", { amountUsd: "1", reason: "client test" })
+    .catch((caught: unknown) => caught);
+  assert.ok(error instanceof AgentError, String(error));
+  assert.equal(error.status, 404);
+  assert.equal(error.code, "user_not_found");
   await client.close();
 });

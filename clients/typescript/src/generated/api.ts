@@ -234,6 +234,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/tiers/policies": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Tier Policies
+         * @description Every tier's policy at OpenRouter: daily cap, allowed models and providers.
+         */
+        get: operations["list_tier_policies_api_admin_tiers_policies_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/tiers/{tier}": {
         parameters: {
             query?: never;
@@ -248,6 +268,28 @@ export interface paths {
          *     budget application (tier change, reset, rotation, or the monthly job).
          */
         put: operations["set_tier_budget_api_admin_tiers__tier__put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/tiers/{tier}/policy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set Tier Policy
+         * @description Set a tier's whole policy (a field left out or null: unrestricted), enforced by
+         *     OpenRouter through the tier's guardrail; a new guardrail reaches the tier's keys through a
+         *     job on the work queue, a changed one at once. Audited.
+         */
+        put: operations["set_tier_policy_api_admin_tiers__tier__policy_put"];
         post?: never;
         delete?: never;
         options?: never;
@@ -312,6 +354,27 @@ export interface paths {
          *     100% of their budget; drift against OpenRouter.
          */
         get: operations["system_usage_api_admin_usage_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/usage/daily-capped": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Daily Capped Users
+         * @description The users their tier's daily cap holds today (UTC): what they reported since midnight is
+         *     at or over the cap. Highest spend first; each says when the cap resets (next UTC midnight).
+         */
+        get: operations["daily_capped_users_api_admin_usage_daily_capped_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -630,7 +693,8 @@ export interface paths {
         };
         /**
          * User Key
-         * @description The user's current key: metadata, and the secret for a keys:reveal service (audited).
+         * @description The user's current key: metadata, what OpenRouter enforces on it now (budget_layers,
+         *     blocked_by), and the secret for a keys:reveal service (audited).
          */
         get: operations["user_key_api_keys_user__user_id__get"];
         put?: never;
@@ -754,7 +818,8 @@ export interface paths {
         };
         /**
          * Current Usage
-         * @description This month: spent, limit, remaining, percent, by model and agent, and a forecast.
+         * @description This month: spent, limit, remaining, percent, by model and agent, and a forecast; and
+         *     what OpenRouter enforces on the user's current key now (budget_layers, blocked_by).
          */
         get: operations["current_usage_api_usage__user_id__get"];
         put?: never;
@@ -800,6 +865,32 @@ export interface paths {
          */
         put: operations["put_user_api_users__user_id__put"];
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/users/{user_id}/budget-increases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Budget Increases
+         * @description The user's grants, newest first, lapsed ones included.
+         */
+        get: operations["list_budget_increases_api_users__user_id__budget_increases_get"];
+        put?: never;
+        /**
+         * Grant Budget Increase
+         * @description Grant the user extra budget for this month or until `ends_at`, with a reason: a ledger
+         *     entry (never an edit), their key's limit follows at once, a rotation keeps it, and it
+         *     lapses at its end. Audited.
+         */
+        post: operations["grant_budget_increase_api_users__user_id__budget_increases_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -992,6 +1083,122 @@ export interface components {
             /** Name */
             name: string;
         };
+        /** BudgetIncreaseGranted */
+        BudgetIncreaseGranted: {
+            increase: components["schemas"]["BudgetIncreaseInfo"];
+            /**
+             * Key Limit Status
+             * @description applied: the key's OpenRouter limit follows now. pending: another invocation holds the user's keys (a rotation being made, say); it applies the change before it lets go, within seconds. no_key: the user has no current key.
+             * @enum {string}
+             */
+            key_limit_status: "applied" | "pending" | "no_key";
+            /**
+             * Key Limit Usd
+             * @description The key's OpenRouter limit when applied and limited; otherwise null (see key_unlimited and key_limit_status).
+             */
+            key_limit_usd: string | null;
+            /**
+             * Key Unlimited
+             * @description True only when applied and the key has no limit.
+             */
+            key_unlimited: boolean;
+        };
+        /** BudgetIncreaseInfo */
+        BudgetIncreaseInfo: {
+            /** Amount Usd */
+            amount_usd: string;
+            /**
+             * Ends At
+             * Format: date-time
+             */
+            ends_at: string;
+            /**
+             * Granted At
+             * Format: date-time
+             */
+            granted_at: string;
+            /** Granted By */
+            granted_by: string;
+            /** Id */
+            id: number;
+            /**
+             * Lapsed
+             * @description Ended: it no longer counts in the budget.
+             */
+            lapsed: boolean;
+            /** Reason */
+            reason: string;
+            /** User Id */
+            user_id: string;
+        };
+        /** BudgetIncreaseList */
+        BudgetIncreaseList: {
+            /** Data */
+            data: components["schemas"]["BudgetIncreaseInfo"][];
+        };
+        /** BudgetIncreaseRequest */
+        BudgetIncreaseRequest: {
+            /**
+             * Amount Usd
+             * @description Extra USD on top of the tier's monthly budget while it lasts.
+             */
+            amount_usd: number | string;
+            /**
+             * Ends At
+             * @description When it lapses (UTC); default: the end of this month.
+             */
+            ends_at?: string | null;
+            /** Reason */
+            reason: string;
+        };
+        /**
+         * BudgetLayer
+         * @description One budget OpenRouter enforces on the key, as its GET /key (asked with the key itself)
+         *     reports it: what may be spent in the layer's window, what was, what is left.
+         */
+        BudgetLayer: {
+            /**
+             * Guardrail Id
+             * @description The OpenRouter guardrail of a guardrail layer.
+             */
+            guardrail_id?: string | null;
+            /**
+             * Interval
+             * @description How often the layer resets, in UTC windows: daily, weekly or monthly (OpenRouter's reset_interval); null: never (a lifetime limit).
+             */
+            interval: string | null;
+            /**
+             * Limit Usd
+             * @description What may be spent in a window.
+             */
+            limit_usd: string;
+            /**
+             * Remaining Usd
+             * @description What is left in the current window, never below 0. 0: this layer refuses every request until resets_at (OpenRouter's 403).
+             */
+            remaining_usd: string;
+            /**
+             * Resets At
+             * @description When the current window ends (UTC) and the layer is whole again; null when it never resets.
+             */
+            resets_at: string | null;
+            /**
+             * Scope
+             * @description OpenRouter's name for the layer (api_key, workspace_default_key, member, workspace, key_limit).
+             */
+            scope: string;
+            /**
+             * Source
+             * @description key_limit: the key's own limit at OpenRouter (the user's monthly budget left). tier_policy: the daily (or weekly, monthly) cap of the user's tier, enforced by the tier's guardrail. guardrail: another guardrail that applies to the key (the workspace's default one, say). workspace: a workspace budget.
+             * @enum {string}
+             */
+            source: "key_limit" | "tier_policy" | "guardrail" | "workspace";
+            /**
+             * Spent Usd
+             * @description What counts against it in the current window.
+             */
+            spent_usd: string;
+        };
         /** ChainReport */
         ChainReport: {
             /** Broken Seq */
@@ -1031,6 +1238,18 @@ export interface components {
         };
         /** CurrentKeyResponse */
         CurrentKeyResponse: {
+            /** @description The layer that refuses requests now: the first with nothing left (remaining_usd 0). null when none is spent, or when budget_layers is null. */
+            blocked_by?: components["schemas"]["BudgetLayer"] | null;
+            /**
+             * Budget Layers
+             * @description Every budget layer OpenRouter enforces on the current key, in the order it checks them (guardrails, workspace budgets, then the key's own limit), read from OpenRouter's GET /key with the key itself at the time of this answer (one call, at most OPENROUTER_TIMEOUT_S). [] when there is no current key (or none of its layers has a budget). null when OpenRouter could not be read: budget_layers_error says why.
+             */
+            budget_layers?: components["schemas"]["BudgetLayer"][] | null;
+            /**
+             * Budget Layers Error
+             * @description Why budget_layers is null, else null. not_requested (?budget_layers=false); key_disabled (the key is disabled: it refuses everything, whatever its budgets); key_has_no_secret, key_material_unreadable (the key cannot be opened here); key_refused (OpenRouter answered 401, 403 or 404 for the key: deleted, disabled or expired there); openrouter_timeout, openrouter_unavailable (no answer within OPENROUTER_TIMEOUT_S, a network failure or a 5xx), openrouter_rate_limited (429), openrouter_invalid_response, openrouter_error (another refusal); database_unavailable; internal_error. The rest of the answer is unaffected.
+             */
+            budget_layers_error?: ("not_requested" | "key_disabled" | "key_has_no_secret" | "key_material_unreadable" | "key_refused" | "openrouter_timeout" | "openrouter_unavailable" | "openrouter_rate_limited" | "openrouter_invalid_response" | "openrouter_error" | "database_unavailable" | "internal_error") | null;
             /**
              * Cache For S
              * @description With a secret: how long a caller may keep using it from a cache. A key rotated out keeps working for the rotation grace period; this is 80 % of it. An emergency rotation or a disabled key ends it early: OpenRouter then answers 401.
@@ -1072,6 +1291,18 @@ export interface components {
              * Format: date-time
              */
             as_of: string;
+            /** @description The layer that refuses requests now: the first with nothing left (remaining_usd 0). null when none is spent, or when budget_layers is null. */
+            blocked_by?: components["schemas"]["BudgetLayer"] | null;
+            /**
+             * Budget Layers
+             * @description Every budget layer OpenRouter enforces on the current key, in the order it checks them (guardrails, workspace budgets, then the key's own limit), read from OpenRouter's GET /key with the key itself at the time of this answer (one call, at most OPENROUTER_TIMEOUT_S). [] when there is no current key (or none of its layers has a budget). null when OpenRouter could not be read: budget_layers_error says why.
+             */
+            budget_layers?: components["schemas"]["BudgetLayer"][] | null;
+            /**
+             * Budget Layers Error
+             * @description Why budget_layers is null, else null. not_requested (?budget_layers=false); key_disabled (the key is disabled: it refuses everything, whatever its budgets); key_has_no_secret, key_material_unreadable (the key cannot be opened here); key_refused (OpenRouter answered 401, 403 or 404 for the key: deleted, disabled or expired there); openrouter_timeout, openrouter_unavailable (no answer within OPENROUTER_TIMEOUT_S, a network failure or a 5xx), openrouter_rate_limited (429), openrouter_invalid_response, openrouter_error (another refusal); database_unavailable; internal_error. The rest of the answer is unaffected.
+             */
+            budget_layers_error?: ("not_requested" | "key_disabled" | "key_has_no_secret" | "key_material_unreadable" | "key_refused" | "openrouter_timeout" | "openrouter_unavailable" | "openrouter_rate_limited" | "openrouter_invalid_response" | "openrouter_error" | "database_unavailable" | "internal_error") | null;
             /** By Agent */
             by_agent: components["schemas"]["Breakdown"][];
             /** By Model */
@@ -1128,6 +1359,37 @@ export interface components {
              * @description What OpenRouter counted that no reported event explains (as of its last sync); it shrinks as late reports arrive.
              */
             unreported_usd: string;
+            /** User Id */
+            user_id: string;
+        };
+        /**
+         * DailyCappedList
+         * @description The users held by their tier's daily cap today (UTC), highest spend first.
+         */
+        DailyCappedList: {
+            /** Data */
+            data: components["schemas"]["DailyCappedUser"][];
+        };
+        /** DailyCappedUser */
+        DailyCappedUser: {
+            /**
+             * Daily Cap Usd
+             * @description Their tier's daily cap, which they are at or over.
+             */
+            daily_cap_usd: string;
+            /**
+             * Resets At
+             * Format: date-time
+             * @description When the cap resets: the next UTC midnight.
+             */
+            resets_at: string;
+            /**
+             * Spent Today Usd
+             * @description What the user's events reported today (UTC).
+             */
+            spent_today_usd: string;
+            /** Tier */
+            tier: string;
             /** User Id */
             user_id: string;
         };
@@ -1918,6 +2180,50 @@ export interface components {
         TierList: {
             /** Data */
             data: components["schemas"]["TierInfo"][];
+        };
+        /** TierPolicyInfo */
+        TierPolicyInfo: {
+            /** Allowed Models */
+            allowed_models: string[] | null;
+            /** Allowed Providers */
+            allowed_providers: string[] | null;
+            /** Daily Cap Usd */
+            daily_cap_usd: string | null;
+            /**
+             * Guardrail Id
+             * @description The OpenRouter guardrail enforcing it.
+             */
+            guardrail_id: string | null;
+            /** Tier */
+            tier: string;
+        };
+        /** TierPolicyList */
+        TierPolicyList: {
+            /** Data */
+            data: components["schemas"]["TierPolicyInfo"][];
+        };
+        /**
+         * TierPolicyUpdate
+         * @description A tier's whole policy: what is left out (or null) is not restricted.
+         */
+        TierPolicyUpdate: {
+            /**
+             * Allowed Models
+             * @description OpenRouter model ids (or patterns such as openai/*); null: every model.
+             */
+            allowed_models?: string[] | null;
+            /**
+             * Allowed Providers
+             * @description Provider names; null: every provider.
+             */
+            allowed_providers?: string[] | null;
+            /**
+             * Daily Cap Usd
+             * @description At most this much a UTC day per key; null: no cap.
+             */
+            daily_cap_usd?: number | string | null;
+            /** Reason */
+            reason?: string | null;
         };
         /**
          * UsageEvent
@@ -3030,6 +3336,62 @@ export interface operations {
             };
         };
     };
+    list_tier_policies_api_admin_tiers_policies_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TierPolicyList"];
+                };
+            };
+            /** @description The request is malformed: not JSON, a credential in the query string, a bad cursor. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No credential, or one that is not recognised (expired, revoked, forged). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The credential is valid but may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The database or OpenRouter cannot be reached now; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
     set_tier_budget_api_admin_tiers__tier__put: {
         parameters: {
             query?: never;
@@ -3110,6 +3472,113 @@ export interface operations {
             };
             /** @description A value is not valid; details give each location, never the input. */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The database or OpenRouter cannot be reached now; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    set_tier_policy_api_admin_tiers__tier__policy_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                tier: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TierPolicyUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TierPolicyInfo"];
+                };
+            };
+            /** @description The request is malformed: not JSON, a credential in the query string, a bad cursor. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No credential, or one that is not recognised (expired, revoked, forged). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The credential is valid but may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description What the request names does not exist (or is not the caller's to see). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The request body is larger than MAX_REQUEST_BODY_BYTES. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The request body is not JSON (Content-Type application/json). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A value is not valid; details give each location, never the input. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description OpenRouter refused what the request needed of it (openrouter_refused), or the key operation failed there; retrying the same request cannot help. */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3386,6 +3855,73 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SystemUsage"];
+                };
+            };
+            /** @description The request is malformed: not JSON, a credential in the query string, a bad cursor. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No credential, or one that is not recognised (expired, revoked, forged). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The credential is valid but may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A value is not valid; details give each location, never the input. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The database or OpenRouter cannot be reached now; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    daily_capped_users_api_admin_usage_daily_capped_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DailyCappedList"];
                 };
             };
             /** @description The request is malformed: not JSON, a credential in the query string, a bad cursor. */
@@ -4392,6 +4928,8 @@ export interface operations {
         parameters: {
             query?: {
                 reveal?: boolean;
+                /** @description Read the key's budget layers from OpenRouter (one call, at most OPENROUTER_TIMEOUT_S). false: skip it (budget_layers_error not_requested), as a caller that only wants the key (a client's reveal) does. */
+                budget_layers?: boolean;
             };
             header?: never;
             path: {
@@ -4479,6 +5017,8 @@ export interface operations {
         parameters: {
             query?: {
                 reveal?: boolean;
+                /** @description Read the key's budget layers from OpenRouter (one call, at most OPENROUTER_TIMEOUT_S). false: skip it (budget_layers_error not_requested), as a caller that only wants the key (a client's reveal) does. */
+                budget_layers?: boolean;
             };
             header?: never;
             path: {
@@ -5313,6 +5853,189 @@ export interface operations {
             };
             /** @description Something else is changing it, or its state does not allow this now. */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The request body is larger than MAX_REQUEST_BODY_BYTES. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The request body is not JSON (Content-Type application/json). */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A value is not valid; details give each location, never the input. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description OpenRouter refused what the request needed of it (openrouter_refused), or the key operation failed there; retrying the same request cannot help. */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The database or OpenRouter cannot be reached now; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_budget_increases_api_users__user_id__budget_increases_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BudgetIncreaseList"];
+                };
+            };
+            /** @description The request is malformed: not JSON, a credential in the query string, a bad cursor. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No credential, or one that is not recognised (expired, revoked, forged). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The credential is valid but may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description What the request names does not exist (or is not the caller's to see). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description A value is not valid; details give each location, never the input. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The database or OpenRouter cannot be reached now; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    grant_budget_increase_api_users__user_id__budget_increases_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BudgetIncreaseRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BudgetIncreaseGranted"];
+                };
+            };
+            /** @description The request is malformed: not JSON, a credential in the query string, a bad cursor. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description No credential, or one that is not recognised (expired, revoked, forged). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The credential is valid but may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description What the request names does not exist (or is not the caller's to see). */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
