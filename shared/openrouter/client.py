@@ -621,6 +621,16 @@ class OpenRouterClient:
             raise OpenRouterInvalidResponse("key assignments: data is not a list")
         return [_parse(GuardrailKeyAssignment.from_json, item, "key assignments") for item in data]
 
+    async def count_key_assignments(self, guardrail_id: str) -> int:
+        """How many keys the guardrail holds (its listing's total_count, one small call)."""
+        body = await self._request(
+            "GET", f"/guardrails/{guardrail_id}/assignments/keys", params={"offset": 0, "limit": 1}
+        )
+        total = body.get("total_count") if isinstance(body, dict) else None
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise OpenRouterInvalidResponse("key assignments: no total_count")
+        return total
+
     async def list_all_key_assignments(
         self, *, guardrail_id: str | None = None
     ) -> list[GuardrailKeyAssignment]:

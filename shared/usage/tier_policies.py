@@ -132,6 +132,17 @@ class TierPolicyRepository:
             (guardrail_id, list(key_hashes)),
         )
 
+    async def assigned_count(self, guardrail_id: str) -> int:
+        """Keys we assigned to the guardrail that OpenRouter still has."""
+        cursor = await self._conn.execute(
+            "select count(*) as n from key_guardrails g join api_keys k on k.id = g.key_id"
+            " where g.guardrail_id = %s and k.openrouter_hash is not null"
+            " and k.deleted_at is null",
+            (guardrail_id,),
+        )
+        row = await cursor.fetchone()
+        return int(row["n"]) if row else 0  # type: ignore[call-overload]
+
     async def forget_guardrail(self, guardrail_id: str) -> None:
         await self._conn.execute(
             "delete from key_guardrails where guardrail_id = %s", (guardrail_id,)
@@ -284,13 +295,17 @@ class TierPolicyService:
                     if policy.guardrail_id is not None:
                         await policies.forget_guardrail(policy.guardrail_id)
                 repaired["recreated"].append(policy.tier)
-            elif not _says(remote, policy):
-                await self._enforce(policy)
-                repaired["updated"].append(policy.tier)
+            else:
+                if not _says(remote, policy):
+                    await self._enforce(policy)
+                    repaired["updated"].append(policy.tier)
+                if await self._lost_assignments(remote.id):
+                    repaired["reassigned"].append(policy.tier)
             async with self._runtime.database().connection() as conn, conn.transaction():
                 if await TierPolicyRepository(conn).keys_to_assign(tier=policy.tier, owner=None):
                     await self._enqueue_assignments(conn, policy.tier, actor)
-                    repaired["reassigned"].append(policy.tier)
+                    if policy.tier not in repaired["reassigned"]:
+                        repaired["reassigned"].append(policy.tier)
         named = {p.guardrail_id for p in await self.policies() if p.guardrail_id is not None}
         for guardrail in at_openrouter.values():
             if guardrail.name.startswith(prefix) and guardrail.id not in named:
@@ -306,6 +321,21 @@ class TierPolicyService:
                     details=repaired,
                 )
         return repaired
+
+    async def _lost_assignments(self, guardrail_id: str) -> bool:
+        """Whether OpenRouter holds fewer keys on the guardrail than we assigned to it (some
+        were unassigned or moved behind our back): then those records are dropped, and the
+        tier's job assigns every key again (an assignment repeated changes nothing)."""
+        async with self._runtime.database().connection() as conn:
+            expected = await TierPolicyRepository(conn).assigned_count(guardrail_id)
+        if expected == 0:
+            return False
+        held = await self._runtime.openrouter().count_key_assignments(guardrail_id)
+        if held >= expected:
+            return False
+        async with self._runtime.database().connection() as conn:
+            await TierPolicyRepository(conn).forget_guardrail(guardrail_id)
+        return True
 
     async def _enqueue_assignments(self, conn: Connection, tier: str, actor: str) -> None:
         hashes = await TierPolicyRepository(conn).keys_to_assign(tier=tier, owner=None)

@@ -227,3 +227,31 @@ async def test_an_unlimited_tier_may_still_carry_an_allowlist(
 
     assert outcomes == [403, None]
     assert key.limit is None
+
+
+async def test_the_reconciler_assigns_again_a_key_unassigned_behind_our_back(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    """GIVEN the free tier restricted to one model and two free users' keys on its guardrail
+    WHEN someone unassigns one key from the guardrail at OpenRouter, and the reconcile runs
+    THEN that key is restricted again (the guardrail holds both keys)."""
+    from shared.keys.reconcile import reconcile
+
+    policy = await _set_policy(api, "free", allowed_models=[CHEAP])
+    first = await _key_of(keys, "kept", "free")
+    await _key_of(keys, "loose", "free")
+    loose = await keys.current_key(Owner.user("loose"))
+    guardrail_id = str(policy["guardrail_id"])
+    await runtime.openrouter().unassign_keys_from_guardrail(
+        guardrail_id, [loose.openrouter_hash or ""]
+    )
+    loose_secret = await keys.reveal(loose, actor="test", request_id=None)
+    before = [_refused(emulator, first, DEAR), _refused(emulator, loose_secret, DEAR)]
+
+    await reconcile(runtime, actor="test")
+    await _work_the_queue(runtime)
+    after = [_refused(emulator, first, DEAR), _refused(emulator, loose_secret, DEAR)]
+
+    assert before == [403, None]
+    assert after == [403, 403]
+    assert await runtime.openrouter().count_key_assignments(guardrail_id) == 2
