@@ -2448,4 +2448,19 @@ create index usage_events_by_occurred_at on usage_events (occurred_at) include (
 insert into schema_migrations (version, name, checksum) values ('0024', 'daily_spend_index', '8dedfe0eb70541fe775c7ae74f20ca32bc44407f83ab5cac9a8795d28f18c441')
 on conflict (version) do nothing;
 
+-- ===== migration 0025_budget_increase_idempotency.sql =====
+
+-- A grant answered 503 (its key's limit could not be applied then) is recorded all the same, and
+-- its caller is told to retry: with the same Idempotency-Key the retry returns the first grant
+-- instead of granting twice (as key creates and rotations do).
+
+alter table budget_increases add column idempotency_key text
+    check (idempotency_key is null or length(idempotency_key) between 1 and 255);
+
+create unique index budget_increases_idempotency on budget_increases (granted_by, idempotency_key)
+    where idempotency_key is not null;
+
+insert into schema_migrations (version, name, checksum) values ('0025', 'budget_increase_idempotency', '93aa9a83ecba0beb280cb4851b12c2c8968c1be2a2d5c33b08bc9a79b3a1d353')
+on conflict (version) do nothing;
+
 commit;

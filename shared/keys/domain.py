@@ -119,8 +119,8 @@ def openrouter_answer(error: OpenRouterError, details: dict[str, object] | None 
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     if isinstance(error, OpenRouterOutcomeUnknown):
         return ServiceUnavailable(
-            "OpenRouter did not confirm the new key; the operation will be completed by a "
-            "retry or the next job run",
+            "OpenRouter did not confirm what it did; a retry, or the next job run, "
+            "completes or repairs it",
             code="openrouter_outcome_unknown",
             details=details,
             headers=headers,

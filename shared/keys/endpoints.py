@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 
 from shared.access.principals import Principal, PrincipalKind, Scope
 from shared.access.rules import (
@@ -33,19 +33,10 @@ from shared.keys.service import KeyLifecycleService, Owner
 from shared.observability import current_request_id
 from shared.runtime import Runtime
 from shared.usage.layers import NOT_REQUESTED, BudgetLayerReader
-from shared.web.deps import RuntimeDep
+from shared.web.deps import IdempotencyKey, RuntimeDep
 from shared.web.openapi import answers
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="A retry with the same key returns the first result and creates nothing.",
-    ),
-]
 
 
 def _may_see(caller: Principal, owner: str) -> bool:

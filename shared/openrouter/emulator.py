@@ -495,6 +495,11 @@ class Emulator:
         with self._lock.reading():
             return self._guardrails.get(guardrail_id)
 
+    def guardrails(self) -> list[EmulatedGuardrail]:
+        """Every guardrail, in creation order."""
+        with self._lock.reading():
+            return list(self._guardrails.values())
+
     def guardrail_of(self, key_hash: str) -> EmulatedGuardrail | None:
         """The guardrail assigned to this key, if any (the workspace default is not)."""
         with self._lock.reading():

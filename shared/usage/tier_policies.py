@@ -59,16 +59,20 @@ class TierPolicy:
         }
 
 
+_POLICY = (
+    "select tier, daily_cap_usd, allowed_models, allowed_providers, guardrail_id"
+    " from subscription_tiers where tier = %s"
+)
+_POLICY_FOR_UPDATE = _POLICY + " for update"
+
+
 class TierPolicyRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def policy(self, tier: str) -> TierPolicy | None:
-        cursor = await self._conn.execute(
-            "select tier, daily_cap_usd, allowed_models, allowed_providers, guardrail_id"
-            " from subscription_tiers where tier = %s",
-            (tier,),
-        )
+    async def policy(self, tier: str, *, lock: bool = False) -> TierPolicy | None:
+        query = _POLICY_FOR_UPDATE if lock else _POLICY
+        cursor = await self._conn.execute(query, (tier,))
         row = await cursor.fetchone()
         return None if row is None else _policy(row)
 
@@ -205,39 +209,39 @@ class TierPolicyService:
         request_id: str | None,
     ) -> TierPolicy:
         """The tier's policy, in force at OpenRouter: its guardrail made, changed or deleted
-        now; the tier's keys assigned to a new guardrail by a job on the work queue."""
-        async with self._runtime.database().connection() as conn:
-            before = await TierPolicyRepository(conn).policy(tier)
-        if before is None:
-            raise NotFound(f"no tier {tier}", code="tier_not_found")
-        wanted = TierPolicy(
-            tier=tier,
-            daily_cap_usd=daily_cap_usd,
-            allowed_models=None if allowed_models is None else tuple(allowed_models),
-            allowed_providers=None if allowed_providers is None else tuple(allowed_providers),
-            guardrail_id=before.guardrail_id,
-        )
-        guardrail_id = await self._enforce(wanted)
-        after = TierPolicy(
-            tier=tier,
-            daily_cap_usd=wanted.daily_cap_usd,
-            allowed_models=wanted.allowed_models,
-            allowed_providers=wanted.allowed_providers,
-            guardrail_id=guardrail_id,
-        )
+        now; the tier's keys assigned to a new guardrail by a job on the work queue.
+
+        The policy and its audit row are written first, the tier's row locked, and OpenRouter
+        told under that lock, in the same transaction: input the database refuses changes
+        nothing at OpenRouter, two changes of one tier run one after the other, and a failure
+        at OpenRouter undoes the write (the reconciler sets a guardrail changed meanwhile back
+        to what the database says)."""
         async with self._runtime.database().connection() as conn, conn.transaction():
             policies = TierPolicyRepository(conn)
-            await policies.write(after)
-            if before.guardrail_id is not None and guardrail_id != before.guardrail_id:
-                await policies.forget_guardrail(before.guardrail_id)  # deleted: keys are free
+            before = await policies.policy(tier, lock=True)
+            if before is None:
+                raise NotFound(f"no tier {tier}", code="tier_not_found")
+            wanted = TierPolicy(
+                tier=tier,
+                daily_cap_usd=daily_cap_usd,
+                allowed_models=_distinct(allowed_models),
+                allowed_providers=_distinct(allowed_providers),
+                guardrail_id=before.guardrail_id,
+            )
+            await policies.write(wanted)
             await AuditRepository(conn).append(
                 actor=actor,
                 action="tier.policy_changed",
                 target=f"tier:{tier}",
                 reason=reason,
                 request_id=request_id,
-                details={"from": before.audited(), "to": after.audited()},
+                details={"from": before.audited(), "to": wanted.audited()},
             )
+            guardrail_id = await self._enforce(wanted)
+            after = replace(wanted, guardrail_id=guardrail_id)
+            await policies.write(after)
+            if before.guardrail_id is not None and guardrail_id != before.guardrail_id:
+                await policies.forget_guardrail(before.guardrail_id)  # deleted: keys are free
             if guardrail_id is not None:
                 await self._enqueue_assignments(conn, tier, actor)
         return after
@@ -434,6 +438,11 @@ def _says(guardrail: Guardrail, policy: TierPolicy) -> bool:
     return (
         guardrail.limit_usd == policy.daily_cap_usd
         and guardrail.reset_interval == (None if policy.daily_cap_usd is None else "daily")
-        and (guardrail.allowed_models or None) == policy.allowed_models
-        and (guardrail.allowed_providers or None) == policy.allowed_providers
+        and set(guardrail.allowed_models or ()) == set(policy.allowed_models or ())
+        and set(guardrail.allowed_providers or ()) == set(policy.allowed_providers or ())
     )
+
+
+def _distinct(names: Sequence[str] | None) -> tuple[str, ...] | None:
+    # OpenRouter keeps a list once per name: a repeated one would read as drift forever.
+    return None if names is None else tuple(dict.fromkeys(names))

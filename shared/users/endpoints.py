@@ -21,7 +21,7 @@ from shared.users.schemas import (
     UserTierChanged,
 )
 from shared.users.service import BudgetIncreaseService, UsersService
-from shared.web.deps import RuntimeDep
+from shared.web.deps import IdempotencyKey, RuntimeDep
 from shared.web.openapi import answers
 
 router = APIRouter(prefix="/api/users", tags=["users"])
@@ -78,11 +78,17 @@ async def change_user_tier(
     responses=answers(404, 502),
 )
 async def grant_budget_increase(
-    user_id: UserId, body: BudgetIncreaseRequest, caller: UsersWriter, runtime: RuntimeDep
+    user_id: UserId,
+    body: BudgetIncreaseRequest,
+    caller: UsersWriter,
+    runtime: RuntimeDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> BudgetIncreaseGranted:
     """Grant the user extra budget for this month or until `ends_at`, with a reason: a ledger
     entry (never an edit), their key's limit follows at once, a rotation keeps it, and it
-    lapses at its end. Audited."""
+    lapses at its end. Audited. A 503 (the key's limit could not be applied then) has still
+    recorded the grant, which the advance job applies: retry it with the same
+    Idempotency-Key, which grants nothing twice."""
     granted = await BudgetIncreaseService(runtime).grant(
         user_id,
         body.amount_usd,
@@ -90,6 +96,7 @@ async def grant_budget_increase(
         reason=body.reason,
         actor=caller.actor,
         request_id=current_request_id.get(),
+        idempotency_key=idempotency_key,
     )
     return BudgetIncreaseGranted.of(granted, now=datetime.now(UTC))
 

@@ -113,6 +113,7 @@ class BudgetIncrease:
     granted_by: str
     granted_at: datetime
     lapse_applied_at: datetime | None
+    idempotency_key: str | None = None
 
 
 class BudgetIncreaseRepository:
@@ -123,17 +124,34 @@ class BudgetIncreaseRepository:
         self._conn = conn
 
     async def grant(
-        self, user_id: str, amount_usd: Decimal, ends_at: datetime, reason: str, granted_by: str
-    ) -> BudgetIncrease:
+        self,
+        user_id: str,
+        amount_usd: Decimal,
+        ends_at: datetime,
+        reason: str,
+        granted_by: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[BudgetIncrease, bool]:
+        """The grant, and whether this call made it (False: the caller's earlier grant with
+        this idempotency key)."""
         cursor = await self._conn.execute(
             "insert into budget_increases (user_id, amount_usd, starts_period, ends_at, reason,"
-            " granted_by) values (%s, %s, date_trunc('month', now() at time zone 'UTC')::date,"
-            " %s, %s, %s) returning *",
-            (user_id, amount_usd, ends_at, reason, granted_by),
+            " granted_by, idempotency_key) values (%s, %s,"
+            " date_trunc('month', now() at time zone 'UTC')::date, %s, %s, %s, %s)"
+            " on conflict (granted_by, idempotency_key) where idempotency_key is not null"
+            " do nothing returning *",
+            (user_id, amount_usd, ends_at, reason, granted_by, idempotency_key),
+        )
+        row = await cursor.fetchone()
+        if row is not None:
+            return BudgetIncrease(**row), True  # type: ignore[arg-type]
+        cursor = await self._conn.execute(
+            "select * from budget_increases where granted_by = %s and idempotency_key = %s",
+            (granted_by, idempotency_key),
         )
         row = await cursor.fetchone()
         assert row is not None
-        return BudgetIncrease(**row)  # type: ignore[arg-type]
+        return BudgetIncrease(**row), False  # type: ignore[arg-type]
 
     async def of_user(self, user_id: str) -> list[BudgetIncrease]:
         cursor = await self._conn.execute(

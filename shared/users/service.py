@@ -74,9 +74,10 @@ class UsersService:
             reason=f"tier {before} -> {change.after.tier}",
             request_id=request_id,
         )
-        if change.before is not None and change.before.tier != change.after.tier:
-            # the new tier's policy (or none) holds their keys from now on
-            await TierPolicyService(self._runtime).guard_owner(Owner.user(user_id))
+        # Their tier's policy (or none) holds their keys from now on: on every put, so that a
+        # retry after a move whose assignment failed at OpenRouter finishes it (nothing to do
+        # costs one query).
+        await TierPolicyService(self._runtime).guard_owner(Owner.user(user_id))
         return UserWritten(change, applied)
 
 
@@ -102,8 +103,10 @@ class BudgetIncreaseService:
         reason: str,
         actor: str,
         request_id: str | None,
+        idempotency_key: str | None = None,
     ) -> IncreaseGranted:
-        """Give the user `amount_usd` more budget until `ends_at` (None: the month's end)."""
+        """Give the user `amount_usd` more budget until `ends_at` (None: the month's end). A
+        retry with the same idempotency key returns the first grant and grants nothing more."""
         now = datetime.now(UTC)
         month_end = _next_month_start(now)
         ends = month_end if ends_at is None else ends_at
@@ -112,17 +115,18 @@ class BudgetIncreaseService:
         async with self._runtime.database().connection() as conn, conn.transaction():
             if await UserRepository(conn).get(user_id) is None:
                 raise NotFound(f"no user {user_id}", code="user_not_found")
-            increase = await BudgetIncreaseRepository(conn).grant(
-                user_id, amount_usd, ends, reason, actor
+            increase, made = await BudgetIncreaseRepository(conn).grant(
+                user_id, amount_usd, ends, reason, actor, idempotency_key
             )
-            await AuditRepository(conn).append(
-                actor=actor,
-                action="user.budget_increased",
-                target=f"user:{user_id}",
-                reason=reason,
-                request_id=request_id,
-                details={"amount_usd": amount_usd, "ends_at": ends.isoformat()},
-            )
+            if made:  # a retry of an earlier grant is not granted, nor audited, again
+                await AuditRepository(conn).append(
+                    actor=actor,
+                    action="user.budget_increased",
+                    target=f"user:{user_id}",
+                    reason=reason,
+                    request_id=request_id,
+                    details={"amount_usd": amount_usd, "ends_at": ends.isoformat()},
+                )
         applied = await KeyLifecycleService(self._runtime).apply_budget(
             Owner.user(user_id),
             actor=actor,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from shared.config import Settings
 from shared.db.database import Database
@@ -33,3 +33,13 @@ async def get_database(runtime: RuntimeDep) -> Database:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_from_runtime)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
+
+# A write a caller may retry: the same key returns the first result and makes nothing new.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="A retry with the same key returns the first result and creates nothing.",
+    ),
+]

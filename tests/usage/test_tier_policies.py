@@ -3,6 +3,7 @@ through the tier's guardrail, and the emulator, as OpenRouter, refuses what they
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 
 from shared.jobs.worker import work
 from shared.keys.service import KeyLifecycleService, Owner
-from shared.openrouter.emulator import Emulator, EmulatorApiError
+from shared.openrouter.emulator import Emulator, EmulatorApiError, Fault
 from shared.runtime import Runtime
 from tests.conftest import BOOTSTRAP_ADMIN_TOKEN
 from tests.openrouter.conftest import ManualClock
@@ -255,3 +256,54 @@ async def test_the_reconciler_assigns_again_a_key_unassigned_behind_our_back(
     assert before == [403, None]
     assert after == [403, 403]
     assert await runtime.openrouter().count_key_assignments(guardrail_id) == 2
+
+
+async def test_a_refused_policy_changes_nothing_at_openrouter_and_changes_of_a_tier_queue_up(
+    api: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    """GIVEN the free tier capped at $2 a day for one model
+    WHEN a change is refused by the database (a reason it cannot store), and then eight
+    changes of the beta tier arrive at once, some setting a cap and some taking it away
+    THEN free's guardrail at OpenRouter is as it was; beta ends with at most one guardrail
+    under our prefix, the one the database names."""
+    policy = await _set_policy(api, "free", daily_cap_usd="2", allowed_models=[CHEAP])
+    refused = await api.put(
+        "/api/admin/tiers/free/policy",
+        headers=ADMIN,
+        json={"daily_cap_usd": "3", "reason": "ab\u0000cd"},
+    )
+    kept = emulator.guardrail(str(policy["guardrail_id"]))
+
+    bodies = [{"daily_cap_usd": str(n)} if n % 2 else {} for n in range(1, 9)]
+    answers = await asyncio.gather(
+        *(api.put("/api/admin/tiers/beta/policy", headers=ADMIN, json=b) for b in bodies)
+    )
+    final = (await api.get("/api/admin/tiers/policies", headers=ADMIN)).json()["data"]
+    beta = next(p for p in final if p["tier"] == "beta")
+    named = [g.id for g in emulator.guardrails() if g.name.endswith("-tier-beta")]
+
+    assert 400 <= refused.status_code < 500
+    assert kept is not None and kept.limit_usd == Decimal(2)
+    assert kept.allowed_models == [CHEAP]
+    assert all(a.status_code == 200 for a in answers)
+    assert named == ([] if beta["guardrail_id"] is None else [beta["guardrail_id"]])
+
+
+async def test_a_tier_move_whose_assignment_failed_is_finished_by_its_retry(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator
+) -> None:
+    """GIVEN the free tier restricted to one model, and a standard user's key
+    WHEN the user is moved to free while OpenRouter's guardrail routes fail (503), and the
+    move is sent again once they work
+    THEN the retry puts the key on free's guardrail: the other model is refused."""
+    await _set_policy(api, "free", allowed_models=[CHEAP])
+    secret = await _key_of(keys, "moving", "standard")
+    emulator.inject(Fault("status", path="/guardrails", status=500, times=None))
+    failed = await api.put("/api/users/moving/tier", headers=ADMIN, json={"tier": "free"})
+    emulator.clear_faults()
+    during = _refused(emulator, secret, DEAR)
+    retried = await api.put("/api/users/moving/tier", headers=ADMIN, json={"tier": "free"})
+    after = _refused(emulator, secret, DEAR)
+
+    assert failed.status_code == 503
+    assert (during, retried.status_code, after) == (None, 200, 403)

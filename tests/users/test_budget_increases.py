@@ -151,3 +151,27 @@ async def test_a_grant_needs_users_write_or_admin(api: httpx.AsyncClient, path: 
     listed = await api.get(path)
 
     assert (posted.status_code, listed.status_code) == (401, 401)
+
+
+async def test_a_retried_grant_with_its_idempotency_key_grants_once(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator
+) -> None:
+    """GIVEN a free user with a key
+    WHEN the same grant of $5 is sent twice with one Idempotency-Key, and once with another
+    THEN the first two answer the same grant and the key's limit is $20 ($10 + 2 grants)."""
+    await keys.create_key(Owner.user("retrier"), actor="t", tier="free")
+    body = {"amount_usd": "5", "reason": "a retried request"}
+    first, again, other = [
+        await api.post(
+            "/api/users/retrier/budget-increases",
+            headers={**ADMIN, "Idempotency-Key": key},
+            json=body,
+        )
+        for key in ("grant-1", "grant-1", "grant-2")
+    ]
+    limit = await _limit_at_openrouter(keys, emulator, "retrier")
+
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 201)
+    assert first.json()["increase"]["id"] == again.json()["increase"]["id"]
+    assert other.json()["increase"]["id"] != first.json()["increase"]["id"]
+    assert limit == Decimal(20)
