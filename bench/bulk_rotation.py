@@ -1,7 +1,7 @@
 """Bulk work at the deployed cadence: the month's rotation and limit restore, an emergency.
 
     .venv/bin/python -m bench.bulk_rotation [--owners 10000 100000] [--emergency 10000]
-        [--latency 0.3] [--openrouter-concurrency 32]
+        [--latency 0.3] [--openrouter-concurrency 32] [--only-sync | --only-policy]
 
 Runs the real code (the work lanes, the queue, the sagas, the limiter and the fleet's share in
 PostgreSQL, the emulator) on a virtual clock (bench/virtual_time.py): the schedules as
@@ -18,7 +18,11 @@ For each size it seeds that many users with a key (real create sagas), then meas
 - the usage sync (every 15 minutes): every page of the listing into the books;
 and, for `--emergency` keys (that many users moved to one tier, the tier in scope), an
 emergency rotation from the admin's request to the last key disabled at OpenRouter and to the
-last replaced.
+last replaced. `--only-policy` measures instead, at each size, a tier's first policy (every
+seeded owner on that tier): from the admin's PUT (`--arrives-at` into a minute) to the last key
+assigned to its new guardrail (1 + ceil(keys / 100) calls: the guardrail, then a page of 100
+hashes a call, worked by the lanes from the next minute), every key then checked at the
+emulator; and a change of that policy (one PATCH, which every key follows).
 
 The ideal of each is every OpenRouter call it made, at the latency, as many at once as
 OpenRouter takes: calls x latency / openrouter-concurrency. Afterwards: duplicate current keys
@@ -31,11 +35,13 @@ import argparse
 import asyncio
 import functools
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -55,6 +61,7 @@ from shared.openrouter.client import OpenRouterClient
 from shared.openrouter.emulator import Emulator
 from shared.openrouter.limiter import AdaptiveLimiter
 from shared.runtime import EMULATOR_BASE_URL, Runtime
+from shared.usage.tier_policies import ASSIGN_PAGE, TIER_GUARDRAIL_KIND, TierPolicyService
 
 TRACE = os.environ.get("BENCH_TRACE") == "1"  # print OpenRouter's use over time
 
@@ -329,6 +336,78 @@ async def emergency(installation: Installation, *, arrives_at_s: float) -> Emerg
     return EmergencyMeasured(in_scope, revoked[0][0], revoked[0][1], replaced)
 
 
+@dataclass
+class PolicyMeasured:
+    keys: int
+    first: Measured  # from the PUT to the last key assigned
+    unassigned: int  # keys of the tier the emulator holds under no guardrail or another one
+    change_s: float
+    change_calls: int
+    not_following: int  # keys of the tier whose guardrail does not say the changed policy
+
+
+def _put_policy(tier: str, daily_cap_usd: str | None) -> Callable[[Runtime], Awaitable[Any]]:
+    """The admin's PUT of the tier's policy: a daily cap (None: no policy)."""
+
+    async def put(runtime: Runtime) -> None:
+        await TierPolicyService(runtime).set_policy(
+            tier,
+            daily_cap_usd=None if daily_cap_usd is None else Decimal(daily_cap_usd),
+            allowed_models=None,
+            allowed_providers=None,
+            actor="bench-admin",
+            reason="bench: tier policy",
+            request_id=None,
+        )
+
+    return put
+
+
+async def tier_policy(
+    installation: Installation, *, tier: str, arrives_at_s: float
+) -> PolicyMeasured:
+    """The tier's first policy, asked `arrives_at_s` into a minute, to its last key assigned;
+    then a change of it; then the policy taken away (the next size's is a first one again)."""
+    loop = asyncio.get_running_loop()
+    emulator = installation.emulator
+    async with installation.database.connection() as conn:
+        cursor = await conn.execute(
+            "select k.openrouter_hash from api_keys k join users u on u.user_id = k.user_id"
+            " where u.tier = %s and k.state in ('current', 'previous', 'pending')"
+            " and k.openrouter_hash is not null and k.deleted_at is null",
+            (tier,),
+        )
+        keys = [str(row["openrouter_hash"]) for row in await cursor.fetchall()]
+        await conn.execute("delete from work_jobs where kind = %s", (TIER_GUARDRAIL_KIND,))
+    assigned = _job_done(installation.database, TIER_GUARDRAIL_KIND)
+    requested = asyncio.create_task(_invoke(installation, _put_policy(tier, "5")))
+    first = await deployed_cadence(installation, crons=[], done=assigned, first_second=arrives_at_s)
+    await requested
+    guardrail_id = await _one(
+        installation.database,
+        "select guardrail_id from subscription_tiers where tier = %s",
+        tier,
+    )
+    unassigned = sum(
+        1 for h in keys if (g := emulator.guardrail_of(h)) is None or g.id != guardrail_id
+    )
+
+    started, calls_before = loop.time(), installation.calls()
+    await _invoke(installation, _put_policy(tier, "7"))
+    change_s = loop.time() - started
+    await deployed_cadence(installation, crons=[], done=assigned)  # its job: nothing to assign
+    change_calls = installation.calls() - calls_before
+    not_following = sum(
+        1
+        for h in keys
+        if (g := emulator.guardrail_of(h)) is None
+        or g.id != guardrail_id
+        or g.limit_usd != Decimal("7")
+    )
+    await _invoke(installation, _put_policy(tier, None))
+    return PolicyMeasured(len(keys), first, unassigned, change_s, change_calls, not_following)
+
+
 async def end_state(installation: Installation) -> tuple[int, int]:
     """(duplicate current keys, orphans) after the run."""
     duplicates = await _one(
@@ -375,6 +454,7 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
     )
     seeded = 0
     results: dict[int, tuple[float, float]] = {}
+    policies: dict[int, PolicyMeasured] = {}
     for owners in sorted(options.owners):
         began = time.perf_counter()
         await seed(installation, owners - seeded, prefix=f"u{owners}")
@@ -386,6 +466,27 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
             print(
                 f"\n{owners} owners: sync {synced.seconds:.0f} s (ideal {y_ideal:.0f} s,"
                 f" {y_ratio:.2f} x; {synced.calls} calls, {synced.invocations} invocations)"
+            )
+            continue
+        if options.only_policy:
+            policy = policies[owners] = await tier_policy(
+                installation, tier="standard", arrives_at_s=options.arrives_at
+            )
+            p_ideal, p_ratio = _ratio(policy.first, latency, allowed)
+            expected = 1 + math.ceil(policy.keys / ASSIGN_PAGE)
+            print(
+                f"\n{owners} owners: a first policy of their tier ({policy.keys} keys), asked"
+                f" {options.arrives_at:.0f} s into a minute: every key assigned in"
+                f" {policy.first.seconds:.0f} s (ideal {p_ideal:.1f} s, {p_ratio:.2f} x, of"
+                f" which {SCHEDULE_INTERVAL_S - options.arrives_at:.0f} s until the next"
+                f" minute's lanes; {policy.first.calls} calls, expected {expected};"
+                f" {policy.first.throttled} 429s, {policy.first.invocations} invocations);"
+                f" unassigned at OpenRouter {policy.unassigned}"
+            )
+            print(
+                f"  its change: {policy.change_s:.1f} s (ideal {latency:.1f} s;"
+                f" {policy.change_calls} calls, expected 1); keys not following it"
+                f" {policy.not_following}"
             )
             continue
         rotation = await month_rotation(installation)
@@ -412,9 +513,20 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
             )
         print(f"  duplicate current keys {duplicates}, orphans {orphans}")
 
-    if options.only_sync:
+    if options.only_sync or options.only_policy:
         await database.close()
         server.destroy()
+        if options.only_policy:
+            largest = max(options.owners)
+            policy = policies[largest]
+            p_ideal, _ = _ratio(policy.first, latency, allowed)
+            print(
+                f"policy: {largest} owners, first policy assigned to {policy.keys} keys in"
+                f" {policy.first.seconds:.0f} s (ideal {p_ideal:.1f} s; {policy.first.calls}"
+                f" calls, expected {1 + math.ceil(policy.keys / ASSIGN_PAGE)}),"
+                f" {policy.unassigned} unassigned; changed in {policy.change_s:.1f} s"
+                f" ({policy.change_calls} calls), {policy.not_following} keys not following"
+            )
         return
     # The emergency: `--emergency` users moved to one tier, and that tier in scope.
     async with database.connection() as conn:
@@ -457,7 +569,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3, help="seconds an OpenRouter call")
     parser.add_argument("--openrouter-concurrency", type=int, default=32)
     parser.add_argument("--arrives-at", type=float, default=30.0, help="seconds into a minute")
-    parser.add_argument("--only-sync", action="store_true", help="seed, then the usage sync only")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--only-sync", action="store_true", help="seed, then the usage sync only")
+    only.add_argument(
+        "--only-policy", action="store_true", help="seed, then a tier's first policy and its change"
+    )
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         virtual_time.run(run(options, Path(scratch)))

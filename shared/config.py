@@ -329,6 +329,12 @@ class Settings(BaseModel):
         description="Invocations that work the bulk jobs every minute (the work lanes: as many "
         "crons in vercel.json and schedules in serverless.yml).",
     )
+    tier_policy_request_budget_s: Annotated[float, Field(ge=0, le=25)] = Field(
+        default=15.0,
+        description="Seconds a tier's new policy request itself assigns the tier's keys to its "
+        "guardrail before answering (1,000 keys a second at OpenRouter's pace); the work lanes "
+        "do the rest.",
+    )
     emergency_request_budget_s: Annotated[float, Field(ge=0, le=25)] = Field(
         default=20.0,
         description="Seconds the emergency-rotate request itself works before answering; the "

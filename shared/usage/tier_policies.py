@@ -21,7 +21,7 @@ from typing import Any
 from shared.audit.repository import AuditRepository
 from shared.db.database import Connection
 from shared.errors import NotFound
-from shared.jobs.queue import ItemHandler
+from shared.jobs.queue import ItemHandler, QueueSettings, work_through
 from shared.jobs.repository import ClaimedItem, NewItem, WorkJob, WorkQueueRepository
 from shared.keys.domain import Owner
 from shared.openrouter.errors import OpenRouterNotFound
@@ -242,9 +242,26 @@ class TierPolicyService:
             await policies.write(after)
             if before.guardrail_id is not None and guardrail_id != before.guardrail_id:
                 await policies.forget_guardrail(before.guardrail_id)  # deleted: keys are free
+            job_id = None
             if guardrail_id is not None:
-                await self._enqueue_assignments(conn, tier, actor)
+                job_id = await self._enqueue_assignments(conn, tier, actor)
+        if job_id is not None:
+            await self._assign_now(job_id)
         return after
+
+    async def _assign_now(self, job_id: uuid.UUID) -> None:
+        """Work the tier's assignment job here for TIER_POLICY_REQUEST_BUDGET_S, as the
+        emergency request does its own: a tier of 100,000 keys is assigned before the answer
+        instead of at the next minute's lanes, which finish whatever is left."""
+        budget_s = self._runtime.settings.tier_policy_request_budget_s
+        async with self._runtime.database().connection() as conn:
+            job = await WorkQueueRepository(conn).get_job(job_id)
+        if job is None or budget_s <= 0:
+            return
+        settings = QueueSettings.of(self._runtime.settings, time_budget_s=budget_s)
+        await work_through(
+            self._runtime, job.id, tier_guardrail_handler(self._runtime, job), settings
+        )
 
     async def _enforce(self, policy: TierPolicy) -> str | None:
         """Make OpenRouter's guardrail say the policy; its id (None: no policy, none kept)."""
@@ -341,7 +358,7 @@ class TierPolicyService:
             await TierPolicyRepository(conn).forget_guardrail(guardrail_id)
         return True
 
-    async def _enqueue_assignments(self, conn: Connection, tier: str, actor: str) -> None:
+    async def _enqueue_assignments(self, conn: Connection, tier: str, actor: str) -> uuid.UUID:
         hashes = await TierPolicyRepository(conn).keys_to_assign(tier=tier, owner=None)
         queue = WorkQueueRepository(conn)
         job, _ = await queue.ensure_job(
@@ -357,6 +374,7 @@ class TierPolicyService:
             [NewItem(f"page:{n}", payload={"key_hashes": page}) for n, page in enumerate(pages)],
         )
         await queue.finish_if_drained(job.id)  # a tier with no keys: done as it is made
+        return job.id
 
     async def guard_owner(self, owner: Owner) -> int:
         """Assign the owner's keys that may spend to their tier's guardrail (or free them when

@@ -102,12 +102,14 @@ async def test_a_daily_cap_holds_a_key_while_its_month_remains_and_releases_it_n
 async def test_a_new_policy_reaches_every_key_of_the_tier_through_the_queue_and_a_change_at_once(
     api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
 ) -> None:
-    """GIVEN three standard users with keys and a free user with one
+    """GIVEN three standard users with keys and a free user with one, and a request that
+    leaves the assignment to the work lanes (TIER_POLICY_REQUEST_BUDGET_S=0)
     WHEN an admin gives the standard tier an allowlist, the work lanes run, then the admin
     changes the allowlist
     THEN before the lanes run no key is restricted; after, every standard key is refused other
     models (the free key is not), in one bulk assignment; the change reaches them at once, with
     no new assignment."""
+    runtime.settings = runtime.settings.model_copy(update={"tier_policy_request_budget_s": 0})
     standard = {u: await _key_of(keys, u, "standard") for u in ("s1", "s2", "s3")}
     free = await _key_of(keys, "f1", "free")
 
@@ -307,3 +309,28 @@ async def test_a_tier_move_whose_assignment_failed_is_finished_by_its_retry(
 
     assert failed.status_code == 503
     assert (during, retried.status_code, after) == (None, 200, 403)
+
+
+async def test_a_new_policy_request_assigns_the_tiers_keys_itself(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator, runtime: Runtime
+) -> None:
+    """GIVEN 150 keys on the micro tier
+    WHEN an admin gives micro an allowlist (the request's default budget of 15 s)
+    THEN when the request answers every micro key is refused other models: two bulk
+    assignments made by the request, nothing left for the lanes."""
+    secrets = [await _key_of(keys, f"m{n}", "micro") for n in range(150)]
+    calls_before = len(emulator.requests)
+
+    await _set_policy(api, "micro", allowed_models=[CHEAP])
+    assignments = [p for m, p in emulator.requests[calls_before:] if "assignments" in p]
+    outcomes = {_refused(emulator, s, DEAR) for s in secrets}
+    async with runtime.database().connection() as conn:
+        cursor = await conn.execute(
+            "select count(*) as n from work_items i join work_jobs j on j.id = i.job_id"
+            " where j.kind = 'tier_guardrail' and i.status <> 'done'"
+        )
+        row = await cursor.fetchone()
+
+    assert outcomes == {403}
+    assert len(assignments) == 2
+    assert row is not None and row["n"] == 0
