@@ -888,7 +888,9 @@ export interface paths {
          * Grant Budget Increase
          * @description Grant the user extra budget for this month or until `ends_at`, with a reason: a ledger
          *     entry (never an edit), their key's limit follows at once, a rotation keeps it, and it
-         *     lapses at its end. Audited.
+         *     lapses at its end. Audited. A 503 (the key's limit could not be applied then) has still
+         *     recorded the grant, which the advance job applies: retry it with the same
+         *     Idempotency-Key, which grants nothing twice.
          */
         post: operations["grant_budget_increase_api_users__user_id__budget_increases_post"];
         delete?: never;
@@ -5986,7 +5988,10 @@ export interface operations {
     grant_budget_increase_api_users__user_id__budget_increases_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description A retry with the same key returns the first result and creates nothing. */
+                "Idempotency-Key"?: string | null;
+            };
             path: {
                 user_id: string;
             };
