@@ -21,7 +21,8 @@ emergency rotation from the admin's request to the last key disabled at OpenRout
 last replaced. `--only-policy` measures instead, at each size, a tier's first policy (every
 seeded owner on that tier): from the admin's PUT (`--arrives-at` into a minute) to the last key
 assigned to its new guardrail (1 + ceil(keys / 100) calls: the guardrail, then a page of 100
-hashes a call, worked by the lanes from the next minute), every key then checked at the
+hashes a call, worked by the request for TIER_POLICY_REQUEST_BUDGET_S, then by the lanes
+from the next minute), every key then checked at the
 emulator; and a change of that policy (one PATCH, which every key follows).
 
 The ideal of each is every OpenRouter call it made, at the latency, as many at once as
@@ -477,10 +478,10 @@ async def run(options: argparse.Namespace, scratch: Path) -> None:
             print(
                 f"\n{owners} owners: a first policy of their tier ({policy.keys} keys), asked"
                 f" {options.arrives_at:.0f} s into a minute: every key assigned in"
-                f" {policy.first.seconds:.0f} s (ideal {p_ideal:.1f} s, {p_ratio:.2f} x, of"
-                f" which {SCHEDULE_INTERVAL_S - options.arrives_at:.0f} s until the next"
-                f" minute's lanes; {policy.first.calls} calls, expected {expected};"
-                f" {policy.first.throttled} 429s, {policy.first.invocations} invocations);"
+                f" {policy.first.seconds:.0f} s (ideal {p_ideal:.1f} s, {p_ratio:.2f} x;"
+                f" {policy.first.calls} calls, expected {expected};"
+                f" {policy.first.throttled} 429s; the request did what TIER_POLICY_REQUEST_"
+                f"BUDGET_S allows, {policy.first.invocations} lane invocations the rest);"
                 f" unassigned at OpenRouter {policy.unassigned}"
             )
             print(
