@@ -61,6 +61,13 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class IdempotencyKeyReused(Conflict):
+    """The caller's Idempotency-Key already answered another request (another owner, user or
+    amount): reusing it for a new one would silently replay the first."""
+
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"

@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 
 from shared.crypto.envelope import secret_context
 from shared.db import sql_errors
-from shared.errors import BadGateway, Conflict, NotFound, ValidationFailed
+from shared.errors import BadGateway, Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
 from shared.keys.domain import (
     Checkpoint,
     IssuedKey,
@@ -271,7 +271,7 @@ class KeyLifecycleService:
         change tiers (admins, users:write; the keys route says) may name another tier than
         the user's own (free for a new user)."""
         self._runtime.sealer()  # the secret can be sealed: checked before OpenRouter makes it
-        replay = await self._replay(actor, idempotency_key, lease)
+        replay = await self._replay(actor, idempotency_key, lease, owner, "create")
         if replay is not None:
             return replay
         async with self._held(owner, actor, request_id, lease) as held:
@@ -311,7 +311,7 @@ class KeyLifecycleService:
         lease: OwnerLease | None = None,
     ) -> IssuedKey:
         self._runtime.sealer()  # the secret can be sealed: checked before OpenRouter makes it
-        replay = await self._replay(actor, idempotency_key, lease)
+        replay = await self._replay(actor, idempotency_key, lease, owner, "rotate")
         if replay is not None:
             return replay
         async with self._held(owner, actor, request_id, lease) as held:
@@ -355,7 +355,12 @@ class KeyLifecycleService:
             await self._saga.run(stalled, lease)
 
     async def _replay(
-        self, actor: str, idempotency_key: str | None, lease: OwnerLease | None
+        self,
+        actor: str,
+        idempotency_key: str | None,
+        lease: OwnerLease | None,
+        owner: Owner,
+        kind: str,
     ) -> IssuedKey | None:
         if idempotency_key is None:
             return None
@@ -363,6 +368,13 @@ class KeyLifecycleService:
             operation = await keys.operation_by_idempotency_key(actor, idempotency_key)
         if operation is None:
             return None
+        if operation.owner != owner.key or operation.kind != kind:  # another request's key
+            raise IdempotencyKeyReused(
+                f"this Idempotency-Key already answered a {operation.kind} for another owner"
+                if operation.owner != owner.key
+                else f"this Idempotency-Key already answered a {operation.kind}",
+                details={"operation_id": str(operation.id)},
+            )
         if operation.is_open:
             if lease is not None:
                 operation = await self._saga.run(operation, lease)

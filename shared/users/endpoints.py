@@ -75,7 +75,7 @@ async def change_user_tier(
     "/{user_id}/budget-increases",
     response_model=BudgetIncreaseGranted,
     status_code=201,
-    responses=answers(404, 502),
+    responses=answers(404, 409, 502),
 )
 async def grant_budget_increase(
     user_id: UserId,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from shared.audit.repository import AuditRepository
 from shared.db import sql_errors
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import IdempotencyKeyReused, NotFound, ValidationFailed
 from shared.keys.domain import Owner, current_period
 from shared.keys.service import BudgetApplied, KeyLifecycleService
 from shared.runtime import Runtime
@@ -118,6 +118,16 @@ class BudgetIncreaseService:
             increase, made = await BudgetIncreaseRepository(conn).grant(
                 user_id, amount_usd, ends, reason, actor, idempotency_key
             )
+            if not made and (
+                increase.user_id != user_id
+                or increase.amount_usd != amount_usd
+                or increase.reason != reason
+                or (ends_at is not None and increase.ends_at != ends_at)
+            ):
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key already answered another grant",
+                    details={"increase_id": increase.id},
+                )
             if made:  # a retry of an earlier grant is not granted, nor audited, again
                 await AuditRepository(conn).append(
                     actor=actor,

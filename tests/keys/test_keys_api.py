@@ -193,3 +193,23 @@ async def test_openrouter_refusing_a_rotations_reads_is_a_503_with_retry_after(
     emulator.faults.clear()
     current = await api.get(f"/api/keys/user/{ALICE}", headers=writer)
     assert current.json()["key"]["id"] == created.json()["key"]["id"]
+
+
+async def test_an_idempotency_key_reused_for_another_owner_or_operation_is_refused(
+    api: httpx.AsyncClient, service_token: TokenMaker
+) -> None:
+    """GIVEN a key created for one user under an Idempotency-Key
+    WHEN the same key comes with a create for another user, or a rotation of the first
+    THEN both are refused with 409 idempotency_key_reused: no other user's key is answered."""
+    writer = await service_token(Scope.KEYS_WRITE, Scope.KEYS_READ)
+    headers = {**writer, "Idempotency-Key": "onboarding-1"}
+    first = await api.post("/api/keys/create", headers=headers, json={"user_id": "idem-a"})
+    other = await api.post("/api/keys/create", headers=headers, json={"user_id": "idem-b"})
+    rotation = await api.post("/api/keys/rotate", headers=headers, json={"user_id": "idem-a"})
+
+    assert first.status_code == 201
+    assert [(a.status_code, a.json()["error"]["code"]) for a in (other, rotation)] == [
+        (409, "idempotency_key_reused"),
+        (409, "idempotency_key_reused"),
+    ]
+    assert "secret" not in other.text

@@ -175,3 +175,28 @@ async def test_a_retried_grant_with_its_idempotency_key_grants_once(
     assert first.json()["increase"]["id"] == again.json()["increase"]["id"]
     assert other.json()["increase"]["id"] != first.json()["increase"]["id"]
     assert limit == Decimal(20)
+
+
+async def test_an_idempotency_key_reused_for_another_grant_is_refused(
+    api: httpx.AsyncClient, keys: KeyLifecycleService, emulator: Emulator
+) -> None:
+    """GIVEN a grant of $5 to one user under an Idempotency-Key
+    WHEN the same key comes with a grant to another user, or another amount
+    THEN both are refused with 409 idempotency_key_reused, and the other user got nothing."""
+    for user in ("first-user", "second-user"):
+        await keys.create_key(Owner.user(user), actor="t", tier="free")
+    key = {**ADMIN, "Idempotency-Key": "promo-dec"}
+    body = {"amount_usd": "5", "reason": "december promo"}
+    first = await api.post("/api/users/first-user/budget-increases", headers=key, json=body)
+    other_user = await api.post("/api/users/second-user/budget-increases", headers=key, json=body)
+    other_amount = await api.post(
+        "/api/users/first-user/budget-increases", headers=key, json={**body, "amount_usd": "7"}
+    )
+    second_limit = await _limit_at_openrouter(keys, emulator, "second-user")
+
+    assert first.status_code == 201
+    assert [(a.status_code, a.json()["error"]["code"]) for a in (other_user, other_amount)] == [
+        (409, "idempotency_key_reused"),
+        (409, "idempotency_key_reused"),
+    ]
+    assert second_limit == Decimal(10)
