@@ -22,8 +22,6 @@ from pydantic import SecretStr
 
 # Before anything reads settings: never production defaults, never the developer's .env values.
 os.environ["APP_ENV"] = "test"
-# Every emulator section marked as reading is checked to change nothing (see the emulator).
-os.environ["OPENROUTER_EMULATOR_CHECK_READS"] = "1"
 for _name in (
     "DATABASE_URL",
     "SUPABASE_URL",

@@ -2285,8 +2285,9 @@ class _SharedState:
     Sections are writing unless marked: one that changes nothing left unmarked costs a write,
     never a change. A section marked reading that changed the state would lose the change at
     the next reload, so a writing section opened inside a reading one raises, and with
-    check_reads (OPENROUTER_EMULATOR_CHECK_READS=1; tests set it) every outermost reading
-    section compares the snapshot at its start and end and raises if it changed. Reentrant.
+    check_reads (OPENROUTER_EMULATOR_CHECK_READS=1; the emulator's own tests set it) every
+    outermost reading section compares the snapshot at its start and end and raises if it
+    changed. Reentrant.
     """
 
     check_reads = os.environ.get("OPENROUTER_EMULATOR_CHECK_READS") == "1"

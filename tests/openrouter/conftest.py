@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from shared.openrouter.client import OpenRouterClient
-from shared.openrouter.emulator import Emulator
+from shared.openrouter.emulator import Emulator, _SharedState
 from shared.runtime import EMULATOR_BASE_URL
 from tests.conftest import RecordingSleep
 
@@ -31,6 +31,13 @@ class ManualClock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
+
+
+@pytest.fixture(autouse=True)
+def _reads_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's own tests check every section marked reading to change nothing (two
+    snapshots a section: too slow for the whole suite's large states, right for these)."""
+    monkeypatch.setattr(_SharedState, "check_reads", True)
 
 
 @pytest.fixture
