@@ -335,7 +335,7 @@ class TierPolicyUpdate(BaseModel):
     ) = Field(default=None, description="At most this much a UTC day per key; null: no cap.")
     allowed_models: Annotated[list[ModelId], Field(min_length=1, max_length=200)] | None = Field(
         default=None,
-        description="OpenRouter model ids (or patterns such as openai/*); null: every model.",
+        description="OpenRouter model ids, matched exactly; null: every model.",
     )
     allowed_providers: Annotated[list[ProviderName], Field(min_length=1, max_length=100)] | None = (
         Field(default=None, description="Provider names; null: every provider.")

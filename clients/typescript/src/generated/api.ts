@@ -2211,7 +2211,7 @@ export interface components {
         TierPolicyUpdate: {
             /**
              * Allowed Models
-             * @description OpenRouter model ids (or patterns such as openai/*); null: every model.
+             * @description OpenRouter model ids, matched exactly; null: every model.
              */
             allowed_models?: string[] | null;
             /**
