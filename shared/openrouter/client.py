@@ -237,16 +237,24 @@ class OpenRouterClient:
         params: Mapping[str, str | int] | None = None,
         body: Mapping[str, Any] | None = None,
         idempotent: bool | None = None,
+        api_key: str | None = None,
+        retries: int | None = None,
     ) -> Any:
+        """`api_key`: authenticate as this key instead of the management key (a user's GET
+        /key). `retries`: at most this many tries again (default: the client's)."""
         # A POST is retried only when it is idempotent (its caller says so); the rest always.
         retryable = method != "POST" if idempotent is None else idempotent
+        max_retries = self._max_retries if retries is None else retries
+        headers = None if api_key is None else {"Authorization": f"Bearer {api_key}"}
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
                 async with self.limiter.slot():
                     started = time.perf_counter()  # the call's own time, not the queue's
-                    response = await self._client().request(method, path, params=params, json=body)
+                    response = await self._client().request(
+                        method, path, params=params, json=body, headers=headers
+                    )
             except httpx.TransportError as exc:
                 sent = not isinstance(
                     exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
@@ -267,7 +275,7 @@ class OpenRouterClient:
                             f"no response to {method} {path}: {type(exc).__name__}"
                         ) from exc
                     raise OpenRouterUnavailable(f"could not reach OpenRouter: {exc!r}") from exc
-                if attempt >= self._max_retries:
+                if attempt >= max_retries:
                     raise OpenRouterUnavailable(
                         f"no response to {method} {path} after {attempt + 1} attempts"
                     ) from exc
@@ -318,7 +326,7 @@ class OpenRouterClient:
                         error.message, status_code=response.status_code
                     ) from error
                 raise error
-            if response.status_code not in _RETRYABLE_STATUS or attempt >= self._max_retries:
+            if response.status_code not in _RETRYABLE_STATUS or attempt >= max_retries:
                 raise error
             if retry_after is not None and retry_after > self._max_retry_after_s:
                 raise error  # waiting that long would outlive a function invocation
@@ -453,9 +461,12 @@ class OpenRouterClient:
             return False
         return True
 
-    async def get_current_key(self) -> CurrentKey:
-        data = self._data(await self._request("GET", "/key"), "current key")
-        return _parse(CurrentKey.from_json, data, "current key")
+    async def get_current_key(
+        self, *, api_key: str | None = None, retries: int | None = None
+    ) -> CurrentKey:
+        """GET /key: the management key's, or with `api_key` a user key's own (its budgets)."""
+        answer = await self._request("GET", "/key", api_key=api_key, retries=retries)
+        return _parse(CurrentKey.from_json, self._data(answer, "current key"), "current key")
 
     async def get_credits(self) -> Credits:
         data = self._data(await self._request("GET", "/credits"), "credits")

@@ -12,11 +12,9 @@ list (BudgetLayers.error), never an error of the answer that carries it.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
@@ -27,11 +25,17 @@ from shared.keys.domain import Owner
 from shared.keys.repository import KeyRecord, KeyRepository
 from shared.keys.schemas import BudgetLayer, BudgetLayersError, BudgetLayerSource
 from shared.keys.store import KeyStore
-from shared.metrics import OPENROUTER_LATENCY, count_openrouter_error, milliseconds
 from shared.observability import logger
-from shared.openrouter.client import OpenRouterClient, parse_retry_after
-from shared.openrouter.errors import error_for_status
-from shared.openrouter.models import CurrentKey, InvalidOpenRouterPayload, KeyBudget
+from shared.openrouter.client import OpenRouterClient
+from shared.openrouter.errors import (
+    OpenRouterError,
+    OpenRouterInvalidResponse,
+    OpenRouterOutcomeUnknown,
+    OpenRouterRateLimited,
+    OpenRouterServerError,
+    OpenRouterUnavailable,
+)
+from shared.openrouter.models import CurrentKey, KeyBudget
 from shared.runtime import Runtime
 from shared.usage.tier_policies import TierPolicyRepository
 
@@ -97,56 +101,27 @@ def layers_of(current: CurrentKey, tier_guardrail_id: str | None) -> BudgetLayer
 
 
 async def current_key_as(client: OpenRouterClient, secret: str) -> CurrentKey:
-    """GET /key authenticated by `secret` (a user's key), once: on the client's own connection
-    pool and timeouts (its management key is replaced by the user's for this request only)
-    and through its limiter. Raises _Unreadable with the reason.
-
-    OpenRouterClient has no call that authenticates as another key; this is that call, kept
-    here, small, until it has one."""
-    started = time.perf_counter()
+    """GET /key authenticated by `secret` (a user's key), tried once (an extra of an answer,
+    not worth its wait). Raises _Unreadable with the reason."""
     try:
-        async with client.limiter.slot():
-            started = time.perf_counter()
-            response = await client._client().get(
-                "/key", headers={"Authorization": f"Bearer {secret}"}
-            )
-    except httpx.TimeoutException as exc:
-        count_openrouter_error(0)
-        raise _Unreadable("openrouter_timeout") from exc
-    except httpx.TransportError as exc:
-        count_openrouter_error(0)
+        return await client.get_current_key(api_key=secret, retries=0)
+    except OpenRouterInvalidResponse as exc:
+        raise _Unreadable("openrouter_invalid_response") from exc
+    except OpenRouterRateLimited as exc:
+        raise _Unreadable("openrouter_rate_limited") from exc
+    except OpenRouterUnavailable as exc:
+        timed_out = isinstance(exc.__cause__, httpx.TimeoutException)
+        raise _Unreadable("openrouter_timeout" if timed_out else "openrouter_unavailable") from exc
+    except (OpenRouterServerError, OpenRouterOutcomeUnknown) as exc:
         raise _Unreadable("openrouter_unavailable") from exc
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-    milliseconds(OPENROUTER_LATENCY, elapsed_ms)
-    status = response.status_code
-    logger.debug(
-        "openrouter call",
-        extra={"method": "GET", "path": "/key", "status": status, "duration_ms": elapsed_ms},
-    )
-    if status >= 400:
-        count_openrouter_error(status)
-        if status == 429:
-            client.limiter.throttled(parse_retry_after(response.headers))
-            raise _Unreadable("openrouter_rate_limited")
-        if status >= 500:
-            raise _Unreadable("openrouter_unavailable")
-        try:
-            body: Any = json.loads(response.content, parse_float=Decimal)
-        except ValueError:
-            body = None
-        refusal = error_for_status(status, body, retry_after_s=None)
+    except OpenRouterError as refused:
         logger.info(
             "openrouter would not read the key's budgets",
-            extra={"status": status, "openrouter_message": refusal.message[:200]},
+            extra={"status": refused.status_code, "openrouter_message": refused.message[:200]},
         )
-        raise _Unreadable("key_refused" if status in _KEY_REFUSED else "openrouter_error")
-    client.limiter.succeeded()
-    try:
-        body = json.loads(response.content, parse_float=Decimal)
-        data = body["data"] if isinstance(body, dict) else None
-        return CurrentKey.from_json(data)
-    except (ValueError, KeyError, InvalidOpenRouterPayload) as exc:
-        raise _Unreadable("openrouter_invalid_response") from exc
+        if refused.status_code in _KEY_REFUSED:
+            raise _Unreadable("key_refused") from refused
+        raise _Unreadable("openrouter_error") from refused
 
 
 class BudgetLayerReader:
