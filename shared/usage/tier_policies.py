@@ -64,6 +64,15 @@ _POLICY = (
     " from subscription_tiers where tier = %s"
 )
 _POLICY_FOR_UPDATE = _POLICY + " for update"
+_KEYS_TO_ASSIGN = (
+    "select k.openrouter_hash from api_keys k join users u on u.user_id = k.user_id"
+    " join subscription_tiers t on t.tier = u.tier"
+    " left join key_guardrails g on g.key_id = k.id"
+    " where k.state in ('current', 'previous', 'pending') and k.openrouter_hash is not null"
+    " and k.deleted_at is null and g.guardrail_id is distinct from t.guardrail_id"
+)
+_KEYS_TO_ASSIGN_BY_TIER = _KEYS_TO_ASSIGN + " and u.tier = %s order by k.created_at, k.id"
+_KEYS_TO_ASSIGN_OF_OWNER = _KEYS_TO_ASSIGN + " and k.owner = %s order by k.created_at, k.id"
 
 
 class TierPolicyRepository:
@@ -109,14 +118,11 @@ class TierPolicyRepository:
     async def keys_to_assign(self, *, tier: str | None, owner: str | None) -> list[str]:
         """Hashes of the keys that may spend (of the tier's users, or of one owner) whose
         recorded guardrail is not their tier's."""
+        # One condition or the other, never `a or b`: an owner's keys are read through the
+        # owner index at every activation and user put, not by a scan of every key.
         cursor = await self._conn.execute(
-            "select k.openrouter_hash from api_keys k join users u on u.user_id = k.user_id"
-            " join subscription_tiers t on t.tier = u.tier"
-            " left join key_guardrails g on g.key_id = k.id"
-            " where k.state in ('current', 'previous', 'pending') and k.openrouter_hash is not null"
-            " and k.deleted_at is null and (u.tier = %s or k.owner = %s)"
-            " and g.guardrail_id is distinct from t.guardrail_id order by k.created_at, k.id",
-            (tier, owner),
+            _KEYS_TO_ASSIGN_BY_TIER if tier is not None else _KEYS_TO_ASSIGN_OF_OWNER,
+            (tier if tier is not None else owner,),
         )
         return [str(row["openrouter_hash"]) for row in await cursor.fetchall()]
 
